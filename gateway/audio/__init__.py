@@ -1,0 +1,1 @@
+"""Audio core: G.711, streaming resamplers, the per-call transcoder, local VAD, offline TTS."""

@@ -1,0 +1,105 @@
+"""Process settings, read once from the environment and ``.env`` at start-up.
+
+Every setting is a field below; ``.env.example`` documents each one (a test keeps them in sync).
+Per-number behaviour does not live here: it is in the profiles file (:mod:`gateway.numbers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class Settings(BaseSettings):
+    """The gateway's process-wide configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- upstream (OpenAI Realtime) -------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "GATEWAY_OPENAI_API_KEY")
+    )
+    realtime_base_url: str | None = Field(
+        default=None,
+        description="Realtime API base URL; unset with no API key means the embedded emulator.",
+    )
+    realtime_auth: Literal["unified", "ephemeral"] = "unified"
+    ice_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs for the upstream peer connection; empty means host candidates",
+    )
+    ice_username: str | None = None
+    ice_credential: SecretStr | None = None
+    setup_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    # --- carrier (Twilio) ----------------------------------------------------------------
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "GATEWAY_TWILIO_AUTH_TOKEN"),
+    )
+    public_url: str | None = Field(
+        default=None, description="Public https base URL Twilio uses to reach the gateway"
+    )
+
+    # --- service -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    profiles_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_calls: int = Field(default=30, ge=1, le=10_000)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
+
+    @field_validator("realtime_base_url", "public_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def uses_embedded_emulator(self) -> bool:
+        """True when neither a key nor a base URL is set: run the local emulator instead."""
+        return self.openai_api_key is None and self.realtime_base_url is None
+
+    @property
+    def effective_realtime_base_url(self) -> str:
+        return self.realtime_base_url or OPENAI_DEFAULT_BASE_URL
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings once; raise :class:`ConfigError` listing *every* bad value."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix="GATEWAY_")) from None
+
+
+def format_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
+    """Render a pydantic error as one readable line per problem, naming the setting."""
+    lines = [f"{exc.error_count()} invalid setting(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        name = loc if loc.isupper() else f"{prefix}{loc.upper()}"
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        if "key" in loc.lower() or "token" in loc.lower() or "credential" in loc.lower():
+            shown = ""  # never echo secrets
+        lines.append(f"  - {name}: {err['msg']}{shown}")
+    return "\n".join(lines)
