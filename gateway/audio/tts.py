@@ -117,7 +117,9 @@ def resample_buffer(audio: npt.NDArray[np.int16], src: int, dst: int) -> npt.NDA
     """Whole-buffer, high-quality resampling (soxr VHQ). Not for the live path."""
     if src == dst:
         return audio
-    out = soxr.resample(audio.astype(np.float32) / 32768.0, src, dst, quality="VHQ")
+    out: npt.NDArray[np.float32] = soxr.resample(
+        audio.astype(np.float32) / 32768.0, src, dst, quality="VHQ"
+    )
     return np.clip(np.round(out * 32768.0), -32768, 32767).astype(np.int16)
 
 
