@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Public https base URL Twilio uses to reach the gateway"
     )
+    trust_proxy_headers: bool = Field(
+        default=False, description="Rebuild the public URL from X-Forwarded-Proto/Host"
+    )
+    allow_unsigned: bool = Field(
+        default=False,
+        description="Development only: accept unsigned carrier requests from any address",
+    )
 
     # --- service -------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -63,6 +70,10 @@ class Settings(BaseSettings):
     max_calls: int = Field(default=30, ge=1, le=10_000)
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /admin endpoints; unset turns them off"
+    )
+    drain_timeout_s: float = Field(default=300.0, ge=0, le=86_400)
 
     @field_validator("realtime_base_url", "public_url")
     @classmethod

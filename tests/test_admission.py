@@ -1,0 +1,61 @@
+"""Admission control and the webhook -> stream binding."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.admission import Admissions
+from gateway.errors import CapacityError, Forbidden
+
+
+def test_admit_bind_release_cycle() -> None:
+    a = Admissions(max_calls=2)
+    adm = a.admit("CA1", "+15550001", "+15559999", now=0.0)
+    assert a.load(0.0) == 1
+    assert a.bind("CA1", adm.token, now=1.0).called == "+15550001"
+    assert a.live == 1 and a.load(1.0) == 1
+    a.release("CA1")
+    a.release("CA1")
+    assert a.load(2.0) == 0
+
+
+def test_capacity_counts_pending_and_live() -> None:
+    a = Admissions(max_calls=2)
+    t1 = a.admit("CA1", None, None, 0.0).token
+    a.admit("CA2", None, None, 0.0)
+    a.bind("CA1", t1, 0.0)
+    with pytest.raises(CapacityError, match="capacity"):
+        a.admit("CA3", None, None, 0.0)
+    assert not a.has_room(0.0)
+
+
+def test_webhook_retry_returns_the_same_token() -> None:
+    a = Admissions(max_calls=1)
+    assert a.admit("CA1", None, None, 0.0) == a.admit("CA1", None, None, 1.0)
+
+
+def test_wrong_unknown_or_expired_bindings_are_forbidden() -> None:
+    a = Admissions(max_calls=5, token_ttl_s=10)
+    adm = a.admit("CA1", None, None, 0.0)
+    with pytest.raises(Forbidden, match="wrong call token"):
+        a.bind("CA1", "x" + adm.token, 1.0)
+    with pytest.raises(Forbidden, match="admitted"):
+        a.bind("CA9", adm.token, 1.0)
+    with pytest.raises(Forbidden, match="admitted"):
+        a.bind("CA1", adm.token, 10.0)  # expired: slot freed too
+    assert a.load(10.0) == 0
+
+
+def test_a_token_binds_once() -> None:
+    a = Admissions(max_calls=5)
+    adm = a.admit("CA1", None, None, 0.0)
+    a.bind("CA1", adm.token, 0.0)
+    with pytest.raises(Forbidden):
+        a.bind("CA1", adm.token, 0.0)
+
+
+def test_draining_refuses_new_calls() -> None:
+    a = Admissions(max_calls=5)
+    a.draining = True
+    with pytest.raises(CapacityError, match="draining"):
+        a.admit("CA1", None, None, 0.0)
