@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from gateway import __version__
@@ -37,6 +40,44 @@ def settings_or_exit() -> Settings:
 def version() -> None:
     """Print the gateway's version."""
     typer.echo(f"gateway {__version__}")
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Profiles file to check (default: GATEWAY_PROFILES_FILE)"),
+    ] = None,
+) -> None:
+    """Validate the settings and a profiles file, print the numbers it serves; exit 0 or 1."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway.numbers import builtin_profiles, load_profiles
+
+    settings = settings_or_exit()
+    path = file or settings.profiles_file
+    try:
+        profiles = builtin_profiles() if path is None else load_profiles(path)
+    except ConfigError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"profiles from {profiles.source}")
+    for col in ("number", "voice", "model", "turn detection", "greeting", "local barge-in"):
+        table.add_column(col)
+    rows = [("default", profiles.default), *sorted(profiles.numbers.items())]
+    for number, p in rows:
+        td = p.turn_detection.type if p.turn_detection else "manual"
+        table.add_row(
+            number, p.voice, p.model, td, "yes" if p.greeting else "no", str(p.local_barge_in)
+        )
+    Console().print(table)
+    upstream = (
+        "embedded emulator (no OPENAI_API_KEY)"
+        if settings.uses_embedded_emulator
+        else settings.effective_realtime_base_url
+    )
+    typer.echo(f"settings ok; upstream: {upstream}")
 
 
 def main() -> None:

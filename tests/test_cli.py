@@ -1,0 +1,64 @@
+"""The `gateway` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway import __version__
+from gateway.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_") or name in {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"}:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_every_subcommand_has_help() -> None:
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    import typer.main
+
+    group = typer.main.get_command(app)
+    names = sorted(group.commands)  # type: ignore[attr-defined]
+    assert "version" in names and "check-config" in names
+    for name in names:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Usage" in result.output
+
+
+def test_check_config_good_and_bad(tmp_path: Path) -> None:
+    good = tmp_path / "p.yaml"
+    good.write_text('numbers:\n  "+15551230001": {voice: cedar}\n')
+    result = runner.invoke(app, ["check-config", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "+15551230001" in result.output and "cedar" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('numbers:\n  "+15551230001": {voice: robot}\n')
+    result = runner.invoke(app, ["check-config", str(bad)])
+    assert result.exit_code == 1
+    assert "numbers.+15551230001.voice" in result.output
+
+
+def test_bad_settings_exit_2_with_every_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "-1")
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "loud")
+    result = runner.invoke(app, ["check-config"])
+    assert result.exit_code == 2
+    assert "GATEWAY_PORT" in result.output and "GATEWAY_LOG_LEVEL" in result.output
