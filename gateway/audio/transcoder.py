@@ -1,0 +1,166 @@
+"""Per-call audio transcoding between the carrier (8 kHz μ-law) and the model (24 kHz PCM16).
+
+:class:`CallTranscoder` owns both directions of one call and all of their state, and does no I/O:
+
+* **inbound** (caller -> model): μ-law payloads of any length become complete 20 ms frames of
+  24 kHz PCM16 (480 samples). A 160-byte carrier frame yields exactly one model frame, from the
+  first frame on; other lengths are held until a frame is complete.
+* **outbound** (model -> caller): 24 kHz PCM16 of any length becomes complete 160-byte μ-law
+  frames; the remainder is held. At the end of a response :meth:`CallTranscoder.flush_outbound`
+  pads the remainder with silence; on barge-in :meth:`CallTranscoder.reset_outbound` drops it.
+  :meth:`CallTranscoder.outbound_48k` takes aiortc's decoded 48 kHz audio (mono or interleaved
+  stereo) straight to 8 kHz: 2.0 ms instead of 2.54 ms of delay and about half the CPU of going
+  through 24 kHz first.
+
+Both directions resample with :class:`~gateway.audio.resample.StreamResampler`, whose output does
+not depend on how the input was split.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.audio.g711 import ULAW_SILENCE, array_to_ulaw, ulaw_to_array
+from gateway.audio.resample import StreamResampler
+
+__all__ = ["CallTranscoder"]
+
+CARRIER_RATE: Final = 8000
+MODEL_RATE: Final = 24000
+DECODER_RATE: Final = 48000
+
+
+class CallTranscoder:
+    """Both audio directions of one call. Create one per call; not thread-safe."""
+
+    FRAME_MS: ClassVar[int] = 20
+    CARRIER_FRAME_BYTES: ClassVar[int] = CARRIER_RATE * FRAME_MS // 1000  # 160 μ-law bytes
+    MODEL_FRAME_SAMPLES: ClassVar[int] = MODEL_RATE * FRAME_MS // 1000  # 480 PCM16 samples
+
+    def __init__(self) -> None:
+        self._up = StreamResampler(CARRIER_RATE, MODEL_RATE)
+        self._down = StreamResampler(MODEL_RATE, CARRIER_RATE)
+        self._down48: StreamResampler | None = None
+        # The resampler whose history belongs to the response being sent, for flushing.
+        self._active_out: StreamResampler | None = None
+        self._in_pending = np.zeros(0, dtype=np.int16)
+        self._out_pending = bytearray()
+
+    # ------------------------------------------------------------------ inbound
+
+    @property
+    def inbound_delay_ms(self) -> float:
+        """Algorithmic delay of the inbound resampling."""
+        return self._up.delay_ms
+
+    @property
+    def pending_inbound_samples(self) -> int:
+        """24 kHz samples held until they complete a 480-sample frame."""
+        return int(self._in_pending.size)
+
+    def inbound(self, ulaw: bytes | bytearray | memoryview) -> list[npt.NDArray[np.int16]]:
+        """Decode and upsample a carrier payload; return the 24 kHz frames it completes.
+
+        Every returned array has exactly 480 samples. A 160-byte payload returns one frame
+        (unless earlier odd-sized payloads left a remainder, which shifts the framing).
+        """
+        pcm = self._up.process(ulaw_to_array(ulaw))
+        size = self.MODEL_FRAME_SAMPLES
+        if self._in_pending.size == 0 and pcm.size == size:
+            return [pcm]  # the steady state: one carrier frame, one model frame
+        if self._in_pending.size:
+            pcm = np.concatenate((self._in_pending, pcm))
+        whole = pcm.size - pcm.size % size
+        self._in_pending = pcm[whole:].copy()
+        return [pcm[i : i + size].copy() for i in range(0, whole, size)]
+
+    def reset_inbound(self) -> None:
+        """Drop held inbound audio and resampler history (e.g. when the model session is
+        replaced); the next payload is transcoded as the start of a new stream."""
+        self._up.reset()
+        self._in_pending = np.zeros(0, dtype=np.int16)
+
+    # ----------------------------------------------------------------- outbound
+
+    @property
+    def outbound_delay_ms(self) -> float:
+        """Algorithmic delay of the 24 kHz outbound resampling."""
+        return self._down.delay_ms
+
+    @property
+    def pending_outbound_samples(self) -> int:
+        """8 kHz samples (= μ-law bytes) held until they complete a 160-byte frame."""
+        return len(self._out_pending)
+
+    def outbound(self, pcm24k: npt.NDArray[np.int16]) -> list[bytes]:
+        """Downsample and encode model audio; return the 160-byte μ-law frames it completes.
+
+        ``pcm24k`` is 1-D int16 mono at 24 kHz, any length. Raises
+        :class:`~gateway.errors.AudioFormatError` for another dtype or shape. Send the frames
+        in order; call :meth:`flush_outbound` when the response ends, or
+        :meth:`reset_outbound` when it is interrupted.
+        """
+        return self._emit(self._down, pcm24k)
+
+    def outbound_48k(self, pcm: npt.NDArray[np.int16], channels: int) -> list[bytes]:
+        """Like :meth:`outbound` for 48 kHz audio, mono or interleaved stereo (``channels=2``).
+
+        This is the shortest path from aiortc's Opus decoder (48 kHz stereo) to the carrier.
+        Use one outbound path per response: each keeps its own filter history, so switching
+        mid-response would drop or repeat up to 2 ms; :meth:`flush_outbound` and
+        :meth:`reset_outbound` end either one.
+        """
+        if self._down48 is None or self._down48.channels != channels:
+            self._down48 = StreamResampler(DECODER_RATE, CARRIER_RATE, channels=channels)
+        return self._emit(self._down48, pcm)
+
+    def flush_outbound(self) -> bytes | None:
+        """End the current response: return its last frame, padded with silence, or None.
+
+        The frame holds the held remainder plus what the filter still holds (its last ~2 ms,
+        then silence), so the response ends as it would have with silence appended. Returns
+        None when nothing is pending. Afterwards the outbound state is clean, as after
+        :meth:`reset_outbound`.
+        """
+        source = self._active_out
+        has_tail = source is not None and source.has_tail
+        if not self._out_pending and not has_tail:
+            self.reset_outbound()
+            return None
+        missing = self.CARRIER_FRAME_BYTES - len(self._out_pending)
+        if source is not None and has_tail:
+            silence = np.zeros(source.input_for_output(missing) * source.channels, np.int16)
+            self._out_pending += array_to_ulaw(source.process(silence))
+        else:
+            self._out_pending += bytes([ULAW_SILENCE]) * missing
+        frame = bytes(self._out_pending)
+        self.reset_outbound()  # anything the filter still rings with past the frame is dropped
+        return frame
+
+    def reset_outbound(self) -> None:
+        """Barge-in: drop held outbound audio and the resamplers' history.
+
+        The next response then starts from silence, exactly as on a fresh transcoder, so no
+        fragment of the interrupted one can click at its start.
+        """
+        self._out_pending.clear()
+        self._down.reset()
+        if self._down48 is not None:
+            self._down48.reset()
+        self._active_out = None
+
+    def _emit(self, resampler: StreamResampler, pcm: npt.NDArray[np.int16]) -> list[bytes]:
+        ulaw = array_to_ulaw(resampler.process(pcm))
+        if pcm.size:
+            self._active_out = resampler
+        size = self.CARRIER_FRAME_BYTES
+        if not self._out_pending and len(ulaw) == size:
+            return [ulaw]  # the steady state: one model frame, one carrier frame
+        self._out_pending += ulaw
+        whole = len(self._out_pending) - len(self._out_pending) % size
+        frames = [bytes(self._out_pending[i : i + size]) for i in range(0, whole, size)]
+        del self._out_pending[:whole]
+        return frames
