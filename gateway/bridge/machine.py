@@ -165,8 +165,7 @@ class TurnMachine:
     barge_ins: int = 0
     ignored: int = 0
 
-    @property
-    def forward_assistant_audio(self) -> bool:
+    def forwards_audio(self) -> bool:
         """Whether decoded upstream audio may go to the carrier (False while muted / closed)."""
         return self.state not in (State.INTERRUPTED, State.CLOSED)
 

@@ -58,7 +58,7 @@ def test_barge_in_while_response_active_does_everything_in_order() -> None:
         TruncateToHeard("resp_1", "item_1"),
     ]
     assert m.state is State.INTERRUPTED
-    assert not m.forward_assistant_audio
+    assert not m.forwards_audio()
     assert m.barge_ins == 1
 
 
@@ -120,7 +120,7 @@ def test_late_audio_of_the_cancelled_response_stays_muted() -> None:
     m = speaking()
     m.handle(SpeechStarted("server"))
     m.handle(AudioStarted("resp_1"))  # a late, duplicated start of the cancelled response
-    assert m.state is State.INTERRUPTED and not m.forward_assistant_audio
+    assert m.state is State.INTERRUPTED and not m.forwards_audio()
 
 
 def test_the_next_response_unmutes() -> None:
@@ -128,7 +128,7 @@ def test_the_next_response_unmutes() -> None:
     m.handle(SpeechStarted("server"))
     m.handle(ResponseDone("resp_1", "cancelled"))
     m.handle(ResponseCreated("resp_2"))
-    assert m.state is State.RESPONDING and m.forward_assistant_audio
+    assert m.state is State.RESPONDING and m.forwards_audio()
     m.handle(AudioStarted("resp_2"))
     assert m.state is State.SPEAKING
 
@@ -160,7 +160,7 @@ def test_close_is_terminal() -> None:
     assert m.state is State.CLOSED
     assert m.handle(SpeechStarted("server")) == []
     assert m.handle(ResponseCreated("resp_2")) == []
-    assert m.state is State.CLOSED and not m.forward_assistant_audio
+    assert m.state is State.CLOSED and not m.forwards_audio()
 
 
 def test_unexpected_pairs_are_counted_not_fatal() -> None:

@@ -1,0 +1,309 @@
+"""The gateway's HTTP/websocket surface: ``create_app(settings, ...)``.
+
+Routes:
+
+- ``POST /twilio/voice``  the number's Voice URL: validate, admit, answer TwiML
+- ``WS   /twilio/media``  the bidirectional Media Stream of an admitted call
+- ``GET  /healthz``       liveness (no dependencies)
+- ``GET  /readyz``        503 while draining or at capacity
+- ``GET  /metrics``       Prometheus text format
+- ``POST /admin/reload``  reload the profiles file (bearer token; off without one)
+- ``GET  /admin/calls``   live calls (bearer token)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
+
+from gateway.admission import Admissions
+from gateway.bridge.call import CallRunner, UpstreamFactory
+from gateway.errors import CapacityError, ConfigError, Forbidden
+from gateway.numbers import Profile, ProfileStore
+from gateway.observability import Metrics, mask_number
+from gateway.settings import Settings
+from gateway.telephony import signature
+
+log = logging.getLogger("gateway.app")
+
+MEDIA_PATH = "/twilio/media"
+VOICE_PATH = "/twilio/voice"
+CALL_TOKEN_PARAM = "gateway_call_token"
+PROFILE_PARAM = "gateway_number"
+
+
+@dataclass
+class GatewayState:
+    """Process-wide state shared by the routes; one per app."""
+
+    settings: Settings
+    profiles: ProfileStore
+    metrics: Metrics
+    upstream: UpstreamFactory
+    admissions: Admissions
+    clock: Callable[[], float] = time.monotonic
+    calls: dict[str, CallRunner] = field(default_factory=dict)
+    ready: bool = False
+
+
+def create_app(
+    settings: Settings,
+    *,
+    upstream: UpstreamFactory,
+    profiles: ProfileStore | None = None,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """Build the gateway app. ``upstream`` opens one Realtime session per call."""
+    state = GatewayState(
+        settings=settings,
+        profiles=profiles or ProfileStore(settings.profiles_file),
+        metrics=metrics or Metrics(),
+        upstream=upstream,
+        admissions=Admissions(max_calls=settings.max_calls),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state.ready = True
+        watcher = asyncio.create_task(_watch_profiles(state), name="profiles-watcher")
+        try:
+            yield
+        finally:
+            state.ready = False
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.gather(
+                *(c.hang_up("gateway shutting down") for c in state.calls.values())
+            )
+
+    app = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = state
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        now = state.clock()
+        if not state.ready or state.admissions.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not state.admissions.has_room(now):
+            return JSONResponse({"status": "at capacity"}, status_code=503)
+        return JSONResponse({"status": "ready", "calls": state.admissions.load(now)})
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post(VOICE_PATH)
+    async def incoming_call(request: Request) -> Response:
+        form = await request.form()
+        params = {k: str(v) for k, v in form.multi_items()}
+        try:
+            _authorize_carrier(request, state, params)
+        except Forbidden as exc:
+            state.metrics.webhooks.labels("forbidden").inc()
+            log.warning("webhook refused: %s", exc)
+            return PlainTextResponse("forbidden", status_code=403)
+        call_sid = params.get("CallSid", "")
+        if not call_sid:
+            state.metrics.webhooks.labels("bad_request").inc()
+            return PlainTextResponse("missing CallSid", status_code=400)
+        called, caller = params.get("To"), params.get("From")
+        profile = state.profiles.for_number(called)
+        try:
+            admission = state.admissions.admit(call_sid, called, caller, state.clock())
+        except CapacityError as exc:
+            state.metrics.webhooks.labels("refused_capacity").inc()
+            log.warning("call %s refused: %s", call_sid, exc)
+            return _twiml(_fallback_only(profile))
+        state.metrics.webhooks.labels("admitted").inc()
+        log.info(
+            "call %s admitted for %s (profile %s) from %s",
+            call_sid,
+            called,
+            profile.name,
+            mask_number(caller),
+        )
+        stream_url = signature.public_url(
+            request_url=str(request.url),
+            headers=dict(request.headers),
+            public_base=state.settings.public_url,
+            trust_proxy_headers=state.settings.trust_proxy_headers,
+            path=MEDIA_PATH,
+            websocket=True,
+        )
+        return _twiml(_connect_twiml(stream_url, admission.token, called, profile))
+
+    @app.websocket(MEDIA_PATH)
+    async def media_stream(ws: WebSocket) -> None:
+        runner = CallRunner(
+            ws,
+            settings=state.settings,
+            profiles=state.profiles,
+            admissions=state.admissions,
+            metrics=state.metrics,
+            upstream=state.upstream,
+            clock=state.clock,
+            registry=state.calls,
+        )
+        try:
+            _authorize_carrier_ws(ws, state)
+        except Forbidden as exc:
+            await runner.refuse(exc)
+            return
+        await runner.run()
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request) -> Response:
+        _require_admin(request, state)
+        try:
+            fresh = state.profiles.reload()
+        except ConfigError as exc:
+            state.metrics.profile_reloads.labels("invalid").inc()
+            return JSONResponse({"reloaded": False, "error": str(exc)}, status_code=422)
+        state.metrics.profile_reloads.labels("ok").inc()
+        return JSONResponse({"reloaded": True, "numbers": sorted(fresh.numbers)})
+
+    @app.get("/admin/calls")
+    async def admin_calls(request: Request) -> Response:
+        _require_admin(request, state)
+        return JSONResponse({"calls": [c.summary() for c in state.calls.values()]})
+
+    return app
+
+
+def _twiml(resp: VoiceResponse) -> Response:
+    return Response(str(resp), media_type="application/xml")
+
+
+def _fallback(resp: VoiceResponse, profile: Profile) -> VoiceResponse:
+    if profile.fallback.number:
+        resp.dial(profile.fallback.number)
+    else:
+        resp.say(profile.fallback.message)
+        resp.hangup()
+    return resp
+
+
+def _fallback_only(profile: Profile) -> VoiceResponse:
+    return _fallback(VoiceResponse(), profile)
+
+
+def _connect_twiml(url: str, token: str, called: str | None, profile: Profile) -> VoiceResponse:
+    resp = VoiceResponse()
+    connect = Connect()
+    stream = Stream(url=url)
+    stream.parameter(name=CALL_TOKEN_PARAM, value=token)
+    if called:
+        stream.parameter(name=PROFILE_PARAM, value=called)
+    connect.append(stream)
+    resp.append(connect)
+    # Twilio runs what follows <Connect> only when the stream ends: our fallback.
+    return _fallback(resp, profile)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _authorize_carrier(request: Request, state: GatewayState, params: dict[str, str]) -> None:
+    token = state.settings.twilio_auth_token
+    if token is None:
+        _unsigned_allowed(request.client.host if request.client else None, state)
+        return
+    url = signature.public_url(
+        request_url=str(request.url),
+        headers=dict(request.headers),
+        public_base=state.settings.public_url,
+        trust_proxy_headers=state.settings.trust_proxy_headers,
+        path=request.url.path,
+        websocket=False,
+        query=request.url.query,
+    )
+    sig = request.headers.get("x-twilio-signature", "")
+    if not signature.validate_webhook(token.get_secret_value(), url, params, sig):
+        raise Forbidden("X-Twilio-Signature does not match the webhook request")
+
+
+def _authorize_carrier_ws(ws: WebSocket, state: GatewayState) -> None:
+    token = state.settings.twilio_auth_token
+    if token is None:
+        _unsigned_allowed(ws.client.host if ws.client else None, state)
+        return
+    url = signature.public_url(
+        request_url=str(ws.url),
+        headers=dict(ws.headers),
+        public_base=state.settings.public_url,
+        trust_proxy_headers=state.settings.trust_proxy_headers,
+        path=ws.url.path,
+        websocket=True,
+        query=ws.url.query,
+    )
+    sig = ws.headers.get("x-twilio-signature", "")
+    if not signature.validate_websocket_upgrade(token.get_secret_value(), url, sig):
+        raise Forbidden("X-Twilio-Signature does not match the media stream upgrade")
+
+
+def _unsigned_allowed(host: str | None, state: GatewayState) -> None:
+    if state.settings.allow_unsigned:
+        log.warning("accepting an UNSIGNED carrier request from %s (GATEWAY_ALLOW_UNSIGNED)", host)
+        return
+    if not _is_loopback(host):
+        raise Forbidden(
+            "no TWILIO_AUTH_TOKEN is configured, so only loopback clients are accepted "
+            "(set the token, or GATEWAY_ALLOW_UNSIGNED=true for development)"
+        )
+
+
+def _require_admin(request: Request, state: GatewayState) -> None:
+    from fastapi import HTTPException
+
+    token = state.settings.admin_token
+    if token is None:
+        raise HTTPException(404, "admin endpoints are off (set GATEWAY_ADMIN_TOKEN)")
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "bad or missing admin bearer token")
+
+
+async def _watch_profiles(state: GatewayState, interval_s: float = 2.0) -> None:
+    """Reload the profiles file when it changes on disk; a bad file keeps the old profiles."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if not state.profiles.changed_on_disk():
+            continue
+        try:
+            state.profiles.reload()
+        except ConfigError as exc:
+            state.metrics.profile_reloads.labels("invalid").inc()
+            log.error("profiles file changed but is invalid; keeping the old profiles: %s", exc)
+        else:
+            state.metrics.profile_reloads.labels("ok").inc()
+            log.info("profiles reloaded from %s", state.profiles.path)
+
+
+def gateway_state(app: FastAPI) -> GatewayState:
+    """The :class:`GatewayState` of an app built by :func:`create_app` (for the CLI and tests)."""
+    st: Any = app.state.gateway
+    assert isinstance(st, GatewayState)
+    return st

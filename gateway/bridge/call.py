@@ -1,0 +1,514 @@
+"""The only per-call async code: one :class:`CallRunner` per carrier media stream.
+
+It runs three loops for the life of a call — carrier reader, upstream event reader, upstream
+audio reader — and executes what the pure parts decide: the Twilio codec parses, the transcoder
+converts, the :class:`~gateway.bridge.machine.TurnMachine` decides barge-in, the mark ledger
+knows what the caller heard. Every task, the peer connection and the websocket end with the
+call, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from gateway.admission import Admissions
+from gateway.audio.g711 import ulaw_to_pcm16
+from gateway.audio.transcoder import CallTranscoder
+from gateway.audio.vad import LocalVad, VadEvent
+from gateway.bridge import machine as m
+from gateway.errors import (
+    CarrierError,
+    CarrierProtocolError,
+    CloseCode,
+    Forbidden,
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeout,
+    close_code_for,
+)
+from gateway.numbers import Profile, ProfileStore
+from gateway.observability import CallLogger, Metrics
+from gateway.realtime import events as rt
+from gateway.settings import Settings
+from gateway.telephony.ledger import MarkLedger
+from gateway.telephony.messages import (
+    ClearAudio,
+    Connected,
+    Dtmf,
+    Ignored,
+    Mark,
+    Media,
+    OutboundMessage,
+    PlayAudio,
+    PlayMark,
+    Start,
+    Stop,
+)
+from gateway.telephony.twilio import TwilioCodec
+
+log = logging.getLogger("gateway.call")
+
+CALL_TOKEN_PARAM = "gateway_call_token"
+PROFILE_PARAM = "gateway_number"
+START_TIMEOUT_S = 10.0
+FRAME_MS = 20
+# One mark per 100 ms of audio: enough to know what was heard, a fifth of the message rate.
+MARK_EVERY_MS = 100
+# A frame whose peak is below this is silence: not worth forwarding while nobody speaks.
+SILENCE_PEAK = 8
+# After this many consecutive unusable carrier frames the stream is beyond saving.
+MAX_CONSECUTIVE_CARRIER_ERRORS = 50
+
+
+class UpstreamSession(Protocol):
+    """What the bridge needs from one Realtime session (see gateway.realtime.session)."""
+
+    @property
+    def call_id(self) -> str | None: ...
+
+    async def open(self) -> None: ...
+
+    def send(self, event: dict[str, Any]) -> None: ...
+
+    def events(self) -> AsyncIterator[rt.ServerEvent]: ...
+
+    def push_audio(self, frame: npt.NDArray[np.int16], received_at: float) -> None: ...
+
+    def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]: ...
+
+    async def close(self) -> None: ...
+
+
+UpstreamFactory = Callable[[Profile], UpstreamSession]
+
+
+@dataclass
+class CallStats:
+    """What the call record and the admin API report about one call."""
+
+    started_at: float = 0.0
+    setup_ms: float | None = None
+    turns: int = 0
+    barge_ins: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped_setup_frames: int = 0
+    muted_frames: int = 0
+    carrier_errors: int = 0
+    upstream_errors: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class CallRunner:
+    """Runs one media stream from ``connected`` to close. Create it per websocket, then
+    :meth:`run` it (or :meth:`refuse` it when the upgrade is not authorized)."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        *,
+        settings: Settings,
+        profiles: ProfileStore,
+        admissions: Admissions,
+        metrics: Metrics,
+        upstream: UpstreamFactory,
+        registry: dict[str, CallRunner],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ws = ws
+        self.settings = settings
+        self.profiles = profiles
+        self.admissions = admissions
+        self.metrics = metrics
+        self.upstream_factory = upstream
+        self.registry = registry
+        self.clock = clock
+        self.codec = TwilioCodec(max_message_bytes=settings.max_message_bytes)
+        self.transcoder = CallTranscoder()
+        self.ledger = MarkLedger(mark_every_ms=MARK_EVERY_MS)
+        self.machine = m.TurnMachine()
+        self.vad: LocalVad | None = None
+        self.stats = CallStats()
+        self.log = CallLogger(log, {})
+        self.start: Start | None = None
+        self.profile: Profile | None = None
+        self.session: UpstreamSession | None = None
+        self._ready = False
+        self._setup_buffer: deque[tuple[npt.NDArray[np.int16], float]] = deque(
+            maxlen=max(1, settings.setup_buffer_ms // FRAME_MS)
+        )
+        self._end_reason = "carrier hung up"
+        self._close_code = CloseCode.NORMAL
+        self._speech_at: float | None = None
+        self._consecutive_errors = 0
+        self._hangup = asyncio.Event()
+        self._pending: list[OutboundMessage] = []
+
+    # --- public ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able view for the admin API (no secrets, numbers masked by the caller)."""
+        return {
+            "call_sid": self.start.call_sid if self.start else None,
+            "stream_sid": self.start.stream_sid if self.start else None,
+            "profile": self.profile.name if self.profile else None,
+            "upstream_call_id": self.session.call_id if self.session else None,
+            "state": self.machine.state.value,
+            "age_s": round(self.clock() - self.stats.started_at, 1),
+            "setup_ms": self.stats.setup_ms,
+            "barge_ins": self.stats.barge_ins,
+        }
+
+    async def refuse(self, exc: GatewayError) -> None:
+        """Close an unauthorized upgrade before anything else happens."""
+        code, reason = close_code_for(exc)
+        self.log.warning("media stream refused: %s", exc)
+        self.metrics.calls.labels("refused").inc()
+        await self.ws.close(code=int(code), reason=reason)
+
+    async def hang_up(self, reason: str) -> None:
+        """Ask the call to end (shutdown, max duration); :meth:`run` does the cleanup."""
+        self._end_reason = reason
+        self._close_code = CloseCode.GOING_AWAY
+        self._hangup.set()
+
+    async def run(self) -> None:
+        """Serve the stream until it ends; never raises (failures become close codes)."""
+        self.stats.started_at = self.clock()
+        await self.ws.accept()
+        tasks: list[asyncio.Task[None]] = []
+        outcome = "completed"
+        try:
+            await self._handshake()
+            assert self.start is not None and self.profile is not None
+            self.registry[self.start.call_sid] = self
+            self.metrics.active_calls.inc()
+            carrier = asyncio.create_task(self._carrier_loop(), name="carrier")
+            tasks.append(carrier)
+            await self._open_upstream(carrier)
+            tasks += [
+                asyncio.create_task(self._upstream_events(), name="upstream-events"),
+                asyncio.create_task(self._upstream_audio(), name="upstream-audio"),
+                asyncio.create_task(self._hangup.wait(), name="hangup"),  # type: ignore[arg-type]
+                asyncio.create_task(self._max_duration(), name="max-duration"),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        except WebSocketDisconnect:
+            self._end_reason = "carrier websocket closed"
+        except GatewayError as exc:
+            outcome = _outcome_for(exc)
+            self._close_code, _ = close_code_for(exc)
+            self._end_reason = str(exc)
+            self.log.warning("call ends: %s", exc)
+        except Exception:  # our bug: one bad call must not hurt the others
+            outcome = "internal_error"
+            self._close_code = CloseCode.INTERNAL_ERROR
+            self._end_reason = "internal error"
+            self.log.exception("call failed with an internal error")
+        finally:
+            await self._cleanup(tasks, outcome)
+
+    # --- phases --------------------------------------------------------------------------
+
+    async def _receive(self) -> str | bytes:
+        msg = await self.ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1000))
+        text = msg.get("text")
+        if text is not None:
+            return str(text)
+        data = msg.get("bytes")
+        return bytes(data) if data is not None else b""
+
+    async def _handshake(self) -> None:
+        """Read ``connected`` and ``start``; bind the stream to the call the webhook admitted."""
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while self.start is None:
+                parsed = self.codec.parse(await self._receive())
+                if isinstance(parsed, Connected | Ignored):
+                    continue
+                if not isinstance(parsed, Start):
+                    raise CarrierProtocolError(f"expected 'start', got {type(parsed).__name__}")
+                self.start = parsed
+        start = self.start
+        token = start.custom_parameters.get(CALL_TOKEN_PARAM, "")
+        admission = self.admissions.bind(start.call_sid, token, self.clock())
+        called = admission.called or start.custom_parameters.get(PROFILE_PARAM)
+        self.profile = self.profiles.for_number(called)
+        self.machine = m.TurnMachine(truncate_to_heard=self.profile.truncate_to_heard)
+        if self.profile.local_barge_in:
+            self.vad = LocalVad()
+        self.log = CallLogger(
+            log,
+            {"call": start.call_sid, "stream": start.stream_sid, "number": self.profile.name},
+        )
+        self.log.info("stream started (profile %s)", self.profile.name)
+
+    async def _open_upstream(self, carrier: asyncio.Task[None]) -> None:
+        """Open the Realtime session while the carrier loop buffers caller audio."""
+        assert self.profile is not None
+        t0 = self.clock()
+        self.session = self.upstream_factory(self.profile)
+        opening = asyncio.create_task(self.session.open(), name="upstream-open")
+        done, _ = await asyncio.wait(
+            {opening, carrier},
+            timeout=self.settings.setup_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if opening not in done:
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await opening
+            if carrier in done:
+                carrier.result()  # the carrier went away during setup: re-raise why
+                raise WebSocketDisconnect(1000)
+            raise UpstreamTimeout(
+                f"Realtime session not ready within {self.settings.setup_timeout_s:g} s"
+            )
+        opening.result()
+        self.stats.setup_ms = (self.clock() - t0) * 1000
+        self.metrics.setup_seconds.observe(self.stats.setup_ms / 1000)
+        self.log.info(
+            "upstream ready in %.0f ms (call id %s)", self.stats.setup_ms, self.session.call_id
+        )
+        self._ready = True
+        while self._setup_buffer:
+            frame, at = self._setup_buffer.popleft()
+            self.session.push_audio(frame, at)
+        if self.profile.greeting:
+            self.session.send(rt.response_create(instructions=self.profile.greeting))
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def _carrier_loop(self) -> None:
+        while True:
+            raw = await self._receive()
+            now = self.clock()
+            try:
+                msg = self.codec.parse(raw)
+            except CarrierError as exc:
+                self._carrier_error(exc)
+                continue
+            self._consecutive_errors = 0
+            if isinstance(msg, Media):
+                self._on_media(msg, now)
+                if self._pending:
+                    await self._flush_pending()
+            elif isinstance(msg, Mark):
+                self.ledger.on_mark(msg.name)
+                if self.ledger.buffered_ms <= 0:
+                    await self._handle(m.CarrierDrained())
+            elif isinstance(msg, Stop):
+                self._end_reason = "carrier sent stop"
+                return
+            elif isinstance(msg, Dtmf):
+                self.log.info("caller pressed %s", msg.digit)
+            elif isinstance(msg, Ignored):
+                self.metrics.carrier_rejects.labels("ignored").inc()
+            elif isinstance(msg, Start | Connected):
+                self._carrier_error(CarrierProtocolError("duplicate connected/start"))
+
+    def _carrier_error(self, exc: CarrierError) -> None:
+        if isinstance(exc, Forbidden):
+            raise exc
+        self.stats.carrier_errors += 1
+        self._consecutive_errors += 1
+        self.metrics.carrier_rejects.labels(type(exc).__name__).inc()
+        if self.stats.carrier_errors <= 5:
+            self.log.warning("carrier message rejected: %s", exc)
+        if self._consecutive_errors >= MAX_CONSECUTIVE_CARRIER_ERRORS:
+            raise exc
+
+    def _on_media(self, msg: Media, now: float) -> None:
+        self.stats.frames_in += 1
+        if self.vad is not None and self._ready:
+            event = self.vad.process(ulaw_to_pcm16(msg.payload))
+            if event is VadEvent.SPEECH_STARTED and self.machine.assistant_audible:
+                self._speech_at = now
+                self._run_actions(self.machine.handle(m.SpeechStarted("local")))
+        for frame in self.transcoder.inbound(msg.payload):
+            if self._ready and self.session is not None:
+                self.session.push_audio(frame, now)
+            else:
+                if len(self._setup_buffer) == self._setup_buffer.maxlen:
+                    self.stats.dropped_setup_frames += 1
+                    self.metrics.dropped_frames.labels("inbound", "setup_buffer_full").inc()
+                self._setup_buffer.append((frame, now))
+
+    async def _upstream_events(self) -> None:
+        assert self.session is not None
+        async for ev in self.session.events():
+            now = self.clock()
+            await self._on_upstream_event(ev, now)
+
+    async def _on_upstream_event(self, ev: rt.ServerEvent, now: float) -> None:
+        kind = ev.type
+        if kind == "input_audio_buffer.speech_started":
+            self._speech_at = now
+            await self._handle(m.SpeechStarted("server"))
+        elif kind == "response.created" and ev.response_id:
+            await self._handle(m.ResponseCreated(ev.response_id))
+        elif kind == "response.output_item.added" and ev.response_id and ev.item_id:
+            if ev.item_role == "assistant":
+                await self._handle(m.AssistantItem(ev.response_id, ev.item_id))
+        elif kind == "output_audio_buffer.started":
+            await self._handle(m.AudioStarted(ev.response_id))
+        elif kind == "output_audio_buffer.stopped":
+            await self._on_audio_stopped(ev.response_id)
+        elif kind == "output_audio_buffer.cleared":
+            await self._handle(m.AudioCleared(ev.response_id))
+        elif kind == "response.done" and ev.response_id:
+            self.stats.turns += 1
+            for k, v in (ev.usage or {}).items():
+                if isinstance(v, int):
+                    self.stats.usage[k] = self.stats.usage.get(k, 0) + v
+            await self._handle(m.ResponseDone(ev.response_id, ev.status or "completed"))
+        elif kind == "error":
+            self._on_upstream_error(ev)
+
+    def _on_upstream_error(self, ev: rt.ServerEvent) -> None:
+        code = ev.error_code or "unknown"
+        self.stats.upstream_errors[code] = self.stats.upstream_errors.get(code, 0) + 1
+        self.metrics.upstream_errors.labels(code).inc()
+        if code in rt.RECOVERABLE_ERROR_CODES:
+            self.log.debug("upstream error %s (recoverable)", code)
+            return
+        self.log.warning("upstream error %s: %s", code, (ev.error or {}).get("message"))
+        if code in rt.FATAL_ERROR_CODES:
+            raise UpstreamError(f"Realtime session failed: {code}", code=code)
+
+    async def _on_audio_stopped(self, response_id: str | None) -> None:
+        tail = self.transcoder.flush_outbound()
+        if tail is not None and self.machine.forwards_audio():
+            await self._send_audio(tail, response_id, self.clock())
+        mark = self.ledger.flush()
+        if mark is not None:
+            await self._send(PlayMark(mark))
+        await self._handle(m.AudioStopped(response_id))
+        if self.machine.state is m.State.DRAINING and self.ledger.buffered_ms <= 0:
+            await self._handle(m.CarrierDrained())
+
+    async def _upstream_audio(self) -> None:
+        assert self.session is not None
+        async for frame, received_at in self.session.audio_frames():
+            if not self.machine.forwards_audio():
+                self.stats.muted_frames += 1
+                self.metrics.dropped_frames.labels("outbound", "muted_after_barge_in").inc()
+                continue
+            if self.machine.state is m.State.LISTENING and _is_silent(frame):
+                continue  # idle comfort silence: the carrier plays silence by itself
+            for chunk in self.transcoder.outbound(frame):
+                if not self.machine.forwards_audio():
+                    break  # a barge-in landed while we were writing
+                await self._send_audio(chunk, self.machine.audible_response, received_at)
+
+    async def _send_audio(self, ulaw: bytes, response_id: str | None, received_at: float) -> None:
+        await self._send(PlayAudio(ulaw))
+        self.stats.frames_out += 1
+        self.metrics.added_latency.labels("outbound").observe(self.clock() - received_at)
+        mark = self.ledger.sent(len(ulaw), response_id)
+        if mark is not None:
+            await self._send(PlayMark(mark))
+
+    async def _max_duration(self) -> None:
+        assert self.profile is not None
+        await asyncio.sleep(self.profile.max_call_seconds)
+        self._end_reason = f"maximum call duration ({self.profile.max_call_seconds} s) reached"
+
+    # --- actions -------------------------------------------------------------------------
+
+    async def _handle(self, event: m.Input) -> None:
+        self._run_actions(self.machine.handle(event))
+        await self._flush_pending()
+
+    def _run_actions(self, actions: list[m.Action]) -> None:
+        """Execute the machine's actions; carrier writes are queued and flushed in order."""
+        for action in actions:
+            if isinstance(action, m.ClearCarrier):
+                self._pending.append(ClearAudio())
+                self.ledger.on_clear()
+            elif isinstance(action, m.DropOutboundAudio):
+                self.transcoder.reset_outbound()
+            elif isinstance(action, m.CancelResponse) and self.session is not None:
+                self.session.send(rt.response_cancel(action.response_id))
+            elif isinstance(action, m.ClearUpstreamAudio) and self.session is not None:
+                self.session.send(rt.output_audio_buffer_clear())
+            elif isinstance(action, m.TruncateToHeard) and self.session is not None:
+                heard = self.ledger.played_ms_for(action.response_id)
+                if heard > 0:
+                    self.session.send(rt.conversation_item_truncate(action.item_id, 0, heard))
+            elif isinstance(action, m.BargeIn):
+                self.stats.barge_ins += 1
+                self.metrics.barge_ins.labels(action.source).inc()
+
+    async def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for msg in pending:
+            await self._send(msg)
+            if isinstance(msg, ClearAudio) and self._speech_at is not None:
+                self.metrics.barge_in_seconds.observe(self.clock() - self._speech_at)
+                self._speech_at = None
+
+    async def _send(self, msg: OutboundMessage) -> None:
+        await self.ws.send_text(self.codec.encode(msg))
+
+    # --- end -----------------------------------------------------------------------------
+
+    async def _cleanup(self, tasks: list[asyncio.Task[None]], outcome: str) -> None:
+        self.machine.handle(m.Close())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.close()
+        if self.start is not None:
+            self.admissions.release(self.start.call_sid)
+            if self.registry.get(self.start.call_sid) is self:
+                del self.registry[self.start.call_sid]
+                self.metrics.active_calls.dec()
+        if self.ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                reason = self._end_reason.encode()[:120].decode(errors="ignore")
+                await self.ws.close(code=int(self._close_code), reason=reason)
+        self.metrics.calls.labels(outcome).inc()
+        self.log.info(
+            "call ended (%s): %s; %d barge-ins, %d responses",
+            outcome,
+            self._end_reason,
+            self.stats.barge_ins,
+            self.stats.turns,
+        )
+
+
+def _is_silent(frame: npt.NDArray[np.int16]) -> bool:
+    return frame.size == 0 or int(np.abs(frame).max()) < SILENCE_PEAK
+
+
+def _outcome_for(exc: GatewayError) -> str:
+    if isinstance(exc, Forbidden):
+        return "forbidden"
+    if isinstance(exc, CarrierError):
+        return "carrier_error"
+    if isinstance(exc, UpstreamError):
+        return "upstream_error"
+    return "error"
+
+
+__all__ = ["CallRunner", "CallStats", "UpstreamFactory", "UpstreamSession"]
