@@ -1,0 +1,274 @@
+"""Audio at the aiortc edge: a paced outbound track and an inbound frame reader.
+
+The gateway's canonical audio is 24 kHz PCM16 mono in 20 ms frames (480 samples). aiortc pulls
+outbound audio from a track (``await track.recv()``), so the track sets the pace;
+:class:`OutboundAudioTrack` paces itself on a monotonic clock by frame timestamps, as aiortc's
+``AudioStreamTrack`` does, and plays silence — never stale audio — when the carrier stalls.
+:class:`InboundAudioReader` turns the remote track's decoded frames (Opus: 48 kHz stereo; PCMU:
+8 kHz mono) back into 480-sample 24 kHz mono frames with one resampler per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from gateway.audio.resample import StreamResampler
+from gateway.errors import AudioFormatError
+
+__all__ = [
+    "FRAME_SAMPLES",
+    "SAMPLE_RATE",
+    "InboundAudioReader",
+    "InboundStats",
+    "OutboundAudioTrack",
+    "OutboundStats",
+]
+
+SAMPLE_RATE: Final = 24000
+FRAME_MS: Final = 20
+FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000  # 480
+_FRAME_S: Final = FRAME_MS / 1000
+_TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
+_SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+_SILENCE.setflags(write=False)
+
+
+@dataclass(slots=True)
+class OutboundStats:
+    """Counters of one outbound track (read them; do not write)."""
+
+    frames_sent: int = 0  # every frame handed to aiortc, audio or silence
+    audio_frames: int = 0  # frames that carried pushed audio
+    silence_frames: int = 0  # frames filled with silence because the queue was empty
+    dropped: int = 0  # oldest frames discarded because the queue was full
+    cleared: int = 0  # frames discarded by clear()
+    late_resyncs: int = 0  # times the pacer gave up catching up after a stall
+    catch_up_frames: int = 0  # frames sent early to drain a backlog
+
+
+class OutboundAudioTrack(MediaStreamTrack):
+    """The gateway's outbound audio: 24 kHz mono PCM16 frames in, paced 20 ms frames out.
+
+    Push frames with :meth:`push` as the carrier delivers them; aiortc's sender pulls them with
+    :meth:`recv`, one per 20 ms of monotonic time. The queue is bounded: beyond ``max_frames``
+    the oldest frame is dropped (and counted), so queued audio can never add more than
+    ``max_frames`` × 20 ms of latency. While more than ``target_frames`` are queued (a backlog
+    from call setup, or a burst after a carrier stall) frames go out ``catch_up`` times faster
+    than real time until the queue is back at the target; ``catch_up=1`` disables that.
+
+    When the queue is empty the track sends silence, so the RTP stream never stalls and nothing
+    stale is replayed. A stall of the event loop longer than ``max_lateness`` re-anchors the
+    clock instead of bursting out the missed frames. ``clock`` must be monotonic (seconds) and
+    ``sleep`` must wait on the same clock (tests pass a fake pair).
+    ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
+    ``received_at``) to the moment aiortc takes it — the gateway-added inbound latency.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        *,
+        max_frames: int = 50,
+        target_frames: int = 2,
+        catch_up: float = 2.0,
+        max_lateness: float = 0.06,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_handoff: Callable[[float], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if max_frames < 1 or not 0 <= target_frames <= max_frames:
+            raise ValueError(
+                f"need 1 <= max_frames and 0 <= target_frames <= max_frames, "
+                f"got max_frames={max_frames}, target_frames={target_frames}"
+            )
+        if catch_up < 1.0:
+            raise ValueError(f"catch_up must be >= 1, got {catch_up}")
+        self._queue: deque[tuple[npt.NDArray[np.int16], float]] = deque()
+        self._max_frames = max_frames
+        self._target_frames = target_frames
+        self._catch_up_interval = _FRAME_S / catch_up
+        self._max_lateness = max_lateness
+        self._clock = clock
+        self._sleep = sleep
+        self._on_handoff = on_handoff
+        self._pts = -FRAME_SAMPLES  # the first frame gets pts 0
+        self._due: float | None = None  # monotonic time the next frame is due
+        self.stats = OutboundStats()
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting to be sent."""
+        return len(self._queue)
+
+    def push(self, frame: npt.NDArray[np.int16], received_at: float | None = None) -> None:
+        """Queue one 480-sample int16 frame; drops the oldest queued frame when full.
+
+        ``received_at`` (monotonic seconds) is when the audio entered the gateway; it defaults to
+        now. Raises :class:`~gateway.errors.AudioFormatError` for another dtype or length. Frames
+        pushed after the track ended are ignored.
+        """
+        if frame.dtype != np.int16 or frame.shape != (FRAME_SAMPLES,):
+            raise AudioFormatError(
+                f"outbound frames must be {FRAME_SAMPLES} int16 samples (20 ms at 24 kHz), "
+                f"got dtype {frame.dtype} shape {frame.shape}"
+            )
+        if self.readyState != "live":
+            return
+        if len(self._queue) >= self._max_frames:
+            self._queue.popleft()
+            self.stats.dropped += 1
+        self._queue.append((frame, self._clock() if received_at is None else received_at))
+
+    def clear(self) -> int:
+        """Drop every queued frame (barge-in, end of turn); returns how many were dropped."""
+        n = len(self._queue)
+        self._queue.clear()
+        self.stats.cleared += n
+        return n
+
+    async def recv(self) -> AudioFrame:
+        """Called by aiortc's sender: wait until the next frame is due, then return it.
+
+        Raises :class:`aiortc.mediastreams.MediaStreamError` once the track has been stopped,
+        which ends aiortc's sender loop.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = self._clock()
+        if self._due is None:
+            self._due = now
+        elif self._due > now:
+            await self._sleep(self._due - now)
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = self._clock()
+        elif now - self._due > self._max_lateness:
+            # The loop stalled: resume from now rather than bursting out the missed frames.
+            self._due = now
+            self.stats.late_resyncs += 1
+
+        if self._queue:
+            samples, received_at = self._queue.popleft()
+            self.stats.audio_frames += 1
+            if self._on_handoff is not None:
+                self._on_handoff(now - received_at)
+        else:
+            samples = _SILENCE
+            self.stats.silence_frames += 1
+        # Drain a backlog faster than real time; the frame timestamps stay contiguous, so the
+        # receiver's jitter buffer simply holds the early audio.
+        if len(self._queue) > self._target_frames:
+            self._due += self._catch_up_interval
+            self.stats.catch_up_frames += 1
+        else:
+            self._due += _FRAME_S
+        self.stats.frames_sent += 1
+
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        self._pts += FRAME_SAMPLES
+        frame.pts = self._pts
+        frame.time_base = _TIME_BASE
+        return frame
+
+    def stop(self) -> None:
+        """End the track: aiortc's sender stops pulling and queued audio is discarded."""
+        self._queue.clear()
+        super().stop()
+
+
+@dataclass(slots=True)
+class InboundStats:
+    """Counters of one inbound reader."""
+
+    frames_decoded: int = 0  # frames aiortc handed us (any rate and layout)
+    frames_out: int = 0  # 480-sample 24 kHz frames yielded
+    format_changes: int = 0  # times the decoded rate/layout changed (codec renegotiated)
+
+
+class InboundAudioReader:
+    """Iterate the remote track as 480-sample 24 kHz mono int16 frames: ``(frame, received_at)``.
+
+    ``received_at`` is the monotonic time aiortc handed over the decoded frame that completed
+    this one. Opus arrives as 48 kHz interleaved stereo, PCMU/PCMA as 8 kHz mono; each is
+    resampled by a :class:`~gateway.audio.resample.StreamResampler` kept for the whole call.
+    Iteration ends when the remote track ends (the peer connection closed). Use one reader per
+    track; it is not safe to iterate it from two tasks.
+    """
+
+    def __init__(
+        self, track: MediaStreamTrack, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if track.kind != "audio":
+            raise ValueError(f"expected an audio track, got {track.kind!r}")
+        self._track = track
+        self._clock = clock
+        self._resampler: StreamResampler | None = None
+        self._format: tuple[int, int] | None = None  # (rate, channels)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self.stats = InboundStats()
+
+    @property
+    def decoded_format(self) -> tuple[int, int] | None:
+        """``(rate, channels)`` of the last decoded frame: (48000, 2) for Opus, (8000, 1) PCMU."""
+        return self._format
+
+    def __aiter__(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
+        while True:
+            try:
+                frame = await self._track.recv()
+            except MediaStreamError:
+                return
+            received_at = self._clock()
+            if not isinstance(frame, AudioFrame):
+                raise AudioFormatError(f"remote audio track produced {type(frame).__name__}")
+            for out in self.convert(frame):
+                yield out, received_at
+
+    def convert(self, frame: AudioFrame) -> list[npt.NDArray[np.int16]]:
+        """Turn one decoded frame into zero or more complete 24 kHz frames (sync, CPU only).
+
+        Raises :class:`~gateway.errors.AudioFormatError` for a sample format other than packed
+        s16, which aiortc's decoders never produce.
+        """
+        self.stats.frames_decoded += 1
+        if frame.format.name != "s16":
+            raise AudioFormatError(f"decoded audio is {frame.format.name}, expected s16 (packed)")
+        channels = len(frame.layout.channels)
+        fmt = (int(frame.sample_rate), channels)
+        if fmt != self._format:
+            if self._format is not None:
+                self.stats.format_changes += 1
+            self._format = fmt
+            self._resampler = (
+                None
+                if fmt == (SAMPLE_RATE, 1)
+                else StreamResampler(fmt[0], SAMPLE_RATE, channels=channels)
+            )
+        # to_ndarray() sizes the array to the audio; planes[0] is padded beyond it.
+        pcm: npt.NDArray[np.int16] = frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+        if self._resampler is not None:
+            pcm = self._resampler.process(pcm)
+        if self._pending.size:
+            pcm = np.concatenate((self._pending, pcm))
+        n = pcm.size // FRAME_SAMPLES
+        out = [pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES] for i in range(n)]
+        self._pending = pcm[n * FRAME_SAMPLES :].copy()
+        self.stats.frames_out += n
+        return out

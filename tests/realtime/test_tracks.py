@@ -1,0 +1,366 @@
+"""OutboundAudioTrack pacing and queueing, InboundAudioReader conversion, and both over a real
+aiortc peer pair on loopback (Opus and PCMU)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from gateway.errors import AudioFormatError
+from gateway.realtime.tracks import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    InboundAudioReader,
+    OutboundAudioTrack,
+)
+
+
+class FakeTime:
+    """A monotonic clock that moves only when the track sleeps (or the test says so)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+def tone(n_frames: int, freq: float = 440.0, rate: int = SAMPLE_RATE) -> npt.NDArray[np.int16]:
+    t = np.arange(n_frames * rate // 50) / rate
+    return (8000 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def frames_of(pcm: npt.NDArray[np.int16], size: int = FRAME_SAMPLES) -> list[npt.NDArray[np.int16]]:
+    return [pcm[i : i + size] for i in range(0, pcm.size - size + 1, size)]
+
+
+def numbered(i: int) -> npt.NDArray[np.int16]:
+    return np.full(FRAME_SAMPLES, i, dtype=np.int16)
+
+
+def samples_of(frame: AudioFrame) -> npt.NDArray[np.int16]:
+    return frame.to_ndarray().reshape(-1)
+
+
+def paced_track(ft: FakeTime, **kwargs: object) -> OutboundAudioTrack:
+    return OutboundAudioTrack(clock=ft.clock, sleep=ft.sleep, **kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ outbound, unit
+
+
+async def test_frames_come_out_in_order_with_contiguous_timestamps() -> None:
+    ft = FakeTime()
+    track = paced_track(ft)
+    for i in range(1, 3):
+        track.push(numbered(i))
+    frames = [await track.recv() for _ in range(4)]
+    assert [int(samples_of(f)[0]) for f in frames] == [1, 2, 0, 0]  # then silence
+    assert [f.pts for f in frames] == [0, 480, 960, 1440]
+    for f in frames:
+        assert f.sample_rate == SAMPLE_RATE
+        assert f.samples == FRAME_SAMPLES
+        assert f.layout.name == "mono"
+        assert f.format.name == "s16"
+    assert track.stats.audio_frames == 2
+    assert track.stats.silence_frames == 2
+    assert track.stats.frames_sent == 4
+
+
+async def test_paced_every_20_ms_by_timestamp() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, target_frames=2)
+    await track.recv()  # first frame at once
+    for _ in range(5):
+        track.push(numbered(1))
+        await track.recv()
+    assert ft.sleeps == [0.02] * 5
+
+
+async def test_no_drift_when_the_caller_is_a_little_late() -> None:
+    ft = FakeTime()
+    track = paced_track(ft)
+    await track.recv()
+    ft.now += 0.025  # the sender came back 25 ms later (due was +20 ms)
+    await track.recv()  # late by 5 ms: no sleep
+    await track.recv()  # next due at +40 ms, now is +25 ms: sleeps 15 ms, not 20
+    assert ft.sleeps == [0.015]
+
+
+async def test_stall_resyncs_instead_of_bursting() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, max_lateness=0.06)
+    await track.recv()
+    ft.now += 0.5  # event loop stalled for half a second
+    await track.recv()
+    await track.recv()
+    assert track.stats.late_resyncs == 1
+    assert ft.sleeps == [0.02]  # the next frame is paced normally, no burst of 25 frames
+
+
+async def test_backlog_is_drained_faster_than_real_time_then_paced() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, target_frames=2, catch_up=2.0)
+    for i in range(1, 7):
+        track.push(numbered(i))  # six frames queued (a setup backlog)
+    out = [int(samples_of(await track.recv())[0]) for _ in range(6)]
+    assert out == [1, 2, 3, 4, 5, 6]  # nothing lost
+    # after frames 1..3 the queue still held 5, 4, 3 (> 2): 10 ms apart; then 20 ms
+    assert ft.sleeps == [0.01, 0.01, 0.01, 0.02, 0.02]
+    assert track.stats.catch_up_frames == 3
+
+
+async def test_full_queue_drops_oldest_and_counts() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, max_frames=3, target_frames=1)
+    for i in range(1, 6):
+        track.push(numbered(i))
+    assert track.queued_frames == 3
+    assert track.stats.dropped == 2
+    out = [int(samples_of(await track.recv())[0]) for _ in range(3)]
+    assert out == [3, 4, 5]
+
+
+async def test_clear_drops_queued_audio_and_sends_silence() -> None:
+    ft = FakeTime()
+    track = paced_track(ft)
+    for i in range(1, 4):
+        track.push(numbered(i))
+    assert track.clear() == 3
+    assert track.stats.cleared == 3
+    assert not samples_of(await track.recv()).any()
+
+
+async def test_handoff_latency_is_reported_per_audio_frame() -> None:
+    ft = FakeTime()
+    seen: list[float] = []
+    track = paced_track(ft, on_handoff=seen.append)
+    track.push(numbered(1), received_at=ft.now - 0.005)
+    await track.recv()
+    await track.recv()  # silence: no report
+    assert seen == [pytest.approx(0.005)]
+
+
+async def test_push_rejects_wrong_frames() -> None:
+    track = OutboundAudioTrack()
+    with pytest.raises(AudioFormatError, match="480 int16"):
+        track.push(np.zeros(160, dtype=np.int16))
+    with pytest.raises(AudioFormatError, match="float32"):
+        track.push(np.zeros(480, dtype=np.float32))  # type: ignore[arg-type]
+    track.stop()
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_frames"):
+        OutboundAudioTrack(max_frames=0)
+    with pytest.raises(ValueError, match="target_frames"):
+        OutboundAudioTrack(max_frames=2, target_frames=3)
+    with pytest.raises(ValueError, match="catch_up"):
+        OutboundAudioTrack(catch_up=0.5)
+
+
+async def test_stopped_track_ends_recv_and_ignores_pushes() -> None:
+    track = OutboundAudioTrack()
+    track.push(numbered(1))
+    track.stop()
+    assert track.queued_frames == 0
+    track.push(numbered(2))
+    assert track.queued_frames == 0
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+# ------------------------------------------------------------------ inbound, unit
+
+
+class _FrameSource(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, frames: list[AudioFrame]) -> None:
+        super().__init__()
+        self._frames = list(frames)
+
+    async def recv(self) -> AudioFrame:
+        if not self._frames:
+            raise MediaStreamError
+        return self._frames.pop(0)
+
+
+def make_frame(pcm: npt.NDArray[np.int16], rate: int, channels: int) -> AudioFrame:
+    layout = "stereo" if channels == 2 else "mono"
+    frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout=layout)
+    frame.sample_rate = rate
+    return frame
+
+
+def dominant_hz(pcm: npt.NDArray[np.int16], rate: int = SAMPLE_RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size)))
+    return float(np.argmax(spectrum) * rate / pcm.size)
+
+
+def test_opus_shaped_48k_stereo_becomes_24k_mono_frames() -> None:
+    reader = InboundAudioReader(_FrameSource([]))
+    mono48 = tone(10, rate=48000)
+    stereo = np.repeat(mono48, 2)  # interleaved L, R
+    out: list[npt.NDArray[np.int16]] = []
+    for chunk in frames_of(stereo, 960 * 2):
+        out += reader.convert(make_frame(chunk, 48000, 2))
+    assert len(out) == 10
+    assert all(f.shape == (FRAME_SAMPLES,) and f.dtype == np.int16 for f in out)
+    joined = np.concatenate(out)
+    assert dominant_hz(joined) == pytest.approx(440, abs=5)
+    # level kept through downmix and resampling (8000 peak sine -> ~5657 RMS)
+    assert np.sqrt(np.mean(joined[100:].astype(np.float64) ** 2)) == pytest.approx(5657, rel=0.03)
+
+
+def test_pcmu_shaped_8k_mono_becomes_24k_frames() -> None:
+    reader = InboundAudioReader(_FrameSource([]))
+    pcm8 = tone(5, rate=8000)
+    out: list[npt.NDArray[np.int16]] = []
+    for chunk in frames_of(pcm8, 160):
+        got = reader.convert(make_frame(chunk, 8000, 1))
+        assert len(got) == 1  # one 20 ms frame in, one out, from the first frame on
+        out += got
+    assert dominant_hz(np.concatenate(out)) == pytest.approx(440, abs=5)
+
+
+def test_odd_frame_durations_are_reframed_without_loss() -> None:
+    one = InboundAudioReader(_FrameSource([]))
+    split = InboundAudioReader(_FrameSource([]))
+    stereo = np.repeat(tone(6, rate=48000), 2)
+    whole = np.concatenate(one.convert(make_frame(stereo, 48000, 2)))
+    parts: list[npt.NDArray[np.int16]] = []
+    for chunk in frames_of(stereo, 480 * 2):  # 10 ms Opus frames
+        parts += split.convert(make_frame(chunk, 48000, 2))
+    assert all(p.shape == (FRAME_SAMPLES,) for p in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_format_change_switches_resampler() -> None:
+    reader = InboundAudioReader(_FrameSource([]))
+    reader.convert(make_frame(np.zeros(1920, np.int16), 48000, 2))
+    out = reader.convert(make_frame(np.zeros(160, np.int16), 8000, 1))
+    assert len(out) == 1
+    assert reader.stats.format_changes == 1
+
+
+def test_24k_mono_passes_through_unchanged() -> None:
+    reader = InboundAudioReader(_FrameSource([]))
+    pcm = tone(2)
+    out = reader.convert(make_frame(pcm, SAMPLE_RATE, 1))
+    np.testing.assert_array_equal(np.concatenate(out), pcm)
+
+
+def test_non_s16_is_refused() -> None:
+    reader = InboundAudioReader(_FrameSource([]))
+    frame = AudioFrame.from_ndarray(np.zeros((1, 480), np.float32), format="flt", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    with pytest.raises(AudioFormatError, match="flt"):
+        reader.convert(frame)
+
+
+async def test_reader_iterates_until_the_track_ends() -> None:
+    frames = [make_frame(np.zeros(1920, np.int16), 48000, 2) for _ in range(3)]
+    ticks = iter([1.0, 2.0, 3.0])
+    reader = InboundAudioReader(_FrameSource(frames), clock=lambda: next(ticks))
+    got = [(f.shape, at) async for f, at in reader]
+    assert got == [((FRAME_SAMPLES,), 1.0), ((FRAME_SAMPLES,), 2.0), ((FRAME_SAMPLES,), 3.0)]
+
+
+# ------------------------------------------------------------------ over a real peer pair
+
+
+@contextlib.asynccontextmanager
+async def peer_pair(
+    track: OutboundAudioTrack, codec: str | None = None
+) -> AsyncIterator[MediaStreamTrack]:
+    """Connect a sender carrying ``track`` to a receiver; yield the receiver's remote track."""
+    sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        remote: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+        receiver.on("track", lambda t: remote.done() or remote.set_result(t))
+        transceiver = sender.addTransceiver(track, direction="sendonly")
+        if codec is not None:
+            caps = RTCRtpSender.getCapabilities("audio")
+            transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType == codec])
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        yield await asyncio.wait_for(remote, 10)
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def collect_tone(reader: InboundAudioReader, want: int) -> npt.NDArray[np.int16]:
+    """Read frames until ``want`` consecutive loud frames arrived; return them."""
+    loud: list[npt.NDArray[np.int16]] = []
+    async for frame, _ in reader:
+        if np.abs(frame).max() > 2000:
+            loud.append(frame)
+            if len(loud) == want:
+                break
+        elif loud:
+            loud.clear()
+    return np.concatenate(loud)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("codec", "decoded"), [(None, (48000, 2)), ("audio/PCMU", (8000, 1))])
+async def test_audio_crosses_a_real_peer_connection(
+    codec: str | None, decoded: tuple[int, int]
+) -> None:
+    track = OutboundAudioTrack()
+    async with peer_pair(track, codec) as remote:
+        reader = InboundAudioReader(remote)
+        for frame in frames_of(tone(25, 440.0)):
+            track.push(frame)  # half a second at once: drained at twice real time, none lost
+        got = await asyncio.wait_for(collect_tone(reader, 15), 20)
+        assert dominant_hz(got) == pytest.approx(440, abs=10)
+        assert reader.decoded_format == decoded
+        assert track.stats.dropped == 0
+        assert track.stats.audio_frames + track.queued_frames == 25
+    assert track.readyState == "ended"
+
+
+@pytest.mark.timeout(30)
+async def test_empty_queue_sends_silence_over_the_wire() -> None:
+    track = OutboundAudioTrack()
+    async with peer_pair(track) as remote:
+        reader = InboundAudioReader(remote)
+        got = 0
+        async for frame, _ in reader:
+            assert np.abs(frame).max() < 50
+            got += 1
+            if got == 10:
+                break
+        assert track.stats.silence_frames >= 10
+        assert track.stats.audio_frames == 0
+
+
+@pytest.mark.timeout(30)
+async def test_reader_ends_when_the_connection_closes() -> None:
+    track = OutboundAudioTrack()
+    async with peer_pair(track) as remote:
+        reader = InboundAudioReader(remote)
+        frames = aiter(reader)
+        await asyncio.wait_for(anext(frames), 10)
+    # both peers are closed now: the remote track ends and so does iteration
+    with pytest.raises(StopAsyncIteration):
+        while True:
+            await asyncio.wait_for(anext(frames), 10)
