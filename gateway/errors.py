@@ -14,6 +14,7 @@
     │   ├── UpstreamRefused         HTTP error on session creation (401, 429, 5xx, ...)
     │   ├── UpstreamTimeout         ICE, DTLS, data channel or session.updated never came
     │   ├── UpstreamLost            the peer or data channel closed mid-call
+    │   ├── UpstreamRejected        an ``error`` event refused what we sent (e.g. session.update)
     │   └── UpstreamProtocolError   an event we cannot make sense of
     ├── CapacityError               admission control said no (full, draining, rate limited)
     └── InternalError               our own bug; never the caller's or carrier's fault
@@ -101,6 +102,14 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamLost(UpstreamError):
     """The upstream connection went away mid-call."""
+
+
+class UpstreamRejected(UpstreamError):
+    """The service answered one of our events with an ``error`` (``param`` names the field)."""
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param
 
 
 class UpstreamProtocolError(UpstreamError):
