@@ -163,6 +163,14 @@ class StreamResampler:
         return 1000.0 * self._delay / (self.in_rate * self._up)
 
     @property
+    def taps(self) -> npt.NDArray[np.float64]:
+        """The FIR actually applied, at rate ``in_rate * up`` to the zero-stuffed channel sum
+        divided by ``channels`` (a copy, for analysis and tests; it may end in zeros)."""
+        if self._up > 1:
+            return np.ascontiguousarray(self._bank[:, ::-1].T).reshape(-1) * self.channels
+        return self._bank[0, ::-1] * self.channels
+
+    @property
     def has_tail(self) -> bool:
         """True while the filter still holds non-silent input that has not fully come out."""
         return bool(np.any(self._hist))
