@@ -52,7 +52,7 @@ def numbered(i: int) -> npt.NDArray[np.int16]:
 
 
 def samples_of(frame: AudioFrame) -> npt.NDArray[np.int16]:
-    return frame.to_ndarray().reshape(-1)
+    return frame.to_ndarray().reshape(-1).astype(np.int16)
 
 
 def paced_track(ft: FakeTime, **kwargs: object) -> OutboundAudioTrack:
@@ -159,7 +159,7 @@ async def test_push_rejects_wrong_frames() -> None:
     with pytest.raises(AudioFormatError, match="480 int16"):
         track.push(np.zeros(160, dtype=np.int16))
     with pytest.raises(AudioFormatError, match="float32"):
-        track.push(np.zeros(480, dtype=np.float32))  # type: ignore[arg-type]
+        track.push(np.zeros(480, dtype=np.float32))
     track.stop()
 
 
@@ -292,7 +292,12 @@ async def peer_pair(
     receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         remote: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-        receiver.on("track", lambda t: remote.done() or remote.set_result(t))
+
+        @receiver.on("track")
+        def on_track(t: MediaStreamTrack) -> None:
+            if not remote.done():
+                remote.set_result(t)
+
         transceiver = sender.addTransceiver(track, direction="sendonly")
         if codec is not None:
             caps = RTCRtpSender.getCapabilities("audio")

@@ -1,0 +1,743 @@
+"""One upstream Realtime call over WebRTC: :class:`RealtimeSession`.
+
+Setup, in order, each phase with its own timeout (:class:`SetupTimeouts`) and its duration
+recorded in :attr:`RealtimeSession.setup_timings` (seconds):
+
+``offer``
+    aiortc peer (explicit ICE servers, never aiortc's public-STUN default), the outbound track,
+    the ``oai-events`` data channel — created *before* the offer so the SDP carries it — and
+    ``setLocalDescription``, which gathers every candidate (no trickle ICE).
+``client_secret`` (ephemeral auth only)
+    ``POST {base_url}/realtime/client_secrets`` with the session, server key -> ``ek_...``.
+``sdp_exchange``
+    ``POST {base_url}/realtime/calls``: unified auth sends multipart ``sdp`` + ``session`` with
+    the server key; ephemeral auth sends the raw SDP with the ephemeral key. 201 + answer SDP;
+    the call id is the ``rtc_...`` segment of ``Location``. An HTTP error raises
+    :class:`~gateway.errors.UpstreamRefused` with the server's code and message.
+``ice_dtls``, ``data_channel``, ``session_created``
+    the peer connects, the channel opens, the server says ``session.created``.
+``session_updated``
+    we send ``session.update`` with the session and wait for ``session.updated``; an ``error``
+    in reply raises :class:`~gateway.errors.UpstreamRejected` naming the code and param.
+
+A phase that overruns raises :class:`~gateway.errors.UpstreamTimeout` naming it; a peer that
+fails meanwhile raises :class:`~gateway.errors.UpstreamLost`. Whatever fails, :meth:`open`
+closes everything it started before it raises.
+
+After :meth:`RealtimeSession.open` the bridge uses :meth:`~RealtimeSession.send`,
+:meth:`~RealtimeSession.events`, :meth:`~RealtimeSession.push_audio`,
+:meth:`~RealtimeSession.audio_frames` and finally :meth:`~RealtimeSession.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from gateway.errors import (
+    UpstreamError,
+    UpstreamLost,
+    UpstreamProtocolError,
+    UpstreamRefused,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from gateway.realtime import events as rt
+from gateway.realtime.tracks import InboundAudioReader, InboundStats, OutboundAudioTrack
+
+__all__ = [
+    "DATA_CHANNEL_LABEL",
+    "IceServer",
+    "RealtimeConfig",
+    "RealtimeSession",
+    "SetupTimeouts",
+    "call_id_from_location",
+]
+
+log = logging.getLogger("gateway.realtime")
+
+DATA_CHANNEL_LABEL: Final = "oai-events"
+
+# Operator-facing names of the setup phases, used in timeout and loss messages.
+_PHASE_NAMES: Final = {
+    "client_secret": "client secret request",
+    "sdp_exchange": "SDP exchange",
+    "ice_dtls": "ICE+DTLS",
+    "data_channel": "data channel open",
+    "session_created": "session.created",
+    "session_updated": "session.updated",
+}
+_CLOSE_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One STUN/TURN server for the peer connection (``urls`` like ``stun:host:3478``)."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SetupTimeouts:
+    """Seconds each setup phase may take before :class:`UpstreamTimeout` names it.
+
+    ``sdp_exchange`` also bounds the ephemeral ``client_secret`` request. The sum is the worst
+    case of :meth:`RealtimeSession.open`; a caller with an overall budget should cancel
+    ``open()`` at its own deadline (cancellation cleans up too).
+    """
+
+    sdp_exchange: float = 10.0
+    ice_dtls: float = 10.0
+    data_channel: float = 5.0
+    session_created: float = 5.0
+    session_updated: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeConfig:
+    """How to reach the Realtime API; one value shared by every call of a process.
+
+    ``auth="unified"`` posts the offer and the session together with the server key (the
+    default, server to server); ``"ephemeral"`` first mints an ``ek_...`` key. ``ice_servers``
+    empty means host candidates only (loopback, the emulator). ``audio_codecs`` restricts and
+    orders what the offer proposes, e.g. ``("audio/opus",)`` or ``("audio/PCMU",)``; empty keeps
+    aiortc's list (Opus first). ``http_client`` (shared, pooled; not closed by the session) or
+    ``transport`` (wrapped in a per-request client) replace the default HTTP stack.
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    auth: Literal["unified", "ephemeral"] = "unified"
+    ice_servers: tuple[IceServer, ...] = ()
+    timeouts: SetupTimeouts = field(default_factory=SetupTimeouts)
+    audio_codecs: tuple[str, ...] = ()
+    client_secret_ttl_s: int = 600
+    safety_identifier: str | None = None
+    outbound_max_frames: int = 50
+    outbound_target_frames: int = 2
+    http_client: httpx.AsyncClient | None = field(default=None, compare=False, repr=False)
+    transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.auth not in ("unified", "ephemeral"):
+            raise ValueError(f"auth must be 'unified' or 'ephemeral', got {self.auth!r}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if not 10 <= self.client_secret_ttl_s <= 7200:
+            raise ValueError("client_secret_ttl_s must be within 10..7200 seconds")
+
+
+def call_id_from_location(location: str | None) -> str | None:
+    """The call id in a ``Location`` header: its last path segment starting with ``rtc_``.
+
+    Query and fragment are ignored; a relative or absolute URL both work. None if absent.
+    """
+    if not location:
+        return None
+    for segment in reversed(urlsplit(location).path.split("/")):
+        if segment.startswith("rtc_"):
+            return segment
+    return None
+
+
+class _End:
+    """Marks the end of the event stream in the queue."""
+
+
+_END: Final = _End()
+_QueueItem = rt.ServerEvent | UpstreamProtocolError | _End
+
+
+class _EventStream:
+    """Async iterator over the session's server events (see :meth:`RealtimeSession.events`)."""
+
+    def __init__(self, session: RealtimeSession) -> None:
+        self._session = session
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> rt.ServerEvent:
+        queue = self._session._events
+        item = await queue.get()
+        if isinstance(item, _End):
+            queue.put_nowait(item)  # every later call ends the same way
+            if self._session.lost:
+                raise UpstreamLost(
+                    f"Realtime session lost: {self._session.close_reason}", code="lost"
+                )
+            raise StopAsyncIteration
+        if isinstance(item, UpstreamProtocolError):
+            raise item
+        return item
+
+
+class RealtimeSession:
+    """One Realtime call over WebRTC, for one phone call. Create, :meth:`open`, use, :meth:`close`.
+
+    ``session`` is the GA session object applied at setup (``type`` required). The session
+    object is single use: ``open()`` once; ``close()`` any number of times, from any task.
+    ``on_outbound_handoff(seconds)`` reports, per caller frame, the time from
+    :meth:`push_audio` (or its ``received_at``) until aiortc takes the frame.
+    """
+
+    def __init__(
+        self,
+        config: RealtimeConfig,
+        session: Mapping[str, Any],
+        *,
+        on_outbound_handoff: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # Validate now: a session without a GA type is our bug, not the upstream's.
+        self._session_body: dict[str, Any] = rt.session_update(session)["session"]
+        self._config = config
+        self._clock = clock
+        self._outbound = OutboundAudioTrack(
+            max_frames=config.outbound_max_frames,
+            target_frames=config.outbound_target_frames,
+            clock=clock,
+            on_handoff=on_outbound_handoff,
+        )
+        self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        self._state: Literal["new", "opening", "open", "closed"] = "new"
+        self._pc: RTCPeerConnection | None = None
+        self._channel: RTCDataChannel | None = None
+        self._reader: InboundAudioReader | None = None
+        self._call_id: str | None = None
+        self._audio_codec: str | None = None
+        self._timings: dict[str, float] = {}
+        self._close_reason: str | None = None
+        self._lost = False
+        self._close_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        # setup rendezvous, created in open() on the running loop
+        self._remote: asyncio.Future[MediaStreamTrack] | None = None
+        self._connected: asyncio.Future[None] | None = None
+        self._channel_open: asyncio.Future[None] | None = None
+        self._created: asyncio.Future[rt.ServerEvent] | None = None
+        self._updated: asyncio.Future[rt.ServerEvent] | None = None
+        self._update_event_id: str | None = None
+        self._lost_reason: asyncio.Future[str] | None = None
+        self.events_received = 0
+        self.protocol_errors = 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def call_id(self) -> str | None:
+        """The upstream call id (``rtc_...``) from ``Location``; None before the SDP exchange."""
+        return self._call_id
+
+    @property
+    def setup_timings(self) -> dict[str, float]:
+        """Seconds spent in each setup phase so far, plus ``total`` once :meth:`open` returned."""
+        return dict(self._timings)
+
+    @property
+    def state(self) -> Literal["new", "opening", "open", "closed"]:
+        return self._state
+
+    @property
+    def connection_state(self) -> str:
+        """The aiortc peer connection state (``new`` before :meth:`open`)."""
+        return "new" if self._pc is None else str(self._pc.connectionState)
+
+    @property
+    def audio_codec(self) -> str | None:
+        """The codec the answer chose for audio, e.g. ``audio/opus`` or ``audio/PCMU``."""
+        return self._audio_codec
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the session closed (None while it is open)."""
+        return self._close_reason
+
+    @property
+    def lost(self) -> bool:
+        """True when the upstream went away or failed, rather than being closed by us."""
+        return self._lost
+
+    @property
+    def outbound(self) -> OutboundAudioTrack:
+        """The outbound track (read its ``stats`` and ``queued_frames``)."""
+        return self._outbound
+
+    @property
+    def inbound_stats(self) -> InboundStats | None:
+        """Counters of the inbound reader, once :meth:`audio_frames` has started."""
+        return None if self._reader is None else self._reader.stats
+
+    # ------------------------------------------------------------------ setup
+
+    async def open(self) -> None:
+        """Run every setup phase; on return the session is configured and audio flows.
+
+        Raises :class:`UpstreamRefused` (HTTP error), :class:`UpstreamTimeout` (a phase
+        overran; the message names it), :class:`UpstreamLost` (the peer failed during setup),
+        :class:`UpstreamRejected` (``session.update`` refused), :class:`UpstreamProtocolError`
+        (an unusable answer) or :class:`UpstreamError` (the service is unreachable). In every
+        failure case, and on cancellation, the session is closed before the exception leaves.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"open() can be called once; the session is {self._state}")
+        self._state = "opening"
+        loop = asyncio.get_running_loop()
+        self._remote = loop.create_future()
+        self._connected = loop.create_future()
+        self._channel_open = loop.create_future()
+        self._created = loop.create_future()
+        self._lost_reason = loop.create_future()
+        started = self._clock()
+        try:
+            await self._setup()
+        except BaseException as exc:
+            reason = f"setup failed: {exc}" if str(exc) else f"setup failed: {type(exc).__name__}"
+            await self.close(reason)
+            raise
+        if self._close_task is not None:  # lost in the instant after the last phase
+            raise UpstreamLost(f"Realtime session lost during setup: {self._close_reason}")
+        self._state = "open"
+        self._timings["total"] = self._clock() - started
+        log.info(
+            "realtime call %s ready in %.0f ms (%s)",
+            self._call_id,
+            self._timings["total"] * 1000,
+            ", ".join(f"{k} {v * 1000:.0f}" for k, v in self._timings.items() if k != "total"),
+        )
+
+    async def _setup(self) -> None:
+        cfg = self._config
+        t0 = self._clock()
+        pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                    for s in cfg.ice_servers
+                ]
+            )
+        )
+        self._pc = pc
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("track", self._on_track)
+        transceiver = pc.addTransceiver(self._outbound, direction="sendrecv")
+        if cfg.audio_codecs:
+            available = RTCRtpSender.getCapabilities("audio").codecs
+            wanted = [
+                c
+                for name in cfg.audio_codecs
+                for c in available
+                if c.mimeType.lower() == name.lower()
+            ]
+            if not wanted:
+                raise ValueError(f"none of the audio codecs {cfg.audio_codecs} is supported")
+            transceiver.setCodecPreferences(wanted)
+        channel = pc.createDataChannel(DATA_CHANNEL_LABEL)
+        self._channel = channel
+        channel.on("open", self._on_channel_open)
+        channel.on("message", self._on_message)
+        channel.on("close", self._on_channel_close)
+        await pc.setLocalDescription(await pc.createOffer())
+        self._timings["offer"] = self._clock() - t0
+
+        offer_sdp = pc.localDescription.sdp
+        if cfg.auth == "ephemeral":
+            secret = await self._http_phase("client_secret", self._mint_client_secret())
+            answer_sdp = await self._http_phase(
+                "sdp_exchange", self._post_offer(offer_sdp, ephemeral_key=secret)
+            )
+        else:
+            answer_sdp = await self._http_phase("sdp_exchange", self._post_offer(offer_sdp))
+
+        try:
+            self._audio_codec = _answer_audio_codec(answer_sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        except Exception as exc:
+            raise UpstreamProtocolError(
+                f"Realtime answer SDP is unusable ({type(exc).__name__}: {exc})"
+            ) from exc
+        assert self._remote is not None and self._connected is not None
+        if not self._remote.done():
+            raise UpstreamProtocolError("Realtime answer SDP sends no audio back")
+
+        await self._phase("ice_dtls", self._connected, cfg.timeouts.ice_dtls)
+        assert self._channel_open is not None and self._created is not None
+        await self._phase("data_channel", self._channel_open, cfg.timeouts.data_channel)
+        await self._phase("session_created", self._created, cfg.timeouts.session_created)
+
+        update = rt.session_update(self._session_body)
+        self._update_event_id = update["event_id"]
+        self._updated = asyncio.get_running_loop().create_future()
+        self.send(update)
+        reply = await self._phase("session_updated", self._updated, cfg.timeouts.session_updated)
+        if reply.type == "error":
+            err = reply.error or {}
+            code, param = err.get("code"), err.get("param")
+            raise UpstreamRejected(
+                "Realtime refused the session configuration: "
+                f"{code or err.get('type', 'error')}"
+                + (f" (field {param})" if param else "")
+                + f": {err.get('message', '')}",
+                code=code,
+                param=param,
+            )
+
+    async def _phase(self, name: str, waiter: asyncio.Future[Any], limit_s: float) -> Any:
+        assert self._lost_reason is not None
+        t0 = self._clock()
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, self._lost_reason}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self._timings[name] = self._clock() - t0
+        if waiter in done:
+            return waiter.result()
+        label = _PHASE_NAMES[name]
+        if self._lost_reason in done:
+            raise UpstreamLost(
+                f"Realtime connection lost during {label}: {self._lost_reason.result()}"
+            )
+        raise UpstreamTimeout(
+            f"Realtime setup timed out: no {label} within {limit_s:g} s", code=f"timeout_{name}"
+        )
+
+    async def _http_phase(self, name: str, request: Awaitable[str]) -> str:
+        timeout = self._config.timeouts.sdp_exchange
+        t0 = self._clock()
+        try:
+            async with asyncio.timeout(timeout):
+                return await request
+        except (TimeoutError, httpx.TimeoutException):
+            raise UpstreamTimeout(
+                f"Realtime setup timed out: no {_PHASE_NAMES[name]} answer within {timeout:g} s "
+                f"from {self._config.base_url}",
+                code=f"timeout_{name}",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"cannot reach the Realtime API at {self._config.base_url}: "
+                f"{type(exc).__name__}: {exc}",
+                code="unreachable",
+            ) from None
+        finally:
+            self._timings[name] = self._clock() - t0
+
+    # ------------------------------------------------------------------ HTTP
+
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+        cfg = self._config
+        if cfg.http_client is not None:
+            yield cfg.http_client
+            return
+        async with httpx.AsyncClient(
+            transport=cfg.transport,
+            timeout=httpx.Timeout(cfg.timeouts.sdp_exchange),
+            follow_redirects=False,
+        ) as client:
+            yield client
+
+    def _headers(self, bearer: str) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {bearer}"}
+        if self._config.safety_identifier:
+            headers["OpenAI-Safety-Identifier"] = self._config.safety_identifier
+        return headers
+
+    def _url(self, path: str) -> str:
+        return f"{self._config.base_url.rstrip('/')}{path}"
+
+    async def _mint_client_secret(self) -> str:
+        body = {
+            "expires_after": {"anchor": "created_at", "seconds": self._config.client_secret_ttl_s},
+            "session": self._session_body,
+        }
+        async with self._client() as client:
+            resp = await client.post(
+                self._url("/realtime/client_secrets"),
+                json=body,
+                headers=self._headers(self._config.api_key),
+            )
+        if resp.status_code != 200:
+            raise self._refusal(resp, "the client secret request")
+        try:
+            value = resp.json()["value"]
+        except (ValueError, KeyError, TypeError):
+            value = None
+        if not isinstance(value, str) or not value:
+            raise UpstreamProtocolError("Realtime client_secrets answer has no string 'value'")
+        return value
+
+    async def _post_offer(self, offer_sdp: str, *, ephemeral_key: str | None = None) -> str:
+        url = self._url("/realtime/calls")
+        async with self._client() as client:
+            if ephemeral_key is not None:
+                headers = self._headers(ephemeral_key)
+                headers["Content-Type"] = "application/sdp"
+                headers["Accept"] = "application/sdp"
+                resp = await client.post(url, content=offer_sdp.encode(), headers=headers)
+            else:
+                headers = self._headers(self._config.api_key)
+                headers["Accept"] = "application/sdp"
+                resp = await client.post(
+                    url,
+                    files={
+                        "sdp": (None, offer_sdp, "application/sdp"),
+                        "session": (None, rt.encode(self._session_body), "application/json"),
+                    },
+                    headers=headers,
+                )
+        if resp.status_code not in (200, 201):
+            raise self._refusal(resp, "the call")
+        answer = resp.text
+        if not answer.lstrip().startswith("v=0"):
+            raise UpstreamProtocolError(
+                f"Realtime answered HTTP {resp.status_code} without an SDP body "
+                f"(content-type {resp.headers.get('content-type')!r})"
+            )
+        self._call_id = call_id_from_location(resp.headers.get("location"))
+        if self._call_id is None:
+            log.warning("Realtime answer has no rtc_ call id in Location; hangup() is disabled")
+        return answer
+
+    def _refusal(self, resp: httpx.Response, what: str) -> UpstreamRefused:
+        status = resp.status_code
+        code: str | None = None
+        detail = ""
+        try:
+            err = resp.json().get("error")
+        except (ValueError, AttributeError):
+            err = None
+        if isinstance(err, dict):
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+            etype = err.get("type") if isinstance(err.get("type"), str) else None
+            code = code or etype
+            detail = str(err.get("message") or "")
+        else:
+            detail = resp.text[:200].strip()
+        hint = _HINTS.get(status) or ("retry later" if status >= 500 else "")
+        message = f"Realtime API refused {what}: HTTP {status}"
+        if code:
+            message += f" {code}"
+        if detail:
+            message += f": {detail}"
+        if hint:
+            message += f" ({hint})"
+        return UpstreamRefused(self._scrub(message), status=status, code=code)
+
+    def _scrub(self, text: str) -> str:
+        key = self._config.api_key
+        return text.replace(key, "[redacted]") if key else text
+
+    async def hangup(self) -> bool:
+        """Ask the service to end the call (``POST /realtime/calls/{id}/hangup``), then close.
+
+        Returns whether the service acknowledged; a failure is logged, never raised, since the
+        close that follows ends the call anyway.
+        """
+        acknowledged = False
+        if self._call_id is not None and self._state == "open":
+            try:
+                async with asyncio.timeout(self._config.timeouts.sdp_exchange):
+                    async with self._client() as client:
+                        resp = await client.post(
+                            self._url(f"/realtime/calls/{self._call_id}/hangup"),
+                            headers=self._headers(self._config.api_key),
+                        )
+                acknowledged = resp.status_code < 300
+                if not acknowledged:
+                    log.warning("hangup of %s refused: HTTP %d", self._call_id, resp.status_code)
+            except (TimeoutError, httpx.HTTPError) as exc:
+                log.warning("hangup of %s failed: %s", self._call_id, type(exc).__name__)
+        await self.close("hung up by the gateway")
+        return acknowledged
+
+    # ------------------------------------------------------------------ aiortc callbacks
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._remote is not None and not self._remote.done():
+            self._remote.set_result(track)
+
+    def _on_connection_state(self) -> None:
+        pc = self._pc
+        if pc is None:
+            return
+        state = pc.connectionState
+        if state == "connected" and self._connected is not None and not self._connected.done():
+            self._connected.set_result(None)
+        elif state in ("failed", "closed"):
+            self._lose(f"peer connection {state}")
+
+    def _on_channel_open(self) -> None:
+        if self._channel_open is not None and not self._channel_open.done():
+            self._channel_open.set_result(None)
+
+    def _on_channel_close(self) -> None:
+        self._lose("data channel closed by the server")
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            ev = rt.parse_server_event(message)
+        except UpstreamProtocolError as exc:
+            self.protocol_errors += 1
+            self._events.put_nowait(exc)
+            return
+        self.events_received += 1
+        self._events.put_nowait(ev)
+        if self._state != "opening":
+            return
+        # Setup rendezvous; the event is queued for the consumer all the same.
+        if ev.type == "session.created":
+            if self._created is not None and not self._created.done():
+                self._created.set_result(ev)
+        elif ev.type == "session.updated":
+            if self._updated is not None and not self._updated.done():
+                self._updated.set_result(ev)
+        elif ev.type == "error" and self._updated is not None and not self._updated.done():
+            # GA echoes our event_id in errors; an error without one during setup can only be
+            # about the update too, since nothing else has been sent yet.
+            echoed = (ev.error or {}).get("event_id")
+            if echoed in (None, self._update_event_id):
+                self._updated.set_result(ev)
+
+    def _lose(self, reason: str) -> None:
+        if self._close_task is not None:
+            return  # we are closing it ourselves: not a loss
+        self._lost = True
+        if self._lost_reason is not None and not self._lost_reason.done():
+            self._lost_reason.set_result(reason)
+        log.warning("realtime call %s lost: %s", self._call_id, reason)
+        self._close_reason = reason
+        self._close_task = asyncio.ensure_future(self._teardown())
+
+    # ------------------------------------------------------------------ steady state
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        """Send one client event over the data channel (build it with :mod:`events`).
+
+        Raises :class:`UpstreamLost` when the channel is not open (closed, lost, or not yet
+        open): the caller should end the call, there is nobody to send to.
+        """
+        channel = self._channel
+        state = "absent" if channel is None else channel.readyState
+        if channel is None or state != "open" or self._close_task is not None:
+            raise UpstreamLost(
+                f"cannot send {event.get('type')!r}: the Realtime data channel is {state}"
+                + (f" ({self._close_reason})" if self._close_reason else "")
+            )
+        channel.send(rt.encode(event))
+
+    def events(self) -> AsyncIterator[rt.ServerEvent]:
+        """Every server event in arrival order, including ``session.created`` and ``.updated``.
+
+        Nothing is dropped: events queue until read. Iteration ends when the session is closed
+        by us; it raises :class:`UpstreamLost` when the upstream went away, after the events
+        that arrived before. A message that is not a valid event raises
+        :class:`UpstreamProtocolError`; the iterator stays usable, so a consumer may count it
+        and go on. Use one consumer.
+        """
+        return _EventStream(self)
+
+    def push_audio(self, frame: npt.NDArray[np.int16], received_at: float | None = None) -> None:
+        """Queue one caller frame (480 int16 samples, 24 kHz mono) for the outbound track.
+
+        ``received_at`` is when the carrier frame arrived (monotonic); frames after close are
+        ignored. See :class:`~gateway.realtime.tracks.OutboundAudioTrack` for pacing and bounds.
+        """
+        self._outbound.push(frame, received_at)
+
+    def clear_audio(self) -> int:
+        """Drop caller audio queued but not yet sent; returns how many frames."""
+        return self._outbound.clear()
+
+    async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
+        """Assistant audio as ``(480-sample 24 kHz mono int16 frame, received_at)``.
+
+        Call after :meth:`open`. Iteration ends when the session closes. Use one consumer.
+        """
+        if self._remote is None or not self._remote.done() or self._remote.cancelled():
+            raise RuntimeError("audio_frames() needs an open session")
+        if self._reader is not None:
+            raise RuntimeError("audio_frames() is already being consumed")
+        self._reader = InboundAudioReader(self._remote.result(), clock=self._clock)
+        async for item in self._reader:
+            yield item
+
+    # ------------------------------------------------------------------ end
+
+    async def close(self, reason: str = "closed by the gateway") -> None:
+        """Close the data channel and the peer connection; idempotent, safe from any task.
+
+        Returns once everything the session started has stopped. Cancelling the caller does
+        not interrupt the teardown.
+        """
+        if self._close_task is None:
+            self._close_reason = reason
+            self._close_task = asyncio.ensure_future(self._teardown())
+        await asyncio.shield(self._close_task)
+
+    async def wait_closed(self) -> str:
+        """Wait until the session is closed (by us or by the upstream); return the reason."""
+        await self._closed.wait()
+        return self._close_reason or "closed"
+
+    async def _teardown(self) -> None:
+        try:
+            self._outbound.stop()
+            if self._channel is not None:
+                self._channel.close()
+            if self._pc is not None:
+                try:
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await self._pc.close()
+                except TimeoutError:
+                    log.error("peer connection of %s did not close in time", self._call_id)
+        finally:
+            for fut in (self._remote, self._connected, self._channel_open, self._created):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+            if self._updated is not None and not self._updated.done():
+                self._updated.cancel()
+            self._state = "closed"
+            self._events.put_nowait(_END)
+            self._closed.set()
+            log.debug("realtime call %s closed: %s", self._call_id, self._close_reason)
+
+
+_HINTS: Final = {
+    400: "the request or session configuration is invalid",
+    401: "check OPENAI_API_KEY",
+    403: "the key's project may not use this model or endpoint",
+    404: "check GATEWAY_REALTIME_BASE_URL",
+    429: "rate limit or quota reached; retry later",
+}
+
+
+def _answer_audio_codec(sdp: str) -> str | None:
+    """The first codec of the answer's audio section: the one aiortc will send and expect."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "audio" and media.rtp.codecs:
+            return str(media.rtp.codecs[0].mimeType)
+    return None
