@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -65,6 +65,10 @@ from gateway.errors import (
 from gateway.realtime import events as rt
 from gateway.realtime.tracks import InboundAudioReader, InboundStats, OutboundAudioTrack
 
+if TYPE_CHECKING:
+    from gateway.numbers import Profile
+    from gateway.settings import Settings
+
 __all__ = [
     "DATA_CHANNEL_LABEL",
     "IceServer",
@@ -72,6 +76,7 @@ __all__ = [
     "RealtimeSession",
     "SetupTimeouts",
     "call_id_from_location",
+    "session_factory",
 ]
 
 log = logging.getLogger("gateway.realtime")
@@ -147,6 +152,58 @@ class RealtimeConfig:
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         if not 10 <= self.client_secret_ttl_s <= 7200:
             raise ValueError("client_secret_ttl_s must be within 10..7200 seconds")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, base_url: str | None = None, api_key: str | None = None
+    ) -> RealtimeConfig:
+        """The config ``gateway serve`` uses: URL, key, auth mode, ICE servers, setup budget.
+
+        ``base_url`` and ``api_key`` override the settings (the embedded emulator's address and
+        a placeholder key). Every phase timeout is capped at ``setup_timeout_s``; the caller
+        still enforces that budget for the whole of :meth:`RealtimeSession.open`.
+        """
+        if api_key is None:
+            secret = settings.openai_api_key
+            api_key = secret.get_secret_value() if secret is not None else ""
+        ice: tuple[IceServer, ...] = ()
+        if settings.ice_servers:
+            credential = settings.ice_credential
+            ice = (
+                IceServer(
+                    urls=tuple(settings.ice_servers),
+                    username=settings.ice_username,
+                    credential=credential.get_secret_value() if credential is not None else None,
+                ),
+            )
+        budget = settings.setup_timeout_s
+        d = SetupTimeouts()
+        return cls(
+            base_url=base_url or settings.effective_realtime_base_url,
+            api_key=api_key,
+            auth=settings.realtime_auth,
+            ice_servers=ice,
+            timeouts=SetupTimeouts(
+                sdp_exchange=min(d.sdp_exchange, budget),
+                ice_dtls=min(d.ice_dtls, budget),
+                data_channel=min(d.data_channel, budget),
+                session_created=min(d.session_created, budget),
+                session_updated=min(d.session_updated, budget),
+            ),
+        )
+
+
+def session_factory(
+    config: RealtimeConfig, *, on_outbound_handoff: Callable[[float], None] | None = None
+) -> Callable[[Profile], RealtimeSession]:
+    """A per-call constructor for the bridge: the profile's GA session on the shared config."""
+
+    def create(profile: Profile) -> RealtimeSession:
+        return RealtimeSession(
+            config, profile.session_config(), on_outbound_handoff=on_outbound_handoff
+        )
+
+    return create
 
 
 def call_id_from_location(location: str | None) -> str | None:
