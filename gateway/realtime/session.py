@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -420,13 +422,18 @@ class RealtimeSession:
         self._timings["offer"] = self._clock() - t0
 
         offer_sdp = pc.localDescription.sdp
-        if cfg.auth == "ephemeral":
-            secret = await self._http_phase("client_secret", self._mint_client_secret())
-            answer_sdp = await self._http_phase(
-                "sdp_exchange", self._post_offer(offer_sdp, ephemeral_key=secret)
-            )
-        else:
-            answer_sdp = await self._http_phase("sdp_exchange", self._post_offer(offer_sdp))
+        # One client for both requests: the ephemeral flow reuses the connection (and its TLS
+        # session) for the SDP post.
+        async with self._client() as client:
+            if cfg.auth == "ephemeral":
+                secret = await self._http_phase("client_secret", self._mint_client_secret(client))
+                answer_sdp = await self._http_phase(
+                    "sdp_exchange", self._post_offer(client, offer_sdp, ephemeral_key=secret)
+                )
+            else:
+                answer_sdp = await self._http_phase(
+                    "sdp_exchange", self._post_offer(client, offer_sdp)
+                )
 
         try:
             self._audio_codec = _answer_audio_codec(answer_sdp)
@@ -512,6 +519,7 @@ class RealtimeSession:
             return
         async with httpx.AsyncClient(
             transport=cfg.transport,
+            verify=_ssl_context(),
             timeout=httpx.Timeout(cfg.timeouts.sdp_exchange),
             follow_redirects=False,
         ) as client:
@@ -526,17 +534,16 @@ class RealtimeSession:
     def _url(self, path: str) -> str:
         return f"{self._config.base_url.rstrip('/')}{path}"
 
-    async def _mint_client_secret(self) -> str:
+    async def _mint_client_secret(self, client: httpx.AsyncClient) -> str:
         body = {
             "expires_after": {"anchor": "created_at", "seconds": self._config.client_secret_ttl_s},
             "session": self._session_body,
         }
-        async with self._client() as client:
-            resp = await client.post(
-                self._url("/realtime/client_secrets"),
-                json=body,
-                headers=self._headers(self._config.api_key),
-            )
+        resp = await client.post(
+            self._url("/realtime/client_secrets"),
+            json=body,
+            headers=self._headers(self._config.api_key),
+        )
         if resp.status_code != 200:
             raise self._refusal(resp, "the client secret request")
         try:
@@ -547,25 +554,26 @@ class RealtimeSession:
             raise UpstreamProtocolError("Realtime client_secrets answer has no string 'value'")
         return value
 
-    async def _post_offer(self, offer_sdp: str, *, ephemeral_key: str | None = None) -> str:
+    async def _post_offer(
+        self, client: httpx.AsyncClient, offer_sdp: str, *, ephemeral_key: str | None = None
+    ) -> str:
         url = self._url("/realtime/calls")
-        async with self._client() as client:
-            if ephemeral_key is not None:
-                headers = self._headers(ephemeral_key)
-                headers["Content-Type"] = "application/sdp"
-                headers["Accept"] = "application/sdp"
-                resp = await client.post(url, content=offer_sdp.encode(), headers=headers)
-            else:
-                headers = self._headers(self._config.api_key)
-                headers["Accept"] = "application/sdp"
-                resp = await client.post(
-                    url,
-                    files={
-                        "sdp": (None, offer_sdp, "application/sdp"),
-                        "session": (None, rt.encode(self._session_body), "application/json"),
-                    },
-                    headers=headers,
-                )
+        if ephemeral_key is not None:
+            headers = self._headers(ephemeral_key)
+            headers["Content-Type"] = "application/sdp"
+            headers["Accept"] = "application/sdp"
+            resp = await client.post(url, content=offer_sdp.encode(), headers=headers)
+        else:
+            headers = self._headers(self._config.api_key)
+            headers["Accept"] = "application/sdp"
+            resp = await client.post(
+                url,
+                files={
+                    "sdp": (None, offer_sdp, "application/sdp"),
+                    "session": (None, rt.encode(self._session_body), "application/json"),
+                },
+                headers=headers,
+            )
         if resp.status_code not in (200, 201):
             raise self._refusal(resp, "the call")
         answer = resp.text
@@ -790,6 +798,12 @@ _HINTS: Final = {
     404: "check GATEWAY_REALTIME_BASE_URL",
     429: "rate limit or quota reached; retry later",
 }
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # httpx builds a fresh context (loading the CA bundle, ~20 ms) for every client otherwise.
+    return httpx.create_ssl_context()
 
 
 def _answer_audio_codec(sdp: str) -> str | None:
