@@ -132,6 +132,9 @@ class RealtimeConfig:
     orders what the offer proposes, e.g. ``("audio/opus",)`` or ``("audio/PCMU",)``; empty keeps
     aiortc's list (Opus first). ``http_client`` (shared, pooled; not closed by the session) or
     ``transport`` (wrapped in a per-request client) replace the default HTTP stack.
+    The ``outbound_*`` values bound the caller-audio queue (see
+    :class:`~gateway.realtime.tracks.OutboundAudioTrack`); ``outbound_catch_up=1`` never sends
+    faster than real time, at the price of keeping a setup backlog as added latency.
     """
 
     base_url: str
@@ -144,6 +147,7 @@ class RealtimeConfig:
     safety_identifier: str | None = None
     outbound_max_frames: int = 50
     outbound_target_frames: int = 2
+    outbound_catch_up: float = 2.0
     http_client: httpx.AsyncClient | None = field(default=None, compare=False, repr=False)
     transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False, repr=False)
 
@@ -277,6 +281,7 @@ class RealtimeSession:
         self._outbound = OutboundAudioTrack(
             max_frames=config.outbound_max_frames,
             target_frames=config.outbound_target_frames,
+            catch_up=config.outbound_catch_up,
             clock=clock,
             on_handoff=on_outbound_handoff,
         )
