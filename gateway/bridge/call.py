@@ -65,6 +65,8 @@ START_TIMEOUT_S = 10.0
 FRAME_MS = 20
 # One mark per 100 ms of audio: enough to know what was heard, a fifth of the message rate.
 MARK_EVERY_MS = 100
+# The local VAD judges whole 20 ms carrier frames (Twilio's size); other sizes are skipped.
+VAD_FRAME_BYTES = 160
 # A frame whose peak is below this is silence: not worth forwarding while nobody speaks.
 SILENCE_PEAK = 8
 # After this many consecutive unusable carrier frames the stream is beyond saving.
@@ -251,7 +253,8 @@ class CallRunner:
         self.profile = self.profiles.for_number(called)
         self.machine = m.TurnMachine(truncate_to_heard=self.profile.truncate_to_heard)
         if self.profile.local_barge_in:
-            self.vad = LocalVad()
+            # 100 ms onset: shorter onsets fire on line noise and would cut greetings off.
+            self.vad = LocalVad(onset_ms=100)
         self.log = CallLogger(
             log,
             {"call": start.call_sid, "stream": start.stream_sid, "number": self.profile.name},
@@ -335,7 +338,7 @@ class CallRunner:
 
     def _on_media(self, msg: Media, now: float) -> None:
         self.stats.frames_in += 1
-        if self.vad is not None and self._ready:
+        if self.vad is not None and self._ready and len(msg.payload) == VAD_FRAME_BYTES:
             event = self.vad.process(ulaw_to_pcm16(msg.payload))
             if event is VadEvent.SPEECH_STARTED and self.machine.assistant_audible:
                 self._speech_at = now
