@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from gateway.admission import Admissions
-from gateway.bridge.call import CallRunner, UpstreamFactory
+from gateway.bridge.call import RECENT_CALLS, CallRunner, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
 from gateway.observability import Metrics, mask_number
@@ -55,6 +56,13 @@ class GatewayState:
     clock: Callable[[], float] = time.monotonic
     calls: dict[str, CallRunner] = field(default_factory=dict)
     ready: bool = False
+    streams: int = 0
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
+    # Set while no media stream is open: what a drain waits for.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
 
 
 def create_app(
@@ -159,13 +167,21 @@ def create_app(
             upstream=state.upstream,
             clock=state.clock,
             registry=state.calls,
+            recent=state.recent,
         )
         try:
             _authorize_carrier_ws(ws, state)
         except Forbidden as exc:
             await runner.refuse(exc)
             return
-        await runner.run()
+        state.streams += 1
+        state.idle.clear()
+        try:
+            await runner.run()
+        finally:
+            state.streams -= 1
+            if state.streams == 0:
+                state.idle.set()
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:
@@ -181,7 +197,12 @@ def create_app(
     @app.get("/admin/calls")
     async def admin_calls(request: Request) -> Response:
         _require_admin(request, state)
-        return JSONResponse({"calls": [c.summary() for c in state.calls.values()]})
+        return JSONResponse(
+            {
+                "calls": [c.summary() for c in state.calls.values()],
+                "recent": list(state.recent),
+            }
+        )
 
     return app
 

@@ -103,3 +103,53 @@ def mask_number(number: str | None) -> str:
     if len(number) <= 5:
         return "*" * len(number)
     return number[:2] + "*" * (len(number) - 4) + number[-2:]
+
+
+def configure_logging(level: str = "info") -> None:
+    """Process-wide logging for the CLI commands: one readable line per record on stderr.
+
+    Call-scoped lines carry their call ids through :class:`CallLogger`. Noisy libraries
+    (aioice, aiortc's RTP internals) are held at WARNING unless ``level`` is ``debug``.
+    """
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+    if level.lower() != "debug":
+        for noisy in ("aioice", "aiortc", "uvicorn.error"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def histogram_quantile(
+    registry: CollectorRegistry, name: str, q: float, labels: dict[str, str] | None = None
+) -> float | None:
+    """The ``q`` quantile of histogram ``name`` from its buckets, as PromQL estimates it.
+
+    Linear interpolation inside the bucket that holds the rank; ``None`` without observations.
+    Used by the demo and the admin API to report p99s without a Prometheus server.
+    """
+    want = labels or {}
+    buckets: list[tuple[float, float]] = []
+    for family in registry.collect():
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_bucket"):
+                continue
+            if any(sample.labels.get(k) != v for k, v in want.items()):
+                continue
+            buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower  # beyond the last finite bucket: its bound is all we know
+            span = count - below
+            return lower + (upper - lower) * ((rank - below) / span if span > 0 else 1.0)
+        lower, below = upper, count
+    return lower

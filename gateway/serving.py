@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,15 @@ class RunningServer:
     @property
     def ws_url(self) -> str:
         return "ws" + self.url[len("http") :]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the process owner decides what a signal means
+    (``gateway serve`` drains on SIGTERM; tests and embedded servers must not steal signals)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -59,7 +68,7 @@ async def serve_app(
     config = uvicorn.Config(
         app, log_level=log_level, lifespan="on", access_log=False, **uvicorn_options
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn:{bound_port}")
     try:
         while not server.started:

@@ -110,6 +110,14 @@ class CallStats:
     carrier_errors: int = 0
     upstream_errors: dict[str, int] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    """``{speaker, text, at_ms}`` per finished utterance, ms since the stream started."""
+    outcome: str | None = None
+    end_reason: str | None = None
+
+
+# Finished calls kept in memory for the admin API and the demo (bounded: summaries only).
+RECENT_CALLS = 100
 
 
 class CallRunner:
@@ -126,6 +134,7 @@ class CallRunner:
         metrics: Metrics,
         upstream: UpstreamFactory,
         registry: dict[str, CallRunner],
+        recent: deque[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ws = ws
@@ -135,6 +144,7 @@ class CallRunner:
         self.metrics = metrics
         self.upstream_factory = upstream
         self.registry = registry
+        self.recent = recent
         self.clock = clock
         self.codec = TwilioCodec(max_message_bytes=settings.max_message_bytes)
         self.transcoder = CallTranscoder()
@@ -169,7 +179,15 @@ class CallRunner:
             "state": self.machine.state.value,
             "age_s": round(self.clock() - self.stats.started_at, 1),
             "setup_ms": self.stats.setup_ms,
+            "turns": self.stats.turns,
             "barge_ins": self.stats.barge_ins,
+            "frames_in": self.stats.frames_in,
+            "frames_out": self.stats.frames_out,
+            "upstream_errors": dict(self.stats.upstream_errors),
+            "usage": dict(self.stats.usage),
+            "transcript": list(self.stats.transcript),
+            "outcome": self.stats.outcome,
+            "end_reason": self.stats.end_reason,
         }
 
     async def refuse(self, exc: GatewayError) -> None:
@@ -380,8 +398,17 @@ class CallRunner:
                 if isinstance(v, int):
                     self.stats.usage[k] = self.stats.usage.get(k, 0) + v
             await self._handle(m.ResponseDone(ev.response_id, ev.status or "completed"))
+        elif kind == "response.output_audio_transcript.done" and ev.transcript:
+            self._transcribed("assistant", ev.transcript, now)
+        elif kind == "conversation.item.input_audio_transcription.completed" and ev.transcript:
+            self._transcribed("caller", ev.transcript, now)
         elif kind == "error":
             self._on_upstream_error(ev)
+
+    def _transcribed(self, speaker: str, text: str, now: float) -> None:
+        at_ms = round((now - self.stats.started_at) * 1000)
+        self.stats.transcript.append({"speaker": speaker, "text": text, "at_ms": at_ms})
+        self.log.debug("%s said: %s", speaker, text)
 
     def _on_upstream_error(self, ev: rt.ServerEvent) -> None:
         code = ev.error_code or "unknown"
@@ -491,6 +518,9 @@ class CallRunner:
                 reason = self._end_reason.encode()[:120].decode(errors="ignore")
                 await self.ws.close(code=int(self._close_code), reason=reason)
         self.metrics.calls.labels(outcome).inc()
+        self.stats.outcome, self.stats.end_reason = outcome, self._end_reason
+        if self.recent is not None and self.start is not None:
+            self.recent.append(self.summary())
         self.log.info(
             "call ended (%s): %s; %d barge-ins, %d responses",
             outcome,
