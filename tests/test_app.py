@@ -120,7 +120,7 @@ async def test_admin_requires_token_and_reloads(server: RunningServer, tmp_path:
         ok = await client.post("/admin/reload", headers={"Authorization": "Bearer adm1n"})
         assert ok.status_code == 200 and ok.json()["numbers"] == ["+15551230001"]
         calls = await client.get("/admin/calls", headers={"Authorization": "Bearer adm1n"})
-        assert calls.json() == {"calls": []}
+        assert calls.json() == {"calls": [], "recent": []}
 
 
 async def test_admin_reload_refuses_invalid_file_and_keeps_profiles(tmp_path: Path) -> None:
