@@ -1,0 +1,257 @@
+"""CallRunner over a real websocket, with a scripted upstream whose every move the test controls.
+
+The end-to-end tests (tests/test_end_to_end.py) run against the real emulator; here the
+upstream is an in-process object implementing ``UpstreamSession``, so the test decides exactly
+when setup completes, which events arrive and which audio frames flow — and can assert the
+precise order of what the gateway writes to the carrier and sends upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
+from gateway.audio.g711 import array_to_ulaw
+from gateway.errors import UpstreamRefused
+from gateway.numbers import Profile, ProfileStore
+from gateway.realtime import events as rt
+from gateway.serving import RunningServer, serve_app
+from gateway.settings import Settings
+from gateway.telephony.messages import ClearAudio, Mark, PlayAudio, PlayMark, Stop
+from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+
+pytestmark = pytest.mark.timeout(30)
+
+_END = object()
+
+
+@dataclass
+class ScriptedUpstream:
+    """An ``UpstreamSession`` driven by the test."""
+
+    profile: Profile
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_with: Exception | None = None
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    pushed: list[npt.NDArray[np.int16]] = field(default_factory=list)
+    events_q: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    audio_q: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def call_id(self) -> str | None:
+        return "rtc_scripted"
+
+    async def open(self) -> None:
+        await self.ready.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.sent.append(event)
+        self.sent_changed.set()
+
+    def push_audio(self, frame: npt.NDArray[np.int16], received_at: float) -> None:
+        self.pushed.append(frame)
+
+    async def events(self) -> AsyncIterator[rt.ServerEvent]:  # type: ignore[override]
+        while (item := await self.events_q.get()) is not _END:
+            yield rt.parse_server_event(json.dumps(item))
+
+    async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:  # type: ignore[override]
+        while (item := await self.audio_q.get()) is not _END:
+            assert isinstance(item, np.ndarray)
+            yield item, asyncio.get_running_loop().time()
+
+    async def close(self) -> None:
+        self.closed.set()
+        self.events_q.put_nowait(_END)
+        self.audio_q.put_nowait(_END)
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        self.events_q.put_nowait({"type": type_, "event_id": "ev", **fields})
+
+    async def wait_sent(self, type_: str) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            while True:
+                for ev in self.sent:
+                    if ev["type"] == type_:
+                        return ev
+                self.sent_changed.clear()
+                await self.sent_changed.wait()
+
+
+@dataclass
+class Harness:
+    server: RunningServer
+    upstreams: list[ScriptedUpstream]
+    created: asyncio.Event
+
+
+@pytest.fixture
+async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
+    path = tmp_path / "profiles.yaml"
+    path.write_text('default:\n  greeting: "Say hello."\n  voice: marin\n')
+    upstreams: list[ScriptedUpstream] = []
+    created = asyncio.Event()
+
+    def factory(profile: Profile) -> ScriptedUpstream:
+        up = ScriptedUpstream(profile)
+        upstreams.append(up)
+        created.set()
+        return up
+
+    settings = Settings(_env_file=None, profiles_file=path, setup_timeout_s=5)  # type: ignore[call-arg]
+    app = create_app(settings, upstream=factory, profiles=ProfileStore(path))
+    async with serve_app(app) as srv:
+        yield Harness(srv, upstreams, created)
+
+
+async def _open_stream(
+    h: Harness, call_sid: str = "CA1"
+) -> tuple[ClientConnection, TwilioCarrierCodec]:
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"{h.server.url}/twilio/voice",
+            data={"CallSid": call_sid, "AccountSid": "AC1", "From": "+1555", "To": "+1666"},
+        )
+    token = resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+    codec = TwilioCarrierCodec("MZ" + call_sid)
+    ws = await connect(h.server.ws_url + "/twilio/media")
+    await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    start = start_message(
+        stream_sid=codec.stream_sid,
+        call_sid=call_sid,
+        account_sid="AC1",
+        custom_parameters={CALL_TOKEN_PARAM: token},
+    )
+    await ws.send(codec.encode(start))
+    return ws, codec
+
+
+def _tone_frame(i: int) -> str:
+    t = (np.arange(160) + 160 * i) / 8000
+    pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    return base64.b64encode(array_to_ulaw(pcm)).decode()
+
+
+def _loud_24k() -> npt.NDArray[np.int16]:
+    t = np.arange(480) / 24000
+    return (6000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+
+
+async def test_audio_during_setup_is_buffered_then_flushed_in_order_before_the_greeting(
+    harness: Harness,
+) -> None:
+    ws, codec = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        up = harness.upstreams[0]
+        for i in range(10):
+            await ws.send(codec.encode_media(i + 2, i + 1, 20 * i, _tone_frame(i)))
+        # the frames reached the gateway; the upstream is still not ready
+        assert up.pushed == []
+        up.ready.set()
+        greeting = await up.wait_sent("response.create")
+        assert greeting["response"]["instructions"] == "Say hello."
+        assert len(up.pushed) == 10
+        assert all(f.shape == (480,) and f.dtype == np.int16 for f in up.pushed)
+        await ws.send(codec.encode(Stop(codec.stream_sid, 999, "CA1", "AC1")))
+        await asyncio.wait_for(up.closed.wait(), 10)
+
+
+async def test_barge_in_clears_carrier_then_cancels_then_clears_upstream(
+    harness: Harness,
+) -> None:
+    ws, codec = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        up = harness.upstreams[0]
+        up.ready.set()
+        await up.wait_sent("response.create")
+        up.emit("response.created", response={"id": "resp_1", "object": "realtime.response"})
+        up.emit(
+            "response.output_item.added",
+            response_id="resp_1",
+            output_index=0,
+            item={"id": "item_1", "type": "message", "role": "assistant"},
+        )
+        up.emit("output_audio_buffer.started", response_id="resp_1")
+        for _ in range(15):
+            up.audio_q.put_nowait(_loud_24k())
+        got: list[object] = []
+        async with asyncio.timeout(10):
+            while sum(isinstance(m, PlayAudio) for m in got) < 15:
+                got.append(codec.parse(await ws.recv()))
+        marks = [m for m in got if isinstance(m, PlayMark)]
+        assert marks, "the gateway marks what it sends"
+        # the caller heard the first 100 ms: echo the first mark only
+        await ws.send(codec.encode(Mark(codec.stream_sid, 100, marks[0].name)))
+        runner = gateway_state_from(harness).calls["CA1"]
+        for _ in range(500):  # the carrier loop reads the echo on its own schedule
+            if runner.ledger.played_ms_for("resp_1") > 0:
+                break
+            await asyncio.sleep(0.01)
+        up.emit("input_audio_buffer.speech_started", audio_start_ms=1000, item_id="item_u")
+        async with asyncio.timeout(10):
+            while not isinstance(codec.parse(await ws.recv()), ClearAudio):
+                pass
+        cancel = await up.wait_sent("response.cancel")
+        clear = await up.wait_sent("output_audio_buffer.clear")
+        assert cancel["response_id"] == "resp_1"
+        types = [e["type"] for e in up.sent]
+        assert types.index("response.cancel") < types.index("output_audio_buffer.clear")
+        truncates = [e for e in up.sent if e["type"] == "conversation.item.truncate"]
+        # truncated to what was played — the one echoed 100 ms mark — never beyond
+        assert [(t["item_id"], t["audio_end_ms"]) for t in truncates] == [("item_1", 100)]
+        assert clear
+        # late frames of the cancelled response are not forwarded
+        for _ in range(5):
+            up.audio_q.put_nowait(_loud_24k())
+        up.emit("response.done", response={"id": "resp_1", "status": "cancelled"})
+        await ws.send(codec.encode(Stop(codec.stream_sid, 999, "CA1", "AC1")))
+        rest: list[object] = []
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                while True:
+                    rest.append(codec.parse(await ws.recv()))
+        assert not any(isinstance(m, PlayAudio) for m in rest)
+
+
+async def test_upstream_refusal_closes_the_stream_so_the_fallback_plays(
+    harness: Harness,
+) -> None:
+    ws, _codec = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        up = harness.upstreams[0]
+        up.fail_with = UpstreamRefused(
+            "Realtime API refused the call: 429 rate limited", status=429
+        )
+        up.ready.set()
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+    assert ws.close_code is not None and ws.close_code >= 4000
+    state = gateway_state_from(harness)
+    async with asyncio.timeout(5):
+        await state.idle.wait()
+    assert state.calls == {}
+    assert state.admissions.live == 0
+
+
+def gateway_state_from(h: Harness) -> Any:
+    app = h.server.server.config.app
+    return gateway_state(app)
