@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,7 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
     close_code_for,
 )
@@ -69,6 +71,10 @@ MARK_EVERY_MS = 100
 VAD_FRAME_BYTES = 160
 # A frame whose peak is below this is silence: not worth forwarding while nobody speaks.
 SILENCE_PEAK = 8
+# Setup retries: at most this many sessions per call, spaced by jittered exponential backoff.
+MAX_SETUP_ATTEMPTS = 3
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 2.0
 # After this many consecutive unusable carrier frames the stream is beyond saving.
 MAX_CONSECUTIVE_CARRIER_ERRORS = 50
 
@@ -105,6 +111,7 @@ class CallStats:
     barge_ins: int = 0
     frames_in: int = 0
     frames_out: int = 0
+    setup_attempts: int = 0
     dropped_setup_frames: int = 0
     muted_frames: int = 0
     carrier_errors: int = 0
@@ -136,6 +143,7 @@ class CallRunner:
         registry: dict[str, CallRunner],
         recent: deque[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.ws = ws
         self.settings = settings
@@ -146,6 +154,7 @@ class CallRunner:
         self.registry = registry
         self.recent = recent
         self.clock = clock
+        self.rng = rng or random.Random()
         self.codec = TwilioCodec(max_message_bytes=settings.max_message_bytes)
         self.transcoder = CallTranscoder()
         self.ledger = MarkLedger(mark_every_ms=MARK_EVERY_MS)
@@ -280,27 +289,44 @@ class CallRunner:
         self.log.info("stream started (profile %s)", self.profile.name)
 
     async def _open_upstream(self, carrier: asyncio.Task[None]) -> None:
-        """Open the Realtime session while the carrier loop buffers caller audio."""
+        """Open the Realtime session while the carrier loop buffers caller audio.
+
+        A refusal worth retrying (429, 5xx) or a setup phase that timed out is retried with a
+        fresh session after a jittered backoff, as long as the attempt can still finish inside
+        ``setup_timeout_s``; past that the caller would be sitting in silence, so the stream
+        closes and the TwiML fallback plays.
+        """
         assert self.profile is not None
         t0 = self.clock()
-        self.session = self.upstream_factory(self.profile)
-        opening = asyncio.create_task(self.session.open(), name="upstream-open")
-        done, _ = await asyncio.wait(
-            {opening, carrier},
-            timeout=self.settings.setup_timeout_s,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if opening not in done:
-            opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await opening
-            if carrier in done:
-                carrier.result()  # the carrier went away during setup: re-raise why
-                raise WebSocketDisconnect(1000)
-            raise UpstreamTimeout(
-                f"Realtime session not ready within {self.settings.setup_timeout_s:g} s"
-            )
-        opening.result()
+        deadline = t0 + self.settings.setup_timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            self.session = self.upstream_factory(self.profile)
+            try:
+                await self._attempt_open(self.session, carrier, deadline)
+                break
+            except (UpstreamRefused, UpstreamTimeout) as exc:
+                retryable = not isinstance(exc, UpstreamRefused) or exc.retryable
+                delay = backoff_s(attempt, self.rng)
+                self.stats.setup_attempts = attempt
+                self.metrics.upstream_errors.labels(_setup_error_code(exc)).inc()
+                with contextlib.suppress(Exception):
+                    await self.session.close()
+                if (
+                    not retryable
+                    or attempt >= MAX_SETUP_ATTEMPTS
+                    or self.clock() + delay >= deadline
+                ):
+                    raise
+                self.log.warning(
+                    "upstream setup attempt %d failed (%s); retrying in %.0f ms",
+                    attempt,
+                    exc,
+                    delay * 1000,
+                )
+                await asyncio.sleep(delay)
+        self.stats.setup_attempts = attempt
         self.stats.setup_ms = (self.clock() - t0) * 1000
         self.metrics.setup_seconds.observe(self.stats.setup_ms / 1000)
         self.log.info(
@@ -312,6 +338,28 @@ class CallRunner:
             self.session.push_audio(frame, at)
         if self.profile.greeting:
             self.session.send(rt.response_create(instructions=self.profile.greeting))
+
+    async def _attempt_open(
+        self, session: UpstreamSession, carrier: asyncio.Task[None], deadline: float
+    ) -> None:
+        opening = asyncio.create_task(session.open(), name="upstream-open")
+        done, _ = await asyncio.wait(
+            {opening, carrier},
+            timeout=max(0.0, deadline - self.clock()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if opening in done:
+            opening.result()
+            return
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await opening
+        if carrier in done:
+            carrier.result()  # the carrier went away during setup: re-raise why
+            raise WebSocketDisconnect(1000)
+        raise UpstreamTimeout(
+            f"Realtime session not ready within {self.settings.setup_timeout_s:g} s"
+        )
 
     # --- loops ---------------------------------------------------------------------------
 
@@ -528,6 +576,22 @@ class CallRunner:
             self.stats.barge_ins,
             self.stats.turns,
         )
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """Delay before setup attempt ``attempt + 1``: "full jitter" exponential backoff.
+
+    Uniform in ``[0, min(cap, base * 2**(attempt-1))]`` so that many calls refused at the same
+    moment (an upstream 429 burst) do not retry in lockstep.
+    """
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return rng.uniform(0.0, ceiling)
+
+
+def _setup_error_code(exc: UpstreamError) -> str:
+    if isinstance(exc, UpstreamRefused):
+        return f"http_{exc.status}"
+    return exc.code or type(exc).__name__
 
 
 def _is_silent(frame: npt.NDArray[np.int16]) -> bool:

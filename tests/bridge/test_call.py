@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.audio.g711 import array_to_ulaw
+from gateway.bridge.call import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_SETUP_ATTEMPTS, backoff_s
 from gateway.errors import UpstreamRefused
 from gateway.numbers import Profile, ProfileStore
 from gateway.realtime import events as rt
@@ -99,6 +101,8 @@ class Harness:
     server: RunningServer
     upstreams: list[ScriptedUpstream]
     created: asyncio.Event
+    failures: list[Exception]
+    """Each new upstream pops the first one and fails its ``open()`` with it (ready at once)."""
 
 
 @pytest.fixture
@@ -107,9 +111,13 @@ async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
     path.write_text('default:\n  greeting: "Say hello."\n  voice: marin\n')
     upstreams: list[ScriptedUpstream] = []
     created = asyncio.Event()
+    failures: list[Exception] = []
 
     def factory(profile: Profile) -> ScriptedUpstream:
         up = ScriptedUpstream(profile)
+        if failures:
+            up.fail_with = failures.pop(0)
+            up.ready.set()
         upstreams.append(up)
         created.set()
         return up
@@ -117,7 +125,7 @@ async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
     settings = Settings(_env_file=None, profiles_file=path, setup_timeout_s=5)  # type: ignore[call-arg]
     app = create_app(settings, upstream=factory, profiles=ProfileStore(path))
     async with serve_app(app) as srv:
-        yield Harness(srv, upstreams, created)
+        yield Harness(srv, upstreams, created, failures)
 
 
 async def _open_stream(
@@ -231,20 +239,17 @@ async def test_barge_in_clears_carrier_then_cancels_then_clears_upstream(
         assert not any(isinstance(m, PlayAudio) for m in rest)
 
 
-async def test_upstream_refusal_closes_the_stream_so_the_fallback_plays(
+async def test_repeated_refusals_close_the_stream_so_the_fallback_plays(
     harness: Harness,
 ) -> None:
+    harness.failures += [UpstreamRefused("Realtime API refused: 429", status=429)] * 5
     ws, _codec = await _open_stream(harness)
     async with ws:
-        await asyncio.wait_for(harness.created.wait(), 10)
-        up = harness.upstreams[0]
-        up.fail_with = UpstreamRefused(
-            "Realtime API refused the call: 429 rate limited", status=429
-        )
-        up.ready.set()
         async with asyncio.timeout(10):
             await ws.wait_closed()
     assert ws.close_code is not None and ws.close_code >= 4000
+    assert len(harness.upstreams) == MAX_SETUP_ATTEMPTS
+    assert all(up.closed.is_set() for up in harness.upstreams)
     state = gateway_state_from(harness)
     async with asyncio.timeout(5):
         await state.idle.wait()
@@ -255,3 +260,38 @@ async def test_upstream_refusal_closes_the_stream_so_the_fallback_plays(
 def gateway_state_from(h: Harness) -> Any:
     app = h.server.server.config.app
     return gateway_state(app)
+
+
+async def test_a_retryable_refusal_is_retried_with_a_fresh_session(harness: Harness) -> None:
+    harness.failures.append(UpstreamRefused("Realtime API refused the call: 503", status=503))
+    ws, codec = await _open_stream(harness)
+    async with ws:
+        async with asyncio.timeout(10):
+            while len(harness.upstreams) < 2:  # the backoff is random: wait for the retry
+                harness.created.clear()
+                await harness.created.wait()
+        first, second = harness.upstreams
+        assert first.closed.is_set()  # the refused attempt was cleaned up
+        second.ready.set()
+        await second.wait_sent("response.create")
+        await ws.send(codec.encode(Stop(codec.stream_sid, 999, "CA1", "AC1")))
+        await asyncio.wait_for(second.closed.wait(), 10)
+
+
+async def test_a_final_refusal_is_not_retried(harness: Harness) -> None:
+    harness.failures.append(UpstreamRefused("Realtime API refused the key: 401", status=401))
+    ws, _codec = await _open_stream(harness)
+    async with ws:
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+    assert len(harness.upstreams) == 1
+    assert ws.close_code is not None and ws.close_code >= 4000
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 6])
+def test_backoff_is_full_jitter_under_a_growing_cap(attempt: int) -> None:
+    rng = random.Random(7)
+    delays = [backoff_s(attempt, rng) for _ in range(200)]
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    assert all(0 <= d <= ceiling for d in delays)
+    assert max(delays) > ceiling * 0.9 and min(delays) < ceiling * 0.1
