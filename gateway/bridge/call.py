@@ -75,6 +75,10 @@ SILENCE_PEAK = 8
 MAX_SETUP_ATTEMPTS = 3
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 2.0
+# A lost upstream is replaced this many times per call, carrying at most this many transcript
+# lines over; beyond that the call ends and the TwiML fallback plays.
+MAX_RECONNECTS = 1
+RESTORE_MAX_LINES = 40
 # After this many consecutive unusable carrier frames the stream is beyond saving.
 MAX_CONSECUTIVE_CARRIER_ERRORS = 50
 
@@ -112,6 +116,7 @@ class CallStats:
     frames_in: int = 0
     frames_out: int = 0
     setup_attempts: int = 0
+    reconnects: int = 0
     dropped_setup_frames: int = 0
     muted_frames: int = 0
     carrier_errors: int = 0
@@ -190,6 +195,8 @@ class CallRunner:
             "setup_ms": self.stats.setup_ms,
             "turns": self.stats.turns,
             "barge_ins": self.stats.barge_ins,
+            "setup_attempts": self.stats.setup_attempts,
+            "reconnects": self.stats.reconnects,
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
             "upstream_errors": dict(self.stats.upstream_errors),
@@ -227,8 +234,7 @@ class CallRunner:
             tasks.append(carrier)
             await self._open_upstream(carrier)
             tasks += [
-                asyncio.create_task(self._upstream_events(), name="upstream-events"),
-                asyncio.create_task(self._upstream_audio(), name="upstream-audio"),
+                asyncio.create_task(self._upstream(carrier), name="upstream"),
                 asyncio.create_task(self._hangup.wait(), name="hangup"),  # type: ignore[arg-type]
                 asyncio.create_task(self._max_duration(), name="max-duration"),
             ]
@@ -288,7 +294,7 @@ class CallRunner:
         )
         self.log.info("stream started (profile %s)", self.profile.name)
 
-    async def _open_upstream(self, carrier: asyncio.Task[None]) -> None:
+    async def _open_upstream(self, carrier: asyncio.Task[None], *, resume: bool = False) -> None:
         """Open the Realtime session while the carrier loop buffers caller audio.
 
         A refusal worth retrying (429, 5xx) or a setup phase that timed out is retried with a
@@ -327,16 +333,18 @@ class CallRunner:
                 )
                 await asyncio.sleep(delay)
         self.stats.setup_attempts = attempt
-        self.stats.setup_ms = (self.clock() - t0) * 1000
-        self.metrics.setup_seconds.observe(self.stats.setup_ms / 1000)
-        self.log.info(
-            "upstream ready in %.0f ms (call id %s)", self.stats.setup_ms, self.session.call_id
-        )
+        ready_ms = (self.clock() - t0) * 1000
+        if not resume:
+            self.stats.setup_ms = ready_ms
+            self.metrics.setup_seconds.observe(ready_ms / 1000)
+        self.log.info("upstream ready in %.0f ms (call id %s)", ready_ms, self.session.call_id)
         self._ready = True
+        if resume:
+            self._restore_conversation()
         while self._setup_buffer:
             frame, at = self._setup_buffer.popleft()
             self.session.push_audio(frame, at)
-        if self.profile.greeting:
+        if self.profile.greeting and not resume:
             self.session.send(rt.response_create(instructions=self.profile.greeting))
 
     async def _attempt_open(
@@ -418,6 +426,75 @@ class CallRunner:
                     self.metrics.dropped_frames.labels("inbound", "setup_buffer_full").inc()
                 self._setup_buffer.append((frame, now))
 
+    async def _upstream(self, carrier: asyncio.Task[None]) -> None:
+        """Serve the upstream for the life of the call, replacing it once if it is lost.
+
+        A lost session (data channel or peer closed, ``server_error``, ``session_expired``) is
+        replaced by a fresh one that carries the conversation so far, so the caller hears a
+        short pause instead of the fallback; a second loss ends the call.
+        """
+        while True:
+            try:
+                await self._pump_session()
+                return
+            except UpstreamError as exc:
+                if self.stats.reconnects >= MAX_RECONNECTS:
+                    raise
+                self.stats.reconnects += 1
+                self.metrics.upstream_errors.labels("reconnect").inc()
+                self.log.warning("upstream lost (%s): reconnecting with a fresh session", exc)
+                await self._replace_session(carrier)
+
+    async def _pump_session(self) -> None:
+        """Run the current session's event and audio readers until its events end."""
+        events = asyncio.create_task(self._upstream_events(), name="upstream-events")
+        audio = asyncio.create_task(self._upstream_audio(), name="upstream-audio")
+        try:
+            done, _ = await asyncio.wait({events, audio}, return_when=asyncio.FIRST_COMPLETED)
+            if audio in done and not audio.cancelled() and audio.exception() is not None:
+                raise audio.exception()  # type: ignore[misc]
+            await events  # the event stream decides: lost (raises) or closed by us
+        finally:
+            for t in (events, audio):
+                t.cancel()
+            for t in (events, audio):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    async def _replace_session(self, carrier: asyncio.Task[None]) -> None:
+        """Close the lost session, open a fresh one and restore the conversation into it."""
+        assert self.session is not None and self.profile is not None
+        self._ready = False  # caller audio goes to the setup buffer meanwhile
+        with contextlib.suppress(Exception):
+            await self.session.close()
+        if self.machine.assistant_audible:
+            self._pending.append(ClearAudio())
+            self.ledger.on_clear()
+        self.transcoder.reset_outbound()
+        self.machine = m.TurnMachine(truncate_to_heard=self.profile.truncate_to_heard)
+        await self._flush_pending()
+        await self._open_upstream(carrier, resume=True)
+
+    def _restore_conversation(self) -> None:
+        """Replay the transcript into a fresh session as items, then ask it not to greet."""
+        assert self.session is not None
+        for line in self.stats.transcript[-RESTORE_MAX_LINES:]:
+            if line["speaker"] == "caller":
+                self.session.send(rt.conversation_item_create_user_text(line["text"]))
+            else:
+                item = {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": line["text"]}],
+                }
+                self.session.send(rt.conversation_item_create(item))
+        self.session.send(
+            rt.conversation_item_create_system_text(
+                "The phone call continues after a short technical interruption on our side. "
+                "Do not greet the caller again; carry on from where the conversation was."
+            )
+        )
+
     async def _upstream_events(self) -> None:
         assert self.session is not None
         async for ev in self.session.events():
@@ -466,7 +543,7 @@ class CallRunner:
             self.log.debug("upstream error %s (recoverable)", code)
             return
         self.log.warning("upstream error %s: %s", code, (ev.error or {}).get("message"))
-        if code in rt.FATAL_ERROR_CODES:
+        if code in rt.FATAL_ERROR_CODES or (ev.error or {}).get("type") == "server_error":
             raise UpstreamError(f"Realtime session failed: {code}", code=code)
 
     async def _on_audio_stopped(self, response_id: str | None) -> None:

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.audio.g711 import array_to_ulaw
 from gateway.bridge.call import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_SETUP_ATTEMPTS, backoff_s
-from gateway.errors import UpstreamRefused
+from gateway.errors import UpstreamLost, UpstreamRefused
 from gateway.numbers import Profile, ProfileStore
 from gateway.realtime import events as rt
 from gateway.serving import RunningServer, serve_app
@@ -71,6 +71,8 @@ class ScriptedUpstream:
 
     async def events(self) -> AsyncIterator[rt.ServerEvent]:  # type: ignore[override]
         while (item := await self.events_q.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
             yield rt.parse_server_event(json.dumps(item))
 
     async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:  # type: ignore[override]
@@ -295,3 +297,50 @@ def test_backoff_is_full_jitter_under_a_growing_cap(attempt: int) -> None:
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
     assert all(0 <= d <= ceiling for d in delays)
     assert max(delays) > ceiling * 0.9 and min(delays) < ceiling * 0.1
+
+
+async def test_a_lost_upstream_is_replaced_once_with_the_conversation_restored(
+    harness: Harness,
+) -> None:
+    ws, _codec = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        first = harness.upstreams[0]
+        first.ready.set()
+        await first.wait_sent("response.create")
+        first.emit(
+            "conversation.item.input_audio_transcription.completed",
+            item_id="item_u1",
+            content_index=0,
+            transcript="What time do you open?",
+        )
+        first.emit(
+            "response.output_audio_transcript.done",
+            response_id="resp_1",
+            item_id="item_a1",
+            output_index=0,
+            content_index=0,
+            transcript="We open at nine.",
+        )
+        harness.created.clear()
+        first.events_q.put_nowait(UpstreamLost("the Realtime data channel closed"))
+        await asyncio.wait_for(harness.created.wait(), 10)
+        second = harness.upstreams[1]
+        assert first.closed.is_set()
+        second.ready.set()
+        note = await second.wait_sent("conversation.item.create")
+        restored = [e["item"] for e in second.sent if e["type"] == "conversation.item.create"]
+        assert [(i["role"], i["content"][0]["text"]) for i in restored[:2]] == [
+            ("user", "What time do you open?"),
+            ("assistant", "We open at nine."),
+        ]
+        assert restored[-1]["role"] == "system" and "greet" in restored[-1]["content"][0]["text"]
+        assert note
+        # no second greeting
+        assert not any(e["type"] == "response.create" for e in second.sent)
+        # a second loss ends the call: the fallback plays
+        second.events_q.put_nowait(UpstreamLost("the Realtime peer connection failed"))
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+    assert ws.close_code is not None and ws.close_code >= 4000
+    assert len(harness.upstreams) == 2
