@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     ice_username: str | None = None
     ice_credential: SecretStr | None = None
     setup_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    session_max_age_s: float = Field(
+        default=55 * 60,
+        ge=60,
+        description="Rotate to a fresh upstream session between turns after this age",
+    )
 
     # --- carrier (Twilio) ----------------------------------------------------------------
     twilio_auth_token: SecretStr | None = Field(

@@ -117,6 +117,7 @@ class CallStats:
     frames_out: int = 0
     setup_attempts: int = 0
     reconnects: int = 0
+    rotations: int = 0
     dropped_setup_frames: int = 0
     muted_frames: int = 0
     carrier_errors: int = 0
@@ -160,6 +161,7 @@ class CallRunner:
         self.recent = recent
         self.clock = clock
         self.rng = rng or random.Random()
+        self._session_opened_at = 0.0
         self.codec = TwilioCodec(max_message_bytes=settings.max_message_bytes)
         self.transcoder = CallTranscoder()
         self.ledger = MarkLedger(mark_every_ms=MARK_EVERY_MS)
@@ -197,6 +199,7 @@ class CallRunner:
             "barge_ins": self.stats.barge_ins,
             "setup_attempts": self.stats.setup_attempts,
             "reconnects": self.stats.reconnects,
+            "rotations": self.stats.rotations,
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
             "upstream_errors": dict(self.stats.upstream_errors),
@@ -339,6 +342,7 @@ class CallRunner:
             self.metrics.setup_seconds.observe(ready_ms / 1000)
         self.log.info("upstream ready in %.0f ms (call id %s)", ready_ms, self.session.call_id)
         self._ready = True
+        self._session_opened_at = self.clock()
         if resume:
             self._restore_conversation()
         while self._setup_buffer:
@@ -437,6 +441,11 @@ class CallRunner:
             try:
                 await self._pump_session()
                 return
+            except _RotateSession:
+                self.stats.rotations += 1
+                self.metrics.upstream_errors.labels("rotation").inc()
+                self.log.info("upstream session is %.0f s old: rotating", self._session_age())
+                await self._replace_session(carrier, rotating=True)
             except UpstreamError as exc:
                 if self.stats.reconnects >= MAX_RECONNECTS:
                     raise
@@ -444,6 +453,9 @@ class CallRunner:
                 self.metrics.upstream_errors.labels("reconnect").inc()
                 self.log.warning("upstream lost (%s): reconnecting with a fresh session", exc)
                 await self._replace_session(carrier)
+
+    def _session_age(self) -> float:
+        return self.clock() - self._session_opened_at
 
     async def _pump_session(self) -> None:
         """Run the current session's event and audio readers until its events end."""
@@ -461,13 +473,19 @@ class CallRunner:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
 
-    async def _replace_session(self, carrier: asyncio.Task[None]) -> None:
-        """Close the lost session, open a fresh one and restore the conversation into it."""
+    async def _replace_session(
+        self, carrier: asyncio.Task[None], *, rotating: bool = False
+    ) -> None:
+        """Close the session, open a fresh one and restore the conversation into it.
+
+        ``rotating``: the old session is healthy and the assistant has finished speaking; what
+        the carrier still buffers is left to play.
+        """
         assert self.session is not None and self.profile is not None
         self._ready = False  # caller audio goes to the setup buffer meanwhile
         with contextlib.suppress(Exception):
             await self.session.close()
-        if self.machine.assistant_audible:
+        if self.machine.assistant_audible and not rotating:
             self._pending.append(ClearAudio())
             self.ledger.on_clear()
         self.transcoder.reset_outbound()
@@ -515,6 +533,8 @@ class CallRunner:
             await self._handle(m.AudioStarted(ev.response_id))
         elif kind == "output_audio_buffer.stopped":
             await self._on_audio_stopped(ev.response_id)
+            if self._session_age() >= self.settings.session_max_age_s:
+                raise _RotateSession  # between turns: the answer has been sent in full
         elif kind == "output_audio_buffer.cleared":
             await self._handle(m.AudioCleared(ev.response_id))
         elif kind == "response.done" and ev.response_id:
@@ -653,6 +673,10 @@ class CallRunner:
             self.stats.barge_ins,
             self.stats.turns,
         )
+
+
+class _RotateSession(Exception):
+    """The session reached ``session_max_age_s`` between turns: replace it."""
 
 
 def backoff_s(attempt: int, rng: random.Random) -> float:

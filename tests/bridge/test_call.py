@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,17 @@ class Harness:
     created: asyncio.Event
     failures: list[Exception]
     """Each new upstream pops the first one and fails its ``open()`` with it (ready at once)."""
+    clock: ShiftableClock
+
+
+class ShiftableClock:
+    """The monotonic clock plus an offset the test moves forward (session age)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
 
 
 @pytest.fixture
@@ -114,6 +126,7 @@ async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
     upstreams: list[ScriptedUpstream] = []
     created = asyncio.Event()
     failures: list[Exception] = []
+    clock = ShiftableClock()
 
     def factory(profile: Profile) -> ScriptedUpstream:
         up = ScriptedUpstream(profile)
@@ -124,10 +137,13 @@ async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
         created.set()
         return up
 
-    settings = Settings(_env_file=None, profiles_file=path, setup_timeout_s=5)  # type: ignore[call-arg]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, profiles_file=path, setup_timeout_s=5, session_max_age_s=60
+    )
     app = create_app(settings, upstream=factory, profiles=ProfileStore(path))
+    gateway_state(app).clock = clock
     async with serve_app(app) as srv:
-        yield Harness(srv, upstreams, created, failures)
+        yield Harness(srv, upstreams, created, failures, clock)
 
 
 async def _open_stream(
@@ -344,3 +360,40 @@ async def test_a_lost_upstream_is_replaced_once_with_the_conversation_restored(
             await ws.wait_closed()
     assert ws.close_code is not None and ws.close_code >= 4000
     assert len(harness.upstreams) == 2
+
+
+async def test_an_old_session_is_rotated_between_turns_without_a_clear(harness: Harness) -> None:
+    ws, codec = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        first = harness.upstreams[0]
+        first.ready.set()
+        await first.wait_sent("response.create")
+        first.emit(
+            "response.output_audio_transcript.done",
+            response_id="resp_1",
+            item_id="item_a1",
+            output_index=0,
+            content_index=0,
+            transcript="Hello, this is the bakery.",
+        )
+        harness.clock.offset += 61  # the session is now older than session_max_age_s
+        harness.created.clear()
+        first.emit("output_audio_buffer.stopped", response_id="resp_1")
+        await asyncio.wait_for(harness.created.wait(), 10)
+        second = harness.upstreams[1]
+        second.ready.set()
+        await second.wait_sent("conversation.item.create")
+        assert first.closed.is_set()
+        restored = [e["item"] for e in second.sent if e["type"] == "conversation.item.create"]
+        assert restored[0]["content"][0]["text"] == "Hello, this is the bakery."
+        assert not any(e["type"] == "response.create" for e in second.sent)
+        runner = gateway_state_from(harness).calls["CA1"]
+        assert runner.stats.rotations == 1 and runner.stats.reconnects == 0
+        await ws.send(codec.encode(Stop(codec.stream_sid, 999, "CA1", "AC1")))
+        received: list[object] = []
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                while True:
+                    received.append(codec.parse(await ws.recv()))
+        assert not any(isinstance(m, ClearAudio) for m in received)
