@@ -26,13 +26,21 @@ class Admission:
 
 @dataclass
 class Admissions:
-    """Capacity = live calls + admitted calls whose stream has not started yet."""
+    """Capacity = live calls + admitted calls whose stream has not started yet.
+
+    ``max_setup_rate`` (calls per second, a token bucket holding ``max(1, rate)`` calls) bounds
+    how fast new calls are admitted: every admitted call opens an upstream session, and a burst
+    of setups is what tips a process over, not the calls it already carries. ``None``: no limit.
+    """
 
     max_calls: int
     token_ttl_s: float = 60.0
+    max_setup_rate: float | None = None
     draining: bool = False
     _pending: dict[str, Admission] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
+    _bucket: float | None = None
+    _bucket_at: float = 0.0
 
     @property
     def live(self) -> int:
@@ -43,7 +51,24 @@ class Admissions:
         return len(self._live) + len(self._pending)
 
     def has_room(self, now: float) -> bool:
-        return not self.draining and self.load(now) < self.max_calls
+        return not self.draining and self.load(now) < self.max_calls and self._rate_ok(now)
+
+    def _burst(self) -> float:
+        assert self.max_setup_rate is not None
+        return max(1.0, self.max_setup_rate)
+
+    def _refill(self, now: float) -> float:
+        if self.max_setup_rate is None:
+            return float("inf")
+        if self._bucket is None:
+            self._bucket, self._bucket_at = self._burst(), now
+        elapsed = max(0.0, now - self._bucket_at)
+        self._bucket = min(self._burst(), self._bucket + elapsed * self.max_setup_rate)
+        self._bucket_at = now
+        return self._bucket
+
+    def _rate_ok(self, now: float) -> bool:
+        return self._refill(now) >= 1.0
 
     def admit(self, call_sid: str, called: str | None, caller: str | None, now: float) -> Admission:
         """Reserve a slot for ``call_sid``; raise :class:`CapacityError` when full or draining."""
@@ -54,6 +79,12 @@ class Admissions:
             return existing  # the carrier retried the webhook: same call, same token
         if self.load(now) >= self.max_calls:
             raise CapacityError(f"at capacity ({self.max_calls} calls)")
+        if not self._rate_ok(now):
+            raise CapacityError(
+                f"call setup rate above {self.max_setup_rate:g} per second; try again shortly"
+            )
+        if self._bucket is not None:
+            self._bucket -= 1.0
         adm = Admission(
             call_sid=call_sid,
             token=secrets.token_urlsafe(24),

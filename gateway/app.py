@@ -78,7 +78,7 @@ def create_app(
         profiles=profiles or ProfileStore(settings.profiles_file),
         metrics=metrics or Metrics(),
         upstream=upstream,
-        admissions=Admissions(max_calls=settings.max_calls),
+        admissions=Admissions(max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate),
     )
 
     @contextlib.asynccontextmanager

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # `GATEWAY_ADMIN_TOKEN=` in a .env means "not set", never "the empty token"
+        env_ignore_empty=True,
         frozen=True,
         populate_by_name=True,
     )
@@ -73,6 +75,14 @@ class Settings(BaseSettings):
     profiles_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_calls: int = Field(default=30, ge=1, le=10_000)
+    max_setup_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="New calls admitted per second (token bucket); unset: no limit",
+    )
+    carrier_idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="End a call when the carrier sends nothing for this long"
+    )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
     admin_token: SecretStr | None = Field(

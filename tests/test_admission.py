@@ -59,3 +59,26 @@ def test_draining_refuses_new_calls() -> None:
     a.draining = True
     with pytest.raises(CapacityError, match="draining"):
         a.admit("CA1", None, None, 0.0)
+
+
+def test_setup_rate_is_a_token_bucket() -> None:
+    a = Admissions(max_calls=100, max_setup_rate=2.0)
+    a.admit("CA1", None, None, 0.0)
+    a.admit("CA2", None, None, 0.0)  # a burst of two is allowed
+    assert not a.has_room(0.0)
+    with pytest.raises(CapacityError, match="setup rate"):
+        a.admit("CA3", None, None, 0.1)
+    # 0.5 s later one more token has accumulated
+    assert a.has_room(0.5)
+    a.admit("CA3", None, None, 0.5)
+    with pytest.raises(CapacityError):
+        a.admit("CA4", None, None, 0.6)
+    # a webhook retry of an admitted call is not a new setup
+    assert a.admit("CA3", None, None, 0.6).call_sid == "CA3"
+
+
+def test_no_setup_rate_means_no_limit() -> None:
+    a = Admissions(max_calls=1000)
+    for i in range(500):
+        a.admit(f"CA{i}", None, None, 0.0)
+    assert a.load(0.0) == 500

@@ -376,8 +376,16 @@ class CallRunner:
     # --- loops ---------------------------------------------------------------------------
 
     async def _carrier_loop(self) -> None:
+        idle_s = self.settings.carrier_idle_timeout_s
         while True:
-            raw = await self._receive()
+            try:
+                async with asyncio.timeout(idle_s):
+                    raw = await self._receive()
+            except TimeoutError:
+                raise CarrierError(
+                    f"the carrier sent nothing for {idle_s:g} s (a live stream sends audio "
+                    "every 20 ms, even silence)"
+                ) from None
             now = self.clock()
             try:
                 msg = self.codec.parse(raw)
