@@ -1,0 +1,1342 @@
+"""One emulated Realtime session: the sans-I/O state machine behind a call. No awaits, no sockets.
+
+The runner feeds it what arrives and executes what comes out:
+
+inputs
+    :meth:`Engine.start` when the data channel opens; :meth:`Engine.receive_event` for each
+    data-channel message; :meth:`Engine.receive_audio` for each 20 ms frame of caller audio
+    (24 kHz mono int16, decoded from RTP); :meth:`Engine.reply_rendered` when a reply's audio
+    (asked for by a :class:`Render` action) is ready; :meth:`Engine.tick` at least every 20 ms
+    for timers.
+outputs
+    :meth:`Engine.next_output_frame` is the server's output audio buffer: the runner's outbound
+    track calls it once per 20 ms of real time and sends what it returns on RTP (None =
+    silence). :meth:`Engine.events_to_send` drains the server events to send on the data
+    channel, in order. :meth:`Engine.actions` drains :class:`Render` and :class:`Close`.
+
+Every input takes ``now`` (monotonic seconds); the engine has no clock of its own. Caller audio
+time (``audio_start_ms`` and friends) counts the samples received, as the real service does.
+
+Response timeline (audio replies): ``response.created`` and ``rate_limits.updated`` at once; the
+first output (item, content part, first transcript delta) ``latency_ms`` after the end of the
+turn, or when the synthesized audio is ready if that is later; playback starts with it
+(``output_audio_buffer.started`` when the first frame is taken); the model "generates" audio
+``generation_speed`` times faster than real time, so ``response.done`` comes while the audio is
+still playing and ``output_audio_buffer.stopped`` when the buffer has drained.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import random
+import string
+import warnings
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.emulator.schema import SessionError, apply_session, vad_settings
+from gateway.emulator.voice import SAMPLE_RATE, ReplyRequest
+
+__all__ = [
+    "FRAME_SAMPLES",
+    "Close",
+    "Engine",
+    "EngineConfig",
+    "Render",
+    "SessionStats",
+]
+
+FRAME_SAMPLES: Final = SAMPLE_RATE // 50  # 20 ms
+_MS: Final = SAMPLE_RATE // 1000  # samples per millisecond
+_ONSET_FRAMES: Final = 3  # 60 ms of consecutive voiced frames start speech
+_MIN_COMMIT_MS: Final = 100  # GA refuses to commit less than this
+_MAX_BUFFER_FRAMES: Final = 50 * 60  # uncommitted caller audio kept (60 s)
+_ID_CHARS: Final = string.ascii_letters + string.digits
+_CLIENT_EVENTS: Final = (
+    "session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "output_audio_buffer.clear",
+    "conversation.item.create",
+    "conversation.item.retrieve",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "response.create",
+    "response.cancel",
+)
+_RESPONSE_FIELDS: Final = frozenset(
+    {
+        "instructions",
+        "tools",
+        "tool_choice",
+        "output_modalities",
+        "audio",
+        "max_output_tokens",
+        "conversation",
+        "input",
+        "metadata",
+        "prompt",
+        "reasoning",
+    }
+)
+_REQUEST_LIMIT: Final = 5_000
+_TOKEN_LIMIT: Final = 400_000
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Behaviour of every session of one emulator (see ``EmulatorConfig`` for the meaning)."""
+
+    reply: Literal["speech", "echo", "tone"] = "speech"
+    latency_ms: float = 300.0
+    latency_jitter_ms: float = 0.0
+    generation_speed: float = 4.0
+    max_session_s: float = 3600.0
+    tool_call: str | None = None
+    tool_call_after_turn: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Render:
+    """Render ``request`` (CPU work: do it off the event loop), then call
+    :meth:`Engine.reply_rendered` with ``response_id`` and the audio."""
+
+    response_id: str
+    request: ReplyRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the call: flush the events to send, then close the data channel and the peer."""
+
+    reason: str
+
+
+Action = Render | Close
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """Counters shown by ``GET /emulator/sessions``."""
+
+    turns: int = 0
+    responses: int = 0
+    cancelled_responses: int = 0
+    events_received: Counter[str] = field(default_factory=Counter)
+    events_sent: int = 0
+    errors_sent: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Response:
+    id: str
+    created_at: float
+    due_at: float
+    kind: Literal["audio", "text", "function"]
+    in_conversation: bool
+    voice: str
+    modalities: list[str]
+    max_output_tokens: int | str
+    metadata: Any
+    text: str = ""
+    words: list[str] = field(default_factory=list)
+    deltas_sent: int = 0
+    item_id: str = ""
+    call_id: str = ""
+    function_name: str = ""
+    audio: npt.NDArray[np.int16] | None = None
+    needs_render: bool = False
+    first_at: float | None = None
+    gen_end_at: float | None = None
+    status: str = "in_progress"
+    input_usage: dict[str, int] = field(default_factory=dict)
+    output_audio_samples: int = 0  # generated audio (what usage bills)
+    # playout
+    played: int = 0
+    limit: int = 0  # samples the buffer may still play (truncation lowers it)
+    playout_started: bool = False
+
+
+class Engine:
+    """One session's state. Create it per call; feed it; drain it (see the module docstring)."""
+
+    def __init__(
+        self,
+        session: Mapping[str, Any],
+        *,
+        config: EngineConfig,
+        now: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.session: dict[str, Any] = dict(session)
+        self.config = config
+        self.stats = SessionStats()
+        self.conversation_id = ""
+        self._rng = rng or random.Random()
+        self.conversation_id = self._id("conv_")
+        self._created_at = now
+        self._started = False
+        self._closed = False
+        self._out: list[dict[str, Any]] = []
+        self._actions: list[Action] = []
+        self._items: list[dict[str, Any]] = []
+        self._item_audio_ms: dict[str, int] = {}  # assistant item id -> audio length
+        self._audio_produced = False
+        # caller audio
+        self._samples_in = 0  # session audio clock
+        self._buffer: deque[npt.NDArray[np.int16]] = deque(maxlen=_MAX_BUFFER_FRAMES)
+        self._buffer_start = 0  # session sample at which _buffer begins
+        self._append_rest = np.zeros(0, dtype=np.int16)
+        self._speaking = False
+        self._voiced_run = 0
+        self._silent_run = 0
+        self._speech_item: str | None = None
+        self._speech_start = 0  # audio_start_ms in samples (prefix padding included)
+        self._onset = 0  # first voiced sample of the current utterance
+        self._vad_cfg = vad_settings(self.session)
+        self._append_resampler: Any = None
+        self._last_turn_ms = 0.0
+        # responses
+        self._active: _Response | None = None
+        self._playout: deque[_Response] = deque()  # audio in the output buffer; head plays
+        self._responses: dict[str, _Response] = {}
+        self._tool_called = False
+        self._idle_deadline: float | None = None
+        self._requests_used = 0
+        self._tokens_used = 0
+        self._prev_input_tokens = 0
+
+    # ------------------------------------------------------------------ outputs
+
+    def events_to_send(self) -> list[dict[str, Any]]:
+        """Server events produced since the last call, in order; send each as one message."""
+        out, self._out = self._out, []
+        return out
+
+    def actions(self) -> list[Action]:
+        """Actions produced since the last call, in order."""
+        out, self._actions = self._actions, []
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def response_active(self) -> bool:
+        return self._active is not None
+
+    # ------------------------------------------------------------------ inputs
+
+    def start(self, now: float) -> None:
+        """The data channel is open: send ``session.created``. Call once."""
+        if self._started:
+            return
+        self._started = True
+        self._emit("session.created", session=self.session)
+        self.tick(now)
+
+    def tick(self, now: float) -> None:
+        """Advance timers: response generation, idle timeout, the maximum session duration."""
+        if self._closed or not self._started:
+            return
+        if now - self._created_at >= self.config.max_session_s:
+            minutes = self.config.max_session_s / 60
+            self._error(
+                "session_expired",
+                f"Your session hit the maximum duration of {minutes:g} minutes.",
+            )
+            self.close("session expired")
+            return
+        self._advance(now)
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            self._idle_deadline = None
+            self._idle_timeout(now)
+
+    def close(self, reason: str) -> None:
+        """End the session from the server side (fault injection, expiry): a :class:`Close`."""
+        if not self._closed:
+            self._closed = True
+            self._actions.append(Close(reason))
+
+    def inject_error(self, code: str = "server_error", message: str | None = None) -> None:
+        """Send a ``server_error`` event, as the service does when the model fails mid-call."""
+        self._error(
+            code,
+            message or "The server had an error while processing your request. Sorry about that!",
+            etype="server_error",
+        )
+
+    def receive_event(self, raw: str | bytes, now: float) -> None:
+        """One data-channel message from the client; replies and errors go to the outbox."""
+        if self._closed:
+            return
+        try:
+            event = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._error(
+                "invalid_json",
+                f"We could not parse the JSON body of your request. ({exc})",
+            )
+            return
+        if not isinstance(event, dict):
+            self._error("invalid_json", "The event must be a JSON object.")
+            return
+        client_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            self._error(
+                "missing_required_parameter",
+                "Missing required parameter: 'type'.",
+                param="type",
+                event_id=client_id,
+            )
+            return
+        self.stats.events_received[kind] += 1
+        if kind not in _CLIENT_EVENTS:
+            self._error(
+                "invalid_value",
+                f"Invalid value: '{kind}'. Supported values are: "
+                + ", ".join(f"'{k}'" for k in _CLIENT_EVENTS)
+                + ".",
+                param="type",
+                event_id=client_id,
+            )
+            return
+        handler = getattr(self, "_on_" + kind.replace(".", "_"))
+        try:
+            handler(event, now)
+        except SessionError as exc:
+            self._error(
+                exc.code, exc.error["message"], param=exc.error["param"], event_id=client_id
+            )
+        self._advance(now)
+
+    def receive_audio(self, frame: npt.NDArray[np.int16], now: float) -> None:
+        """One 20 ms frame (480 samples, 24 kHz mono int16) of caller audio, in order.
+
+        Audio before :meth:`start` is ignored: the session does not exist for the caller yet.
+        """
+        if self._closed or not self._started:
+            return
+        self._buffer.append(frame)
+        self._samples_in += FRAME_SAMPLES
+        if len(self._buffer) == self._buffer.maxlen:
+            self._buffer_start = self._samples_in - len(self._buffer) * FRAME_SAMPLES
+        if self._vad_cfg is not None:
+            self._vad(frame, self._vad_cfg, now)
+        self._advance(now)
+
+    def reply_rendered(self, response_id: str, audio: npt.NDArray[np.int16], now: float) -> None:
+        """The audio a :class:`Render` asked for; ignored if the response ended meanwhile."""
+        r = self._responses.get(response_id)
+        if r is None or not r.needs_render:
+            return
+        r.needs_render = False
+        cap = r.max_output_tokens
+        if isinstance(cap, int):
+            # one audio token per 50 ms: the reply stops where the token budget runs out
+            audio = audio[: cap * 50 * _MS]
+        r.audio = audio
+        r.limit = audio.size
+        self._advance(now)
+
+    def next_output_frame(self, now: float) -> npt.NDArray[np.int16] | None:
+        """The next 20 ms of assistant audio to send on RTP, or None for silence.
+
+        Call exactly once per 20 ms of real time (the outbound track's pace): what this returns
+        is by definition what has been played, which truncation and usage rely on.
+        """
+        if self._closed or not self._started:
+            return None
+        self._advance(now)
+        if not self._playout:
+            return None
+        r = self._playout[0]
+        if r.audio is None or r.first_at is None:
+            return None
+        # Audio plays only once it exists: generation runs ahead of real time from first_at.
+        available = r.limit
+        if r.status == "in_progress":
+            produced = math.floor((now - r.first_at) * self.config.generation_speed * SAMPLE_RATE)
+            available = min(available, FRAME_SAMPLES + produced)
+        if r.played >= r.limit:
+            # Everything generated has played; "stopped" waits for the response to end, so it
+            # always follows response.done.
+            if r.status != "in_progress":
+                self._stop_playout(r, now)
+            return None
+        if r.played + FRAME_SAMPLES > available and available < r.limit:
+            return None  # generation has not caught up (only at the very start)
+        if not r.playout_started:
+            r.playout_started = True
+            self._audio_produced = True
+            self._emit("output_audio_buffer.started", response_id=r.id)
+        chunk = r.audio[r.played : min(r.played + FRAME_SAMPLES, r.limit)]
+        r.played += chunk.size
+        if chunk.size < FRAME_SAMPLES:
+            chunk = np.concatenate((chunk, np.zeros(FRAME_SAMPLES - chunk.size, np.int16)))
+        if r.played >= r.limit and r.status != "in_progress":
+            self._stop_playout(r, now)
+        return chunk
+
+    # ------------------------------------------------------------------ client events
+
+    def _on_session_update(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("session",))
+        if "session" not in event:
+            raise SessionError(
+                "missing_required_parameter", "Missing required parameter: 'session'.", "session"
+            )
+        self.session = apply_session(
+            self.session, event["session"], audio_produced=self._audio_produced
+        )
+        self._vad_cfg = vad_settings(self.session)
+        self._emit("session.updated", session=self.session)
+
+    def _on_input_audio_buffer_append(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("audio",))
+        audio = event.get("audio")
+        if not isinstance(audio, str):
+            raise SessionError(
+                "missing_required_parameter", "Missing required parameter: 'audio'.", "audio"
+            )
+        try:
+            raw = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise SessionError(
+                "invalid_value", "Invalid 'audio': expected base64-encoded audio.", "audio"
+            ) from None
+        fmt = self.session["audio"]["input"]["format"]["type"]
+        if fmt == "audio/pcm":
+            pcm = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.int16)
+        else:
+            from gateway.audio.resample import StreamResampler
+
+            decoded = _g711_decode(raw, alaw=fmt == "audio/pcma")
+            if self._append_resampler is None:
+                self._append_resampler = StreamResampler(8000, SAMPLE_RATE)
+            pcm = self._append_resampler.process(decoded)
+        pcm = np.concatenate((self._append_rest, pcm))
+        whole = pcm.size // FRAME_SAMPLES * FRAME_SAMPLES
+        self._append_rest = pcm[whole:].copy()
+        for i in range(0, whole, FRAME_SAMPLES):
+            self.receive_audio(pcm[i : i + FRAME_SAMPLES], now)
+
+    def _on_input_audio_buffer_commit(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ())
+        start = self._buffer_start
+        if self._speaking:
+            start = self._speech_start
+        ms = (self._samples_in - start) / _MS
+        if ms < _MIN_COMMIT_MS:
+            self._error(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"{_MIN_COMMIT_MS}ms of audio, but buffer only has {ms:.2f}ms of audio.",
+                event_id=event.get("event_id"),
+            )
+            return
+        item_id = self._speech_item or self._id("item_")
+        self._speaking = False
+        self._voiced_run = self._silent_run = 0
+        self._speech_item = None
+        self._commit(item_id, start, self._samples_in, now)
+        # A manual commit never creates a response by itself (GA: send response.create).
+
+    def _on_input_audio_buffer_clear(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ())
+        self._buffer.clear()
+        self._buffer_start = self._samples_in
+        self._speaking = False
+        self._speech_item = None
+        self._voiced_run = self._silent_run = 0
+        self._emit("input_audio_buffer.cleared")
+
+    def _on_output_audio_buffer_clear(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ())
+        if not self._playout:
+            # Nothing is playing; the service still acknowledges the clear.
+            last = next(reversed(self._responses.values()), None)
+            if last is not None:
+                self._emit("output_audio_buffer.cleared", response_id=last.id)
+            return
+        self._clear_playout(now)
+
+    def _on_conversation_item_create(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("item", "previous_item_id"))
+        item = event.get("item")
+        if not isinstance(item, dict):
+            raise SessionError(
+                "missing_required_parameter", "Missing required parameter: 'item'.", "item"
+            )
+        stored = self._validate_item(item)
+        previous = event.get("previous_item_id")
+        index = len(self._items)
+        if previous is not None:
+            if previous == "root":
+                index = 0
+            else:
+                found = self._find_item(previous)
+                if found is None:
+                    raise SessionError(
+                        "item_not_found",
+                        f"Item with item_id '{previous}' not found in the conversation.",
+                        "previous_item_id",
+                    )
+                index = self._items.index(found) + 1
+        if self._find_item(stored["id"]) is not None:
+            raise SessionError(
+                "invalid_value",
+                f"Item with item_id '{stored['id']}' already exists in the conversation.",
+                "item.id",
+            )
+        prev_id = self._items[index - 1]["id"] if index > 0 else None
+        self._items.insert(index, stored)
+        if stored["type"] == "message" and stored["role"] == "user":
+            self.stats.turns += 1
+        self._emit("conversation.item.added", previous_item_id=prev_id, item=stored)
+        self._emit("conversation.item.done", previous_item_id=prev_id, item=stored)
+
+    def _on_conversation_item_retrieve(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("item_id",))
+        item = self._require_item(event)
+        self._emit("conversation.item.retrieved", item=item)
+
+    def _on_conversation_item_delete(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("item_id",))
+        item = self._require_item(event)
+        self._items.remove(item)
+        self._emit("conversation.item.deleted", item_id=item["id"])
+
+    def _on_conversation_item_truncate(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("item_id", "content_index", "audio_end_ms"))
+        item = self._require_item(event)
+        end_ms = event.get("audio_end_ms")
+        index = event.get("content_index")
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise SessionError(
+                "invalid_value",
+                "Invalid 'audio_end_ms': expected a non-negative integer.",
+                "audio_end_ms",
+            )
+        if item.get("role") != "assistant" or item["id"] not in self._item_audio_ms:
+            raise SessionError(
+                "invalid_value",
+                "Only assistant messages with audio can be truncated.",
+                "item_id",
+            )
+        if index != 0:
+            raise SessionError(
+                "invalid_value",
+                "Invalid 'content_index': the item has one part (0).",
+                "content_index",
+            )
+        length = self._item_audio_ms[item["id"]]
+        if end_ms > length:
+            raise SessionError(
+                "invalid_value",
+                f"Audio content of {length}ms is already shorter than {end_ms}ms",
+                "audio_end_ms",
+            )
+        self._item_audio_ms[item["id"]] = end_ms
+        for r in self._playout:
+            if r.item_id == item["id"]:
+                # audio past the truncation point is no longer the item's: do not play it
+                r.limit = max(r.played, min(r.limit, end_ms * _MS))
+        self._emit(
+            "conversation.item.truncated",
+            item_id=item["id"],
+            content_index=0,
+            audio_end_ms=end_ms,
+        )
+
+    def _on_response_create(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("response",))
+        params = event.get("response") or {}
+        if not isinstance(params, dict):
+            raise SessionError(
+                "invalid_type", "Invalid type for 'response': expected an object.", "response"
+            )
+        for key in params:
+            if key not in _RESPONSE_FIELDS:
+                raise SessionError(
+                    "unknown_parameter", f"Unknown parameter: 'response.{key}'.", f"response.{key}"
+                )
+        if self._active is not None:
+            self._error(
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self._active.id}. "
+                "Wait until the response is finished before creating a new one.",
+                event_id=event.get("event_id"),
+            )
+            return
+        self._create_response(now, params, trigger="client")
+
+    def _on_response_cancel(self, event: dict[str, Any], now: float) -> None:
+        self._check_fields(event, ("response_id",))
+        r = self._active
+        wanted = event.get("response_id")
+        if r is None or (wanted is not None and wanted != r.id):
+            self._error(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found",
+                event_id=event.get("event_id"),
+            )
+            return
+        self._cancel(r, now, "client_cancelled")
+
+    # ------------------------------------------------------------------ turn detection
+
+    def _vad(self, frame: npt.NDArray[np.int16], vad: dict[str, Any], now: float) -> None:
+        x = frame.astype(np.float32)
+        energy = float(np.dot(x, x)) / FRAME_SAMPLES
+        level_db = 10 * math.log10(energy / (32768.0**2) + 1e-12)
+        # threshold 0..1 maps onto an energy gate from -70 to -20 dBFS (0.5 -> -45 dBFS): higher
+        # thresholds need louder speech, as with the service's VAD.
+        voiced = level_db > -70.0 + 50.0 * float(vad["threshold"])
+        if not self._speaking:
+            self._voiced_run = self._voiced_run + 1 if voiced else 0
+            if self._voiced_run >= _ONSET_FRAMES:
+                onset = self._samples_in - _ONSET_FRAMES * FRAME_SAMPLES
+                padding = int(vad["prefix_padding_ms"]) * _MS
+                self._onset = onset
+                self._speech_start = max(self._buffer_start, onset - padding, 0)
+                self._speaking = True
+                self._silent_run = 0
+                self._speech_item = self._id("item_")
+                self._idle_deadline = None
+                self._emit(
+                    "input_audio_buffer.speech_started",
+                    audio_start_ms=self._speech_start // _MS,
+                    item_id=self._speech_item,
+                )
+                if vad["interrupt_response"]:
+                    self._interrupt(now)
+            return
+        self._silent_run = 0 if voiced else self._silent_run + 1
+        silence_frames = max(1, math.ceil(int(vad["silence_duration_ms"]) / 20))
+        if self._silent_run < silence_frames:
+            return
+        item_id = self._speech_item or self._id("item_")
+        self._speaking = False
+        self._voiced_run = 0
+        self._speech_item = None
+        end = self._samples_in
+        self._emit("input_audio_buffer.speech_stopped", audio_end_ms=end // _MS, item_id=item_id)
+        spoken = (end - self._onset - self._silent_run * FRAME_SAMPLES) / SAMPLE_RATE
+        self._last_turn_ms = max(0.0, spoken * 1000)
+        audio = self._commit(item_id, self._speech_start, end, now)
+        if vad["create_response"] and self._active is None:
+            self._create_response(now, {}, trigger="turn", echo=audio)
+
+    def _interrupt(self, now: float) -> None:
+        """Speech started with ``interrupt_response``: cancel and cut off the assistant."""
+        r = self._active
+        if r is not None and r.in_conversation:
+            self._cancel(r, now, "turn_detected")
+        if self._playout:
+            self._clear_playout(now)
+
+    def _commit(self, item_id: str, start: int, end: int, now: float) -> npt.NDArray[np.int16]:
+        """Make caller audio [start, end) (session samples) a user item; return that audio."""
+        audio = self._buffer_audio(start, end)
+        self._buffer.clear()
+        self._buffer_start = end
+        prev_id = self._items[-1]["id"] if self._items else None
+        item: dict[str, Any] = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        item["_audio_ms"] = (end - start) // _MS
+        self._items.append(item)
+        self.stats.turns += 1
+        self._emit("input_audio_buffer.committed", previous_item_id=prev_id, item_id=item_id)
+        self._emit("conversation.item.added", previous_item_id=prev_id, item=item)
+        self._emit("conversation.item.done", previous_item_id=prev_id, item=item)
+        transcription = self.session["audio"]["input"].get("transcription")
+        if transcription:
+            seconds = (end - start) / SAMPLE_RATE
+            # No speech recognition offline: the transcript says what was heard, not the words.
+            transcript = f"[{seconds:.1f} seconds of caller audio]"
+            item["content"][0]["transcript"] = transcript
+            self._emit(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=item_id,
+                content_index=0,
+                delta=transcript,
+            )
+            self._emit(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=transcript,
+                usage={"type": "duration", "seconds": round(seconds, 3)},
+            )
+        return audio
+
+    def _buffer_audio(self, start: int, end: int) -> npt.NDArray[np.int16]:
+        if not self._buffer:
+            return np.zeros(0, dtype=np.int16)
+        pcm = np.concatenate(self._buffer)
+        lo = max(0, start - self._buffer_start)
+        hi = max(lo, end - self._buffer_start)
+        return pcm[lo:hi]
+
+    def _idle_timeout(self, now: float) -> None:
+        item_id = self._id("item_")
+        start, end = self._buffer_start, self._samples_in
+        self._emit(
+            "input_audio_buffer.timeout_triggered",
+            audio_start_ms=start // _MS,
+            audio_end_ms=end // _MS,
+            item_id=item_id,
+        )
+        self._commit(item_id, start, end, now)
+        if self._active is None:
+            self._create_response(now, {}, trigger="idle")
+
+    # ------------------------------------------------------------------ responses
+
+    def _create_response(
+        self,
+        now: float,
+        params: Mapping[str, Any],
+        *,
+        trigger: Literal["client", "turn", "idle"],
+        echo: npt.NDArray[np.int16] | None = None,
+    ) -> None:
+        session = self.session
+        out_cfg = session["audio"]["output"]
+        voice_cfg = params.get("audio", {}).get("output", {}).get("voice", out_cfg["voice"])
+        voice = voice_cfg if isinstance(voice_cfg, str) else "marin"
+        modalities = list(params.get("output_modalities") or session["output_modalities"])
+        in_conversation = params.get("conversation", "auto") != "none"
+        tools = params.get("tools", session["tools"])
+        cfg = self.config
+        kind: Literal["audio", "text", "function"] = "text" if modalities == ["text"] else "audio"
+        tool = None
+        if (
+            cfg.tool_call is not None
+            and not self._tool_called
+            and trigger == "turn"
+            and self.stats.turns >= cfg.tool_call_after_turn
+        ):
+            tool = next(
+                (
+                    t
+                    for t in tools
+                    if t.get("type") == "function" and t.get("name") == cfg.tool_call
+                ),
+                None,
+            )
+            if tool is not None:
+                kind = "function"
+                self._tool_called = True
+        latency = cfg.latency_ms + (
+            self._rng.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms)
+            if cfg.latency_jitter_ms
+            else 0.0
+        )
+        r = _Response(
+            id=self._id("resp_"),
+            created_at=now,
+            due_at=now + max(0.0, latency) / 1000,
+            kind=kind,
+            in_conversation=in_conversation,
+            voice=voice,
+            modalities=modalities,
+            max_output_tokens=params.get("max_output_tokens", session["max_output_tokens"]),
+            metadata=params.get("metadata"),
+        )
+        r.item_id = self._id("item_")
+        self._responses[r.id] = r
+        self._active = r
+        self._idle_deadline = None
+        self.stats.responses += 1
+        r.input_usage = self._input_usage(params)
+        self._emit("response.created", response=self._response_object(r))
+        self._requests_used += 1
+        self._emit("rate_limits.updated", rate_limits=self._rate_limits(r))
+
+        if kind == "function" and tool is not None:
+            r.function_name = str(tool["name"])
+            r.call_id = self._id("call_")
+            r.text = json.dumps(_example_arguments(tool.get("parameters")), separators=(",", ":"))
+            r.words = _chunks(r.text, 8)
+            return
+        phrases = self._reply_phrases(params, trigger, voice)
+        r.text = " ".join(phrases)
+        r.words = r.text.split(" ") if r.text else []
+        if kind == "audio":
+            speed = float(out_cfg.get("speed") or 1.0)
+            if cfg.reply == "echo" and echo is not None and echo.size:
+                request = ReplyRequest("echo", voice, speed, echo=echo)
+                r.text = f"(echo of {echo.size / SAMPLE_RATE:.1f} seconds of your audio)"
+                r.words = r.text.split(" ")
+            elif cfg.reply == "tone":
+                seconds = (
+                    min(3.0, max(1.0, self._last_turn_ms / 1000)) if trigger == "turn" else 1.0
+                )
+                request = ReplyRequest("tone", voice, speed, tone_s=seconds)
+                r.text = f"(a {seconds:.1f} second tone)"
+                r.words = r.text.split(" ")
+            else:
+                request = ReplyRequest("speech", voice, speed, phrases=tuple(phrases))
+            r.needs_render = True
+            self._actions.append(Render(r.id, request))
+
+    def _reply_phrases(self, params: Mapping[str, Any], trigger: str, voice: str) -> list[str]:
+        """What the assistant says, by what the response answers."""
+        instructions = params.get("instructions")
+        last = self._items[-1] if self._items else None
+        if trigger == "idle":
+            return ["Are you still there?"]
+        if trigger == "client" and isinstance(instructions, str) and instructions.strip():
+            return _greeting(instructions, voice)
+        if last is not None and last["type"] == "function_call_output":
+            output = str(last.get("output", ""))
+            name = next(
+                (
+                    i.get("name", "the tool")
+                    for i in self._items
+                    if i["type"] == "function_call" and i.get("call_id") == last.get("call_id")
+                ),
+                "the tool",
+            )
+            return [f"The {name} tool says: {_clip_words(output, 16)}."]
+        if last is not None and last["type"] == "message" and last["role"] == "user":
+            text = next(
+                (p.get("text") for p in last["content"] if p.get("type") == "input_text"), None
+            )
+            if text:
+                return [f"You wrote: {_clip_words(text, 16)}.", f"This is {voice}."]
+            seconds = last.get("_audio_ms", 0) / 1000
+            spoke = self._last_turn_ms / 1000 if trigger == "turn" else seconds
+            return [
+                f"This is {voice}.",
+                f"Turn {self.stats.turns}.",
+                f"You spoke for {spoke:.1f} seconds.",
+            ]
+        return [f"Hello, this is {voice}.", "How can I help you?"]
+
+    def _advance(self, now: float) -> None:
+        """Move the active response along its timeline up to ``now``."""
+        r = self._active
+        if r is None:
+            return
+        if r.first_at is None:
+            if now < r.due_at or r.needs_render:
+                return
+            self._begin_output(r, now)
+        assert r.first_at is not None and r.gen_end_at is not None
+        span = r.gen_end_at - r.first_at
+        n = len(r.words)
+        due = (
+            n if now >= r.gen_end_at or span <= 0 else 1 + math.floor((now - r.first_at) / span * n)
+        )
+        while r.deltas_sent < min(due, n):
+            self._send_delta(r)
+        if now >= r.gen_end_at:
+            self._finish(r, "completed", None, now)
+
+    def _begin_output(self, r: _Response, now: float) -> None:
+        r.first_at = now
+        if r.kind == "audio" and r.audio is not None:
+            duration = r.audio.size / SAMPLE_RATE
+            r.gen_end_at = now + duration / self.config.generation_speed
+        else:
+            # text tokens stream at roughly 50 words a second
+            r.gen_end_at = now + max(1, len(r.words)) * 0.02
+        item = self._assistant_item(r, "in_progress")
+        self._emit("response.output_item.added", response_id=r.id, output_index=0, item=item)
+        if r.in_conversation:
+            prev_id = self._items[-1]["id"] if self._items else None
+            self._items.append(item)
+            self._emit("conversation.item.added", previous_item_id=prev_id, item=item)
+        if r.kind == "function":
+            return
+        part = (
+            {"type": "audio", "transcript": ""}
+            if r.kind == "audio"
+            else {"type": "text", "text": ""}
+        )
+        self._emit(
+            "response.content_part.added",
+            response_id=r.id,
+            item_id=r.item_id,
+            output_index=0,
+            content_index=0,
+            part=part,
+        )
+        if r.kind == "audio":
+            self._playout.append(r)  # plays after any audio still in the buffer
+
+    def _send_delta(self, r: _Response) -> None:
+        word = r.words[r.deltas_sent]
+        delta = word if r.deltas_sent == 0 or r.kind == "function" else " " + word
+        r.deltas_sent += 1
+        if r.kind == "function":
+            self._emit(
+                "response.function_call_arguments.delta",
+                response_id=r.id,
+                item_id=r.item_id,
+                output_index=0,
+                call_id=r.call_id,
+                delta=delta,
+            )
+            return
+        kind = (
+            "response.output_audio_transcript.delta"
+            if r.kind == "audio"
+            else "response.output_text.delta"
+        )
+        self._emit(
+            kind, response_id=r.id, item_id=r.item_id, output_index=0, content_index=0, delta=delta
+        )
+
+    def _sent_text(self, r: _Response) -> str:
+        if r.kind == "function":
+            return "".join(r.words[: r.deltas_sent])
+        return " ".join(r.words[: r.deltas_sent])
+
+    def _cancel(self, r: _Response, now: float, reason: str) -> None:
+        if r.first_at is not None and r.kind == "audio" and r.audio is not None:
+            # Only what was generated exists; playout may still hold some of it.
+            produced = math.floor((now - r.first_at) * self.config.generation_speed * SAMPLE_RATE)
+            r.limit = min(r.limit, max(produced + FRAME_SAMPLES, r.played))
+        self._finish(r, "cancelled", reason, now)
+
+    def _finish(self, r: _Response, status: str, reason: str | None, now: float) -> None:
+        """Emit the closing events of ``r`` and ``response.done``."""
+        if self._active is r:
+            self._active = None
+        r.status = status
+        if r.needs_render:
+            r.needs_render = False  # cancelled before its audio was ready
+        if status == "cancelled":
+            self.stats.cancelled_responses += 1
+        final = "completed" if status == "completed" else "incomplete"
+        if r.first_at is not None:
+            text = r.text if status == "completed" else self._sent_text(r)
+            if r.kind == "function":
+                self._emit(
+                    "response.function_call_arguments.done",
+                    response_id=r.id,
+                    item_id=r.item_id,
+                    output_index=0,
+                    call_id=r.call_id,
+                    name=r.function_name,
+                    arguments=text,
+                )
+            else:
+                common = {
+                    "response_id": r.id,
+                    "item_id": r.item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                }
+                if r.kind == "audio":
+                    self._emit("response.output_audio.done", **common)
+                    self._emit("response.output_audio_transcript.done", transcript=text, **common)
+                    part: dict[str, Any] = {"type": "audio", "transcript": text}
+                else:
+                    self._emit("response.output_text.done", text=text, **common)
+                    part = {"type": "text", "text": text}
+                self._emit("response.content_part.done", part=part, **common)
+            if r.kind == "audio" and r.audio is not None:
+                r.output_audio_samples = r.limit
+                self._item_audio_ms[r.item_id] = r.limit // _MS
+            item = self._assistant_item(r, final, text)
+            self._emit("response.output_item.done", response_id=r.id, output_index=0, item=item)
+            if r.in_conversation:
+                stored = self._find_item(r.item_id)
+                if stored is not None:
+                    stored.clear()
+                    stored.update(item)
+                prev = self._previous_id(r.item_id)
+                self._emit("conversation.item.done", previous_item_id=prev, item=item)
+            output = [item]
+        else:
+            output = []
+        details: dict[str, Any] | None = None
+        if status == "cancelled":
+            details = {"type": "cancelled", "reason": reason}
+        response = self._response_object(r, output=output, details=details, usage=self._usage(r))
+        self._prev_input_tokens = r.input_usage["total"]
+        self._emit("response.done", response=response)
+        if r not in self._playout:
+            self._start_idle_timer(now)
+
+    def _stop_playout(self, r: _Response, now: float) -> None:
+        """``r``'s audio has played to its end."""
+        if r in self._playout:
+            self._playout.remove(r)
+        if r.playout_started:
+            self._emit("output_audio_buffer.stopped", response_id=r.id)
+        self._start_idle_timer(now)
+
+    def _clear_playout(self, now: float) -> None:
+        """Drop every sample not yet played (barge-in, ``output_audio_buffer.clear``) and
+        truncate the assistant items to what was played."""
+        head = self._playout[0]
+        for r in self._playout:
+            r.limit = r.played
+            if r.item_id in self._item_audio_ms:
+                self._item_audio_ms[r.item_id] = r.played // _MS
+        self._playout.clear()
+        self._emit("output_audio_buffer.cleared", response_id=head.id)
+        self._start_idle_timer(now)
+
+    def _start_idle_timer(self, now: float) -> None:
+        vad = self._vad_cfg
+        idle = vad.get("idle_timeout_ms") if vad is not None else None
+        if idle and self._active is None and not self._playout:
+            self._idle_deadline = now + idle / 1000
+
+    # ------------------------------------------------------------------ objects and usage
+
+    def _assistant_item(self, r: _Response, status: str, text: str = "") -> dict[str, Any]:
+        item: dict[str, Any] = {"id": r.item_id, "object": "realtime.item", "status": status}
+        if r.kind == "function":
+            item.update(
+                type="function_call", name=r.function_name, call_id=r.call_id, arguments=text
+            )
+        elif r.kind == "audio":
+            item.update(
+                type="message",
+                role="assistant",
+                content=[{"type": "output_audio", "transcript": text}],
+            )
+        else:
+            item.update(
+                type="message", role="assistant", content=[{"type": "output_text", "text": text}]
+            )
+        return item
+
+    def _response_object(
+        self,
+        r: _Response,
+        *,
+        output: list[dict[str, Any]] | None = None,
+        details: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        fmt = self.session["audio"]["output"]["format"]
+        return {
+            "object": "realtime.response",
+            "id": r.id,
+            "status": r.status,
+            "status_details": details,
+            "output": output or [],
+            "conversation_id": self.conversation_id if r.in_conversation else None,
+            "output_modalities": r.modalities,
+            "max_output_tokens": r.max_output_tokens,
+            "audio": {"output": {"format": fmt, "voice": r.voice}},
+            "usage": usage,
+            "metadata": r.metadata,
+        }
+
+    def _input_usage(self, params: Mapping[str, Any]) -> dict[str, int]:
+        """Input tokens: the instructions, tools and every conversation item so far."""
+        instructions = params.get("instructions", self.session.get("instructions") or "")
+        tools = params.get("tools", self.session.get("tools") or [])
+        text = _text_tokens(str(instructions)) + (_text_tokens(json.dumps(tools)) if tools else 0)
+        audio = 0
+        if params.get("input") != []:
+            for item in self._items:
+                text += 4  # per-item framing tokens
+                if item["type"] == "message":
+                    for part in item["content"]:
+                        if part.get("type") == "input_audio":
+                            audio += item.get("_audio_ms", 0) // 100
+                        elif part.get("type") == "output_audio":
+                            audio += self._item_audio_ms.get(item["id"], 0) // 50
+                        else:
+                            text += _text_tokens(str(part.get("text") or ""))
+                else:
+                    text += _text_tokens(str(item.get("arguments") or item.get("output") or ""))
+        total = text + audio
+        # The previous response's prompt is a cached prefix of this one (64-token blocks).
+        cached = min(total, self._prev_input_tokens) // 64 * 64 if total >= 1024 else 0
+        cached_audio = min(audio, cached * audio // total) if total else 0
+        return {
+            "total": total,
+            "text": text,
+            "audio": audio,
+            "cached": cached,
+            "cached_text": cached - cached_audio,
+            "cached_audio": cached_audio,
+        }
+
+    def _usage(self, r: _Response) -> dict[str, Any]:
+        i = r.input_usage
+        out_audio = r.output_audio_samples // (50 * _MS)
+        out_text = _text_tokens(self._sent_text(r) if r.status != "completed" else r.text)
+        if r.first_at is None:
+            out_audio = out_text = 0
+        output = out_audio + out_text
+        self._tokens_used += i["total"] + output
+        return {
+            "total_tokens": i["total"] + output,
+            "input_tokens": i["total"],
+            "output_tokens": output,
+            "input_token_details": {
+                "text_tokens": i["text"],
+                "audio_tokens": i["audio"],
+                "image_tokens": 0,
+                "cached_tokens": i["cached"],
+                "cached_tokens_details": {
+                    "text_tokens": i["cached_text"],
+                    "audio_tokens": i["cached_audio"],
+                    "image_tokens": 0,
+                },
+            },
+            "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
+        }
+
+    def _rate_limits(self, r: _Response) -> list[dict[str, Any]]:
+        reserved = r.input_usage["total"] + 4096  # output tokens are reserved up front
+        return [
+            {
+                "name": "requests",
+                "limit": _REQUEST_LIMIT,
+                "remaining": max(0, _REQUEST_LIMIT - self._requests_used),
+                "reset_seconds": round(60.0 * self._requests_used / _REQUEST_LIMIT, 3),
+            },
+            {
+                "name": "tokens",
+                "limit": _TOKEN_LIMIT,
+                "remaining": max(0, _TOKEN_LIMIT - self._tokens_used - reserved),
+                "reset_seconds": round(60.0 * (self._tokens_used + reserved) / _TOKEN_LIMIT, 3),
+            },
+        ]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _id(self, prefix: str) -> str:
+        return prefix + "".join(self._rng.choices(_ID_CHARS, k=21))
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        event: dict[str, Any] = {"type": kind, "event_id": self._id("event_")}
+        for key, value in fields.items():
+            event[key] = _public(value)
+        self.stats.events_sent += 1
+        self._out.append(event)
+
+    def _error(
+        self,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        event_id: Any = None,
+        etype: str = "invalid_request_error",
+    ) -> None:
+        self.stats.errors_sent += 1
+        self._emit(
+            "error",
+            error={
+                "type": etype,
+                "code": code,
+                "message": message,
+                "param": param,
+                "event_id": event_id if isinstance(event_id, str) else None,
+            },
+        )
+
+    def _check_fields(self, event: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+        for key in event:
+            if key not in ("type", "event_id") and key not in allowed:
+                raise SessionError("unknown_parameter", f"Unknown parameter: '{key}'.", key)
+
+    def _find_item(self, item_id: Any) -> dict[str, Any] | None:
+        return next((i for i in self._items if i["id"] == item_id), None)
+
+    def _previous_id(self, item_id: str) -> str | None:
+        for i, item in enumerate(self._items):
+            if item["id"] == item_id:
+                return self._items[i - 1]["id"] if i > 0 else None
+        return None
+
+    def _require_item(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        item_id = event.get("item_id")
+        if not isinstance(item_id, str):
+            raise SessionError(
+                "missing_required_parameter", "Missing required parameter: 'item_id'.", "item_id"
+            )
+        item = self._find_item(item_id)
+        if item is None:
+            raise SessionError(
+                "item_not_found", f"Item with item_id '{item_id}' not found.", "item_id"
+            )
+        return item
+
+    def _validate_item(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        kind = item.get("type")
+        allowed_common = {"id", "type", "object", "status"}
+        if kind == "message":
+            fields = allowed_common | {"role", "content"}
+        elif kind == "function_call":
+            fields = allowed_common | {"name", "call_id", "arguments"}
+        elif kind == "function_call_output":
+            fields = allowed_common | {"call_id", "output"}
+        elif kind is None:
+            raise SessionError(
+                "missing_required_parameter",
+                "Missing required parameter: 'item.type'.",
+                "item.type",
+            )
+        else:
+            raise SessionError(
+                "invalid_value",
+                f"Invalid value: '{kind}'. Supported values are: 'message', 'function_call', "
+                "'function_call_output'.",
+                "item.type",
+            )
+        for key in item:
+            if key not in fields:
+                raise SessionError(
+                    "unknown_parameter", f"Unknown parameter: 'item.{key}'.", f"item.{key}"
+                )
+        stored: dict[str, Any] = {
+            "id": item.get("id") if isinstance(item.get("id"), str) else self._id("item_"),
+            "object": "realtime.item",
+            "type": kind,
+            "status": "completed",
+        }
+        if kind == "message":
+            role = item.get("role")
+            content_types = {
+                "user": ("input_text", "input_audio", "input_image"),
+                "system": ("input_text",),
+                "assistant": ("output_text", "output_audio"),
+            }
+            if role not in content_types:
+                raise SessionError(
+                    "invalid_value",
+                    f"Invalid value: {role!r}. Supported values are: 'user', 'system', "
+                    "'assistant'.",
+                    "item.role",
+                )
+            content = item.get("content")
+            if not isinstance(content, list) or not content:
+                raise SessionError(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'item.content'.",
+                    "item.content",
+                )
+            parts = []
+            for i, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") not in content_types[role]:
+                    got = part.get("type") if isinstance(part, dict) else part
+                    raise SessionError(
+                        "invalid_value",
+                        f"Invalid value: {got!r}. Supported values are: "
+                        + ", ".join(f"'{t}'" for t in content_types[role])
+                        + ".",
+                        f"item.content[{i}].type",
+                    )
+                parts.append(dict(part))
+            stored.update(role=role, content=parts)
+        else:
+            for key in ("call_id",) + (
+                ("output",) if kind == "function_call_output" else ("name",)
+            ):
+                if not isinstance(item.get(key), str):
+                    raise SessionError(
+                        "missing_required_parameter",
+                        f"Missing required parameter: 'item.{key}'.",
+                        f"item.{key}",
+                    )
+            stored.update(
+                {k: item[k] for k in ("call_id", "output", "name", "arguments") if k in item}
+            )
+            if kind == "function_call":
+                stored.setdefault("arguments", "")
+        return stored
+
+
+def _g711_decode(raw: bytes, *, alaw: bool) -> npt.NDArray[np.int16]:
+    if not alaw:
+        from gateway.audio.g711 import ulaw_to_array
+
+        return ulaw_to_array(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    return np.frombuffer(audioop.alaw2lin(raw, 2), dtype=np.int16)
+
+
+def _public(value: Any) -> Any:
+    """A copy of ``value`` without the engine's private keys (``_audio_ms``)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _text_tokens(text: str) -> int:
+    """About four characters per token, as OpenAI's tokenizers average on English."""
+    return math.ceil(len(text) / 4)
+
+
+def _clip_words(text: str, n: int) -> str:
+    words = text.split()
+    clipped = " ".join(words[:n])
+    return clipped.rstrip(".!?") + (" ..." if len(words) > n else "")
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _greeting(instructions: str, voice: str) -> list[str]:
+    """The greeting a ``response.create`` with instructions speaks: the quoted text when the
+    instructions quote one (``Say "Hello, thanks for calling"``), else a hello naming the voice
+    and the first sentence of the instructions."""
+    for open_q, close_q in (('"', '"'), ("\u201c", "\u201d"), ("'", "'")):
+        start = instructions.find(open_q)
+        end = instructions.find(close_q, start + 1) if start >= 0 else -1
+        if start >= 0 and end > start + 1:
+            return [instructions[start + 1 : end].strip()]
+    first = instructions.strip().split(". ")[0].rstrip(".")
+    return [f"Hello, this is {voice}.", f"{_clip_words(first, 14)}."]
+
+
+def _example_arguments(schema: Any) -> Any:
+    """Plausible arguments for a JSON Schema: every required property gets a value of its type."""
+    if not isinstance(schema, dict):
+        return {}
+    kind = schema.get("type")
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        required = schema.get("required") or list(props)
+        return {name: _example_arguments(props.get(name, {})) for name in required if name in props}
+    if kind == "array":
+        return [_example_arguments(schema.get("items"))]
+    if kind == "integer":
+        return 1
+    if kind == "number":
+        return 1.5
+    if kind == "boolean":
+        return True
+    if kind == "string":
+        return "example"
+    return None

@@ -1,0 +1,332 @@
+"""The emulator's per-call runner: an aiortc answerer wired to one :class:`Engine`.
+
+This is the only emulator module that touches aiortc. :class:`EmulatorCall` owns the peer
+connection, the ``oai-events`` data channel, the inbound audio reader and the outbound
+:class:`AssistantTrack`, and moves data between them and the sans-I/O engine:
+
+* data-channel messages -> :meth:`Engine.receive_event`;
+* inbound RTP audio (Opus decodes to 48 kHz stereo, PCMU to 8 kHz) -> 24 kHz mono frames ->
+  :meth:`Engine.receive_audio`;
+* every 20 ms the outbound track asks :meth:`Engine.next_output_frame` for the assistant's audio
+  (the engine's clock tick rides on that call), so what the engine says was played is what
+  went out on RTP;
+* after each of those, the engine's events go out on the data channel and its actions run:
+  :class:`Render` in a worker thread (speech synthesis is CPU work), :class:`Close` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
+from gateway.emulator.voice import SAMPLE_RATE, VoiceRenderer
+from gateway.realtime.tracks import InboundAudioReader
+
+if TYPE_CHECKING:
+    from gateway.emulator.app import EventLog, Faults
+
+__all__ = ["AssistantTrack", "EmulatorCall", "PacingStats"]
+
+log = logging.getLogger("gateway.emulator")
+
+_FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE
+_TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
+_SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+_MAX_LATENESS_S: Final = 0.1  # beyond this the pacer re-anchors instead of bursting
+_CLOSE_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(slots=True)
+class PacingStats:
+    """How punctually the outbound track produced its frames (for the capacity benchmark)."""
+
+    frames: int = 0
+    audio_frames: int = 0
+    resyncs: int = 0
+    lateness_ms: list[float] | None = None  # per frame, when recording is on
+
+    def record(self, lateness_s: float) -> None:
+        if self.lateness_ms is not None:
+            self.lateness_ms.append(lateness_s * 1000.0)
+
+
+class AssistantTrack(MediaStreamTrack):
+    """The assistant's voice: one 20 ms 24 kHz mono frame per 20 ms of monotonic time.
+
+    aiortc's sender pulls it; each pull asks ``source(now)`` for the frame (None = silence).
+    aiortc's Opus encoder resamples to 48 kHz itself; feeding it 24 kHz keeps the sender's
+    per-sample Python audio-level computation at half the cost of 48 kHz.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        source: Callable[[float], np.ndarray[Any, np.dtype[np.int16]] | None],
+        *,
+        record_lateness: bool = False,
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._due: float | None = None
+        self._pts = -FRAME_SAMPLES
+        self.stats = PacingStats(lateness_ms=[] if record_lateness else None)
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._due is None:
+            self._due = now
+        elif self._due > now:
+            await asyncio.sleep(self._due - now)
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = time.monotonic()
+        if now - self._due > _MAX_LATENESS_S:
+            self.stats.resyncs += 1
+            self._due = now
+        self.stats.record(now - self._due)
+        self._due += _FRAME_S
+        samples = self._source(now)
+        self.stats.frames += 1
+        if samples is None:
+            samples = _SILENCE
+        else:
+            self.stats.audio_frames += 1
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        self._pts += FRAME_SAMPLES
+        frame.pts = self._pts
+        frame.time_base = _TIME_BASE
+        return frame
+
+
+class EmulatorCall:
+    """One WebRTC call of the emulator. :meth:`answer` the offer, later :meth:`close`."""
+
+    def __init__(
+        self,
+        call_id: str,
+        session: dict[str, Any],
+        *,
+        config: EngineConfig,
+        faults: Faults,
+        renderer: VoiceRenderer,
+        event_log: EventLog | None = None,
+        record_lateness: bool = False,
+        on_closed: Callable[[EmulatorCall], None] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.session_id = str(session.get("id"))
+        self.created_at = time.time()
+        self.ended_at: float | None = None
+        self.state: Literal["connecting", "active", "ended"] = "connecting"
+        self.close_reason: str | None = None
+        self.engine = Engine(session, config=config, now=time.monotonic())
+        self.faults = faults
+        self._renderer = renderer
+        self._log = event_log
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track = AssistantTrack(self._next_frame, record_lateness=record_lateness)
+        self.channel: RTCDataChannel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._close_task: asyncio.Task[None] | None = None
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    # ------------------------------------------------------------------ setup
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the client's offer and return the answer SDP (``a=setup:active``).
+
+        Raises :class:`ValueError` (or aiortc's errors) for an offer aiortc cannot use; the
+        caller turns that into HTTP 400 and closes the call.
+        """
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
+            raise ValueError("the offer has no audio section")
+        self.pc.addTrack(self.track)  # takes the offer's audio transceiver
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``GET /emulator/sessions`` entry of this call."""
+        stats = self.engine.stats
+        return {
+            "id": self.call_id,
+            "session_id": self.session_id,
+            "state": self.state,
+            "session": self.engine.session,
+            "created_at": self.created_at,
+            "ended_at": self.ended_at,
+            "close_reason": self.close_reason,
+            "turns": stats.turns,
+            "responses": stats.responses,
+            "cancelled_responses": stats.cancelled_responses,
+            "events_received": dict(stats.events_received),
+            "events_sent": stats.events_sent,
+            "errors_sent": stats.errors_sent,
+            "frames_sent": self.track.stats.frames,
+            "audio_frames_sent": self.track.stats.audio_frames,
+        }
+
+    # ------------------------------------------------------------------ aiortc callbacks
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and self.state == "connecting":
+            self.state = "active"
+            loop = asyncio.get_running_loop()
+            if self.faults.close_peer_after_s is not None:
+                self._timers.append(
+                    loop.call_later(
+                        self.faults.close_peer_after_s, self.close, "fault: peer closed"
+                    )
+                )
+        elif state in ("failed", "closed"):
+            self.close(f"peer connection {state}")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if self.channel is not None:
+            log.warning("call %s: ignoring extra data channel %r", self.call_id, channel.label)
+            return
+        if channel.label != "oai-events":
+            log.warning(
+                "call %s: data channel is %r, not 'oai-events'", self.call_id, channel.label
+            )
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.close("data channel closed by the client"))
+        now = time.monotonic()
+        self.engine.start(now)
+        self._flush()
+        loop = asyncio.get_running_loop()
+        faults = self.faults
+        if faults.close_channel_after_s is not None:
+            self._timers.append(
+                loop.call_later(faults.close_channel_after_s, self._fault_close_channel)
+            )
+        if faults.server_error_after_s is not None:
+            self._timers.append(
+                loop.call_later(faults.server_error_after_s, self._fault_server_error)
+            )
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._listen(track))
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self._log is not None:
+            self._log.write(self.call_id, "client", message)
+        self.engine.receive_event(message, time.monotonic())
+        self._flush()
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        async for frame, received_at in InboundAudioReader(track):
+            self.engine.receive_audio(frame, received_at)
+            self._flush()
+
+    def _next_frame(self, now: float) -> np.ndarray[Any, np.dtype[np.int16]] | None:
+        self.engine.tick(now)
+        samples = self.engine.next_output_frame(now)
+        self._flush()
+        return samples
+
+    # ------------------------------------------------------------------ engine outputs
+
+    def _flush(self) -> None:
+        events = self.engine.events_to_send()
+        channel = self.channel
+        if events and channel is not None and channel.readyState == "open":
+            for event in events:
+                text = json.dumps(event, separators=(",", ":"))
+                channel.send(text)
+                if self._log is not None:
+                    self._log.write(self.call_id, "server", event)
+        for action in self.engine.actions():
+            if isinstance(action, Render):
+                self._spawn(self._render(action))
+            elif isinstance(action, Close):
+                self.close(action.reason)
+
+    async def _render(self, action: Render) -> None:
+        audio = await asyncio.to_thread(self._renderer.render, action.request)
+        self.engine.reply_rendered(action.response_id, audio, time.monotonic())
+        self._flush()
+
+    def _fault_close_channel(self) -> None:
+        if self.channel is not None:
+            log.info("call %s: fault injection closes the data channel", self.call_id)
+            self.channel.close()
+
+    def _fault_server_error(self) -> None:
+        self.engine.inject_error()
+        self._flush()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: task failed", self.call_id, exc_info=task.exception())
+
+    # ------------------------------------------------------------------ end
+
+    def close(self, reason: str) -> asyncio.Task[None]:
+        """Close the call (idempotent); await the returned task to wait for the teardown."""
+        if self._close_task is None:
+            self.close_reason = reason
+            self._close_task = asyncio.ensure_future(self._teardown())
+        return self._close_task
+
+    async def _teardown(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._flush()  # last events (session_expired) go out before the channel closes
+        self.engine.close(self.close_reason or "closed")
+        self.track.stop()
+        if self.channel is not None:
+            self.channel.close()
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self.pc.close()
+        except TimeoutError:
+            log.error("call %s: peer connection did not close in time", self.call_id)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        for task in list(self._tasks):
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.state = "ended"
+        self.ended_at = time.time()
+        log.info("call %s ended: %s", self.call_id, self.close_reason)
+        if self._on_closed is not None:
+            self._on_closed(self)

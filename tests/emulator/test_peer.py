@@ -1,0 +1,217 @@
+"""The emulator over real WebRTC: the gateway's own RealtimeSession (and a raw aiortc client)
+against the emulator on a loopback port. Every server event is validated against the openai
+SDK types by :class:`Recorder`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from emulator_support import KEY, SESSION, Emulator, Listener, Recorder, running, say, speech
+
+from gateway.emulator.app import EmulatorConfig
+from gateway.realtime import events as rt
+from gateway.realtime.session import RealtimeSession
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def call(
+    emu: Emulator, session: dict[str, Any] | None = None, **config: Any
+) -> AsyncIterator[tuple[RealtimeSession, Recorder, Listener]]:
+    s = RealtimeSession(emu.config(**config), session or SESSION)
+    await s.open()
+    rec = Recorder(s)
+    listener = Listener(s)
+    try:
+        yield s, rec, listener
+    finally:
+        await s.close()
+        await listener.aclose()
+        await rec.aclose()
+
+
+RESPONSE_ORDER = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    "output_audio_buffer.started",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+    "output_audio_buffer.stopped",
+]
+
+
+def in_order(types: list[str], wanted: list[str]) -> bool:
+    """``wanted`` occurs in ``types`` as a subsequence."""
+    it = iter(types)
+    return all(any(t == w for t in it) for w in wanted)
+
+
+@pytest.mark.parametrize("auth", ["unified", "ephemeral"])
+async def test_connect_creates_and_updates_the_session(auth: str) -> None:
+    async with running() as emu, call(emu, auth=auth) as (s, rec, _):
+        created = await rec.wait_for("session.created")
+        updated = await rec.wait_for("session.updated")
+        assert rec.types()[:2] == ["session.created", "session.updated"]
+        assert s.call_id is not None and s.call_id.startswith("rtc_")
+        assert s.audio_codec == "audio/opus"
+        eff = updated["session"]
+        assert eff["audio"]["output"]["voice"] == "cedar"
+        assert eff["instructions"] == SESSION["instructions"]
+        # the merge keeps defaults for what the update did not name
+        td = eff["audio"]["input"]["turn_detection"]
+        assert td == {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 300,
+            "idle_timeout_ms": None,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+        # the session was configured at creation already (multipart session / minted key)
+        assert created["session"]["audio"]["output"]["voice"] == "cedar"
+        [listed] = await emu.sessions()
+        assert listed["id"] == s.call_id
+        assert listed["state"] == "active"
+        assert listed["session"] == eff
+        assert listed["events_received"] == {"session.update": 1}
+
+
+async def test_a_vad_turn_gets_a_spoken_answer_paced_in_real_time() -> None:
+    async with running() as emu, call(emu) as (s, rec, listener):
+        await rec.wait_for("session.updated")
+        utterance = speech("I would like a table for two.")
+        await say(s, utterance, lead_s=0.4)
+        started = await rec.wait_for("input_audio_buffer.speech_started")
+        stopped = await rec.wait_for("input_audio_buffer.speech_stopped")
+        committed = await rec.wait_for("input_audio_buffer.committed")
+        assert started["item_id"] == stopped["item_id"] == committed["item_id"]
+        # 400 ms of lead silence, 300 ms prefix padding, onset within a few frames
+        assert 60 <= started["audio_start_ms"] <= 200
+        speech_ms = utterance.size * 1000 // 24000
+        assert speech_ms + 300 <= stopped["audio_end_ms"] - 400 <= speech_ms + 500
+        done = await rec.wait_for("response.done")
+        stop = await rec.wait_for("output_audio_buffer.stopped", limit_s=20)
+        t_stop = time.monotonic()
+        types = rec.types()
+        assert in_order(
+            types,
+            [
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.done",
+                *RESPONSE_ORDER,
+            ],
+        ), types
+        assert "response.output_audio.delta" not in types  # WebRTC: audio only on RTP
+        response = done["response"]
+        assert response["status"] == "completed"
+        assert stop["response_id"] == response["id"]
+        transcript = response["output"][0]["content"][0]["transcript"]
+        assert transcript.startswith("This is cedar. Turn 1. You spoke for ")
+        deltas = "".join(e["delta"] for e in rec.of("response.output_audio_transcript.delta"))
+        assert deltas == transcript
+        usage = response["usage"]
+        assert (
+            usage["input_token_details"]["audio_tokens"]
+            >= (stopped["audio_end_ms"] - 400) // 100 - 2
+        )
+        assert usage["output_token_details"]["audio_tokens"] > 20  # > 1 s of speech
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+        # The assistant audio arrived on RTP, in real time: as long as the tokens say.
+        loud = listener.loud()
+        assert loud, "no assistant audio received"
+        audio_s = usage["output_token_details"]["audio_tokens"] * 0.05
+        assert loud[-1] - loud[0] >= 0.8 * audio_s - 0.3
+        assert loud[-1] <= t_stop + 0.5
+        [listed] = await emu.sessions()
+        assert (listed["turns"], listed["responses"]) == (1, 1)
+
+
+async def test_barge_in_cancels_the_response_and_clears_the_audio() -> None:
+    # generation at real-time speed keeps the response active while it plays
+    cfg = EmulatorConfig(api_key=KEY, latency_ms=50, generation_speed=1.0)
+    async with running(cfg) as emu, call(emu) as (s, rec, _):
+        await rec.wait_for("session.updated")
+        await say(s, speech("Hello there."))
+        started = await rec.wait_for("output_audio_buffer.started")
+        created = await rec.wait_for("response.created")
+        await asyncio.sleep(0.5)  # let some of the answer play (the test's point, not a wait)
+        await say(s, speech("Wait, stop please."), lead_s=0.0, tail_s=0.6)
+        barge = await rec.wait_for("input_audio_buffer.speech_started", count=2)
+        done = await rec.wait_for("response.done")
+        cleared = await rec.wait_for("output_audio_buffer.cleared")
+        assert done["response"]["id"] == created["response"]["id"] == started["response_id"]
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"] == {
+            "type": "cancelled",
+            "reason": "turn_detected",
+        }
+        item = done["response"]["output"][0]
+        assert item["status"] == "incomplete"
+        assert cleared["response_id"] == done["response"]["id"]
+        types = rec.types()
+        i = types.index
+        assert (
+            i("input_audio_buffer.speech_started", types.index("output_audio_buffer.started"))
+            < i("response.done")
+            < i("output_audio_buffer.cleared")
+        )
+        assert barge["audio_start_ms"] > 0
+        # the truncated answer was billed for what was generated, not the whole reply
+        assert done["response"]["usage"]["output_token_details"]["audio_tokens"] < 60
+        # the second turn is answered in its turn
+        second = await rec.wait_for("response.done", count=2)
+        assert second["response"]["status"] == "completed"
+        assert "Turn 2." in second["response"]["output"][0]["content"][0]["transcript"]
+        # no audio of the cancelled answer after the clear (network and jitter buffer aside)
+        first_of_second = await rec.wait_for("output_audio_buffer.started", count=2)
+        assert first_of_second["response_id"] == second["response"]["id"]
+        [listed] = await emu.sessions()
+        assert listed["cancelled_responses"] == 1
+
+
+async def test_response_cancel_and_output_audio_buffer_clear() -> None:
+    cfg = EmulatorConfig(api_key=KEY, latency_ms=50, generation_speed=1.0)
+    async with running(cfg) as emu, call(emu) as (s, rec, listener):
+        await rec.wait_for("session.updated")
+        s.send(rt.response_create('Say "Thank you for calling Acme, how may I help you today?"'))
+        created = await rec.wait_for("response.created")
+        await rec.wait_for("output_audio_buffer.started")
+        s.send(rt.response_cancel())
+        done = await rec.wait_for("response.done")
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status_details"] == {
+            "type": "cancelled",
+            "reason": "client_cancelled",
+        }
+        # a cancel with nothing running is a harmless error that names the request
+        again = rt.response_cancel()
+        s.send(again)
+        err = await rec.wait_for("error")
+        assert err["error"]["code"] == "response_cancel_not_active"
+        assert err["error"]["event_id"] == again["event_id"]
+        # the generated audio still plays until the client clears the buffer
+        s.send(rt.output_audio_buffer_clear())
+        cleared = await rec.wait_for("output_audio_buffer.cleared")
+        assert cleared["response_id"] == done["response"]["id"]
+        t_cleared = time.monotonic()
+        transcript = done["response"]["output"][0]["content"][0]["transcript"]
+        assert "Thank you for calling Acme".startswith(transcript) or transcript.startswith("Thank")
+        # audio stops: nothing loud arrives once the receive path has drained
+        await asyncio.sleep(0.6)
+        assert not listener.loud(since=t_cleared + 0.3)
+        assert "output_audio_buffer.stopped" not in rec.types()
