@@ -185,32 +185,36 @@ async def test_barge_in_cancels_the_response_and_clears_the_audio() -> None:
 
 
 async def test_response_cancel_and_output_audio_buffer_clear() -> None:
-    cfg = EmulatorConfig(api_key=KEY, latency_ms=50, generation_speed=1.0)
+    # Generation at twice real time: at the cancel, about as much audio is generated but not
+    # yet played as has been played, so the buffer is still playing when the clear arrives.
+    cfg = EmulatorConfig(api_key=KEY, latency_ms=50, generation_speed=2.0)
     async with running(cfg) as emu, call(emu) as (s, rec, listener):
         await rec.wait_for("session.updated")
         s.send(rt.response_create('Say "Thank you for calling Acme, how may I help you today?"'))
         created = await rec.wait_for("response.created")
         await rec.wait_for("output_audio_buffer.started")
+        await rec.wait_for("response.output_audio_transcript.delta", count=5)
         s.send(rt.response_cancel())
+        s.send(rt.output_audio_buffer_clear())  # the documented manual interrupt
         done = await rec.wait_for("response.done")
         assert done["response"]["id"] == created["response"]["id"]
         assert done["response"]["status_details"] == {
             "type": "cancelled",
             "reason": "client_cancelled",
         }
+        cleared = await rec.wait_for("output_audio_buffer.cleared")
+        t_cleared = time.monotonic()
+        assert cleared["response_id"] == done["response"]["id"]
+        # the transcript keeps what was generated before the cancel
+        transcript = done["response"]["output"][0]["content"][0]["transcript"]
+        assert transcript.startswith("Thank you for calling")
+        assert transcript != "Thank you for calling Acme, how may I help you today?"
         # a cancel with nothing running is a harmless error that names the request
         again = rt.response_cancel()
         s.send(again)
         err = await rec.wait_for("error")
         assert err["error"]["code"] == "response_cancel_not_active"
         assert err["error"]["event_id"] == again["event_id"]
-        # the generated audio still plays until the client clears the buffer
-        s.send(rt.output_audio_buffer_clear())
-        cleared = await rec.wait_for("output_audio_buffer.cleared")
-        assert cleared["response_id"] == done["response"]["id"]
-        t_cleared = time.monotonic()
-        transcript = done["response"]["output"][0]["content"][0]["transcript"]
-        assert "Thank you for calling Acme".startswith(transcript) or transcript.startswith("Thank")
         # audio stops: nothing loud arrives once the receive path has drained
         await asyncio.sleep(0.6)
         assert not listener.loud(since=t_cleared + 0.3)
