@@ -80,6 +80,106 @@ def check_config(
     typer.echo(f"settings ok; upstream: {upstream}")
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default: GATEWAY_HOST)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default: GATEWAY_PORT)")
+    ] = None,
+) -> None:
+    """Run the gateway: Twilio webhook + media streams, bridged to the Realtime API.
+
+    Without OPENAI_API_KEY and GATEWAY_REALTIME_BASE_URL the Realtime emulator runs embedded on
+    loopback. SIGTERM/SIGINT drain (live calls finish, up to GATEWAY_DRAIN_TIMEOUT_S); a second
+    signal stops at once; SIGHUP reloads the profiles file.
+    """
+    import asyncio
+
+    from gateway.numbers import ProfileStore
+    from gateway.observability import configure_logging
+    from gateway.service import serve_forever
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    try:
+        profiles = ProfileStore(settings.profiles_file)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    asyncio.run(serve_forever(settings, host=host, port=port, profiles=profiles))
+
+
+@app.command()
+def demo(
+    number: Annotated[
+        str, typer.Option(help="The number dialled (its profile answers)")
+    ] = "+15550100002",
+    turns: Annotated[int, typer.Option(min=0, max=10, help="Questions the caller asks")] = 2,
+    barge_in: Annotated[
+        bool, typer.Option(help="End by talking over the assistant's answer")
+    ] = True,
+    reply: Annotated[
+        str, typer.Option(help="Embedded emulator's answers: speech, echo or tone")
+    ] = "speech",
+    latency_ms: Annotated[
+        float, typer.Option(min=0, help="Embedded emulator's model latency (end of turn -> audio)")
+    ] = 300.0,
+    record: Annotated[
+        Path | None, typer.Option(help="Write the call as a stereo WAV (caller left)")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the full report as JSON instead of text")
+    ] = False,
+) -> None:
+    """Place one simulated phone call through a local gateway and show what the caller heard.
+
+    With no OPENAI_API_KEY the Realtime emulator runs embedded (offline, synthesized voice).
+    Exit status 0 when the call completed, 1 when it failed.
+    """
+    import asyncio
+
+    from gateway.demo import demo_script, format_entry, report_json, run_demo, summary_lines
+    from gateway.observability import configure_logging
+
+    if reply not in ("speech", "echo", "tone"):
+        raise typer.BadParameter("must be speech, echo or tone", param_hint="--reply")
+    settings = settings_or_exit()
+    configure_logging("error" if json_out else "warning")
+    if not json_out:
+        typer.echo(f"calling {number} through a local gateway ...")
+    report = asyncio.run(
+        run_demo(
+            settings,
+            number=number,
+            script=demo_script(turns, barge_in),
+            record=record,
+            emulator_options={"reply": reply, "latency_ms": latency_ms},
+            on_event=None if json_out else (lambda e: typer.echo(format_entry(e))),
+        )
+    )
+    if json_out:
+        typer.echo(report_json(report))
+    else:
+        typer.echo("")
+        for line in summary_lines(report):
+            typer.echo(line)
+        if record is not None:
+            typer.echo(f"recording: {record}")
+    if not report.result.ok:
+        raise typer.Exit(1)
+
+
+def _register_emulator() -> None:
+    from gateway.emulator.cli import emulator_command
+
+    app.command("emulator")(emulator_command)
+
+
+_register_emulator()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -345,9 +345,9 @@ class CallRunner:
         self._session_opened_at = self.clock()
         if resume:
             self._restore_conversation()
-        while self._setup_buffer:
-            frame, at = self._setup_buffer.popleft()
+        for frame, at in _without_leading_silence(self._setup_buffer):
             self.session.push_audio(frame, at)
+        self._setup_buffer.clear()
         if self.profile.greeting and not resume:
             self.session.send(rt.response_create(instructions=self.profile.greeting))
 
@@ -592,8 +592,10 @@ class CallRunner:
                 self.stats.muted_frames += 1
                 self.metrics.dropped_frames.labels("outbound", "muted_after_barge_in").inc()
                 continue
-            if self.machine.state is m.State.LISTENING and _is_silent(frame):
-                continue  # idle comfort silence: the carrier plays silence by itself
+            if self.machine.state not in _SPEAKING_STATES and _is_silent(frame):
+                # Comfort silence between answers: the carrier plays silence by itself, and
+                # forwarding it would keep its buffer (and our "assistant audible") non-empty.
+                continue
             for chunk in self.transcoder.outbound(frame):
                 if not self.machine.forwards_audio():
                     break  # a barge-in landed while we were writing
@@ -701,6 +703,24 @@ def _setup_error_code(exc: UpstreamError) -> str:
     if isinstance(exc, UpstreamRefused):
         return f"http_{exc.status}"
     return exc.code or type(exc).__name__
+
+
+_SPEAKING_STATES = frozenset({m.State.RESPONDING, m.State.SPEAKING})
+# Caller audio kept before the first voiced frame of the setup buffer (the VAD's prefix padding).
+SETUP_PREFIX_FRAMES = 15
+
+
+def _without_leading_silence(
+    frames: deque[tuple[npt.NDArray[np.int16], float]],
+) -> list[tuple[npt.NDArray[np.int16], float]]:
+    """The setup buffer from shortly before the caller first spoke (all of it if they did).
+
+    Silence buffered while the session opened carries nothing, but replaying it would make
+    every later frame wait behind it; speech is kept whole, with a short lead-in.
+    """
+    items = list(frames)
+    first_voiced = next((i for i, (f, _) in enumerate(items) if not _is_silent(f)), len(items))
+    return items[max(0, first_voiced - SETUP_PREFIX_FRAMES) :] if first_voiced < len(items) else []
 
 
 def _is_silent(frame: npt.NDArray[np.int16]) -> bool:

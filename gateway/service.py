@@ -1,0 +1,212 @@
+"""``gateway serve``: the gateway process, its upstream, its signals and its drain.
+
+:func:`running_gateway` assembles one gateway from settings: with neither ``OPENAI_API_KEY``
+nor ``GATEWAY_REALTIME_BASE_URL`` it starts the Realtime emulator on loopback in the same
+process and points the upstream at it (and says so, loudly: the product works out of the box
+but never pretends to be talking to OpenAI). :func:`serve_forever` adds what a production
+process needs on top: SIGTERM/SIGINT start a drain (``/readyz`` turns 503, the webhook answers
+fallback TwiML, live calls finish, up to ``GATEWAY_DRAIN_TIMEOUT_S``), a second signal stops at
+once, SIGHUP reloads the profiles file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+
+from gateway.app import create_app, gateway_state
+from gateway.errors import ConfigError
+from gateway.numbers import ProfileStore
+from gateway.observability import Metrics
+from gateway.realtime.session import RealtimeConfig, session_factory
+from gateway.serving import RunningServer, serve_app
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.service")
+
+# The embedded emulator checks that a bearer is present; this one never leaves the process.
+EMBEDDED_EMULATOR_KEY = "embedded-emulator-key"
+EMULATOR_BANNER = (
+    "NO OPENAI_API_KEY: calls go to the EMBEDDED REALTIME EMULATOR at %s (offline, synthesized "
+    "voice, not OpenAI). Set OPENAI_API_KEY to reach the real Realtime API."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningGateway:
+    """A gateway serving on ``server``; ``emulator`` is set when the upstream is embedded."""
+
+    app: FastAPI
+    server: RunningServer
+    upstream_base_url: str
+    emulator: RunningServer | None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    profiles: ProfileStore | None = None,
+    emulator_options: dict[str, object] | None = None,
+) -> AsyncIterator[RunningGateway]:
+    """Serve a gateway built from ``settings`` until the block exits.
+
+    ``host``/``port`` override the settings (``port=0`` picks a free one). ``emulator_options``
+    are :class:`~gateway.emulator.app.EmulatorConfig` fields for the embedded emulator (the
+    demo uses them for ``--reply`` and ``--latency-ms``); they are ignored when a real upstream
+    is configured. Raises :class:`ConfigError` when the profiles file is invalid.
+    """
+    profiles = profiles or ProfileStore(settings.profiles_file)
+    metrics = Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        emulator: RunningServer | None = None
+        base_url, api_key = settings.effective_realtime_base_url, None
+        if settings.uses_embedded_emulator:
+            from gateway.emulator.app import EmulatorConfig
+            from gateway.emulator.app import create_app as create_emulator
+
+            config = EmulatorConfig(api_key=EMBEDDED_EMULATOR_KEY, **(emulator_options or {}))  # type: ignore[arg-type]
+            emulator = await stack.enter_async_context(
+                serve_app(create_emulator(config), host="127.0.0.1", port=0)
+            )
+            base_url, api_key = f"{emulator.url}/v1", EMBEDDED_EMULATOR_KEY
+            log.warning(EMULATOR_BANNER, base_url)
+        elif settings.openai_api_key is None:
+            log.warning(
+                "GATEWAY_REALTIME_BASE_URL=%s is set without OPENAI_API_KEY: "
+                "requests go out with an empty bearer",
+                base_url,
+            )
+        # One pooled HTTP client for every call's SDP exchange (TLS set up once, not per call).
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=settings.setup_timeout_s))
+        realtime = RealtimeConfig.from_settings(settings, base_url=base_url, api_key=api_key)
+        realtime = _with_client(realtime, http)
+        inbound_latency = metrics.added_latency.labels("inbound")
+        app = create_app(
+            settings,
+            upstream=session_factory(realtime, on_outbound_handoff=inbound_latency.observe),
+            profiles=profiles,
+            metrics=metrics,
+        )
+        server = await stack.enter_async_context(
+            serve_app(
+                app,
+                host=settings.host if host is None else host,
+                port=settings.port if port is None else port,
+                ws_max_size=settings.max_message_bytes,
+            )
+        )
+        yield RunningGateway(app=app, server=server, upstream_base_url=base_url, emulator=emulator)
+
+
+def _with_client(config: RealtimeConfig, client: httpx.AsyncClient) -> RealtimeConfig:
+    from dataclasses import replace
+
+    return replace(config, http_client=client)
+
+
+async def drain(app: FastAPI, timeout_s: float) -> int:
+    """Stop taking calls and wait up to ``timeout_s`` for the open media streams to end.
+
+    Returns how many calls were still live at the deadline; the caller hangs them up (leaving
+    the ``serve_app`` block does).
+    """
+    state = gateway_state(app)
+    state.admissions.draining = True
+    log.warning(
+        "draining: no new calls; waiting up to %.0f s for %d live call(s)",
+        timeout_s,
+        state.streams,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(state.idle.wait(), timeout_s)
+    return state.streams
+
+
+def reload_profiles(app: FastAPI) -> None:
+    """SIGHUP: re-read the profiles file; an invalid file keeps the current profiles."""
+    state = gateway_state(app)
+    try:
+        fresh = state.profiles.reload()
+    except ConfigError as exc:
+        state.metrics.profile_reloads.labels("invalid").inc()
+        log.error("SIGHUP: profiles file is invalid; keeping the current profiles: %s", exc)
+        return
+    state.metrics.profile_reloads.labels("ok").inc()
+    log.info("SIGHUP: profiles reloaded (%d numbers)", len(fresh.numbers))
+
+
+async def serve_forever(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    profiles: ProfileStore | None = None,
+    on_ready: Callable[[RunningGateway], None] | None = None,
+) -> int:
+    """Run the gateway until a signal; returns the number of calls cut short by the drain."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    hard_stop = asyncio.Event()
+
+    def on_stop() -> None:
+        if stop_requested.is_set():
+            log.warning("second stop signal: ending live calls now")
+            hard_stop.set()
+        stop_requested.set()
+
+    async with running_gateway(settings, host=host, port=port, profiles=profiles) as gw:
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_stop)
+                installed.append(sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, reload_profiles, gw.app)
+            installed.append(signal.SIGHUP)
+        log.info(
+            "gateway %s listening on %s (webhook %s/twilio/voice); upstream %s",
+            _version(),
+            gw.url,
+            gw.url,
+            gw.upstream_base_url,
+        )
+        if on_ready is not None:
+            on_ready(gw)
+        try:
+            await stop_requested.wait()
+            draining = asyncio.ensure_future(drain(gw.app, settings.drain_timeout_s))
+            hard = asyncio.ensure_future(hard_stop.wait())
+            await asyncio.wait({draining, hard}, return_when=asyncio.FIRST_COMPLETED)
+            hard.cancel()
+            if draining.done():
+                left = draining.result()
+            else:
+                draining.cancel()
+                left = len(gateway_state(gw.app).calls)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if left:
+            log.warning("drain deadline reached: hanging up %d call(s)", left)
+        log.info("gateway stopped")
+        return left
+
+
+def _version() -> str:
+    from gateway import __version__
+
+    return __version__

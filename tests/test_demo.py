@@ -1,0 +1,60 @@
+"""``gateway demo``: one call through the real gateway and the embedded emulator."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.demo import build_transcript
+from gateway.loadtest.caller import CallResult, Span, Turn
+
+
+@pytest.mark.timeout(120)
+def test_demo_json_reports_what_the_caller_heard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("OPENAI_API_KEY", "GATEWAY_REALTIME_BASE_URL", "TWILIO_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env
+    wav = tmp_path / "call.wav"
+    result = CliRunner().invoke(
+        app, ["demo", "--json", "--turns", "1", "--record", str(wav), "--latency-ms", "150"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert report["upstream"] == "embedded emulator"
+    assert report["setup_ms"] > 0
+    # one question, talked over, then the interruption answered
+    assert report["turns"] == 2
+    assert len(report["barge_in_stop_ms"]) == 1
+    assert len(report["response_latency_ms"]) >= 1
+    speakers = [e["speaker"] for e in report["transcript"]]
+    assert speakers.count("caller") == 2 and "assistant" in speakers
+    assert report["transcript"][0]["speaker"] == "assistant"  # the greeting comes first
+    added = report["gateway_added_latency_ms"]
+    assert added["inbound_p99"] is not None and added["outbound_p99"] is not None
+    assert report["upstream_sessions"][0]["state"] in ("ended", "closed")
+    with wave.open(str(wav)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (2, 8000, 2)
+        assert w.getnframes() > 8000 * 3
+
+
+def test_transcript_pairs_answers_with_the_audio_heard_between_turns() -> None:
+    r = CallResult(call_sid="CA1", stream_sid="MZ1")
+    r.turns = [Turn(0, "hi", False, onset_ms=3000, end_ms=4000)]
+    r.assistant = [Span(500, 2000), Span(2100, 2500), Span(5000, 6000)]
+    lines = [
+        {"speaker": "assistant", "text": "Hello", "at_ms": 600},
+        {"speaker": "assistant", "text": "Hi there", "at_ms": 5100},
+    ]
+    assert build_transcript(r, lines) == [
+        {"speaker": "assistant", "text": "Hello", "start_ms": 500, "end_ms": 2500},
+        {"speaker": "caller", "text": "hi", "start_ms": 3000, "end_ms": 4000},
+        {"speaker": "assistant", "text": "Hi there", "start_ms": 5000, "end_ms": 6000},
+    ]

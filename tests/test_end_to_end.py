@@ -1,0 +1,287 @@
+"""Phone calls end to end: simulated Twilio caller -> real gateway -> real emulator (WebRTC).
+
+Every test here runs the whole product on loopback: the gateway's webhook and media websocket
+under uvicorn, one aiortc peer per call to the Realtime emulator (itself an aiortc answerer
+with server VAD and synthesized speech), and a caller that speaks synthesized sentences in
+real time and plays back what it hears like Twilio does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from gateway.app import CALL_TOKEN_PARAM, gateway_state
+from gateway.loadtest.caller import (
+    BargeIn,
+    CallOptions,
+    HangUp,
+    Pause,
+    Say,
+    SimulatedCall,
+    WaitForAnswer,
+)
+from gateway.numbers import ProfileStore
+from gateway.service import RunningGateway, running_gateway
+from gateway.settings import Settings
+from gateway.telephony.messages import PlayAudio, Stop
+from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+
+pytestmark = pytest.mark.timeout(90)
+
+PROFILES = """
+default:
+  instructions: "You answer for the default line."
+  voice: alloy
+  greeting: "Greet the caller briefly."
+numbers:
+  "+15551230001":
+    instructions: "You are the bakery's assistant."
+    voice: cedar
+    greeting: "Say hello from the bakery."
+  "+15551230002":
+    instructions: "You are the garage's assistant."
+    voice: ash
+    greeting: null
+"""
+
+
+def _settings(**kw: Any) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="module")
+def question() -> Say:
+    return Say.from_text("Hello, what are your opening hours on Saturday?")
+
+
+@pytest.fixture(scope="module")
+def interruption() -> Say:
+    return Say.from_text("Sorry, one more question please.")
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(PROFILES)
+    settings = _settings(profiles_file=path, max_calls=4)
+    async with running_gateway(
+        settings, port=0, emulator_options={"latency_ms": 150.0}, profiles=ProfileStore(path)
+    ) as gw:
+        yield gw
+
+
+async def _sessions(gw: RunningGateway) -> list[dict[str, Any]]:
+    assert gw.emulator is not None
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(f"{gw.emulator.url}/emulator/sessions")
+    resp.raise_for_status()
+    sessions: list[dict[str, Any]] = resp.json()
+    return sessions
+
+
+async def _wait_ended(gw: RunningGateway) -> list[dict[str, Any]]:
+    """Wait until the gateway has released every call and the emulator saw every session end."""
+    state = gateway_state(gw.app)
+    async with asyncio.timeout(15):
+        await state.idle.wait()
+        while True:
+            sessions = await _sessions(gw)
+            if all(s["state"] in ("ended", "closed") for s in sessions):
+                return sessions
+            await asyncio.sleep(0.05)  # polling a remote process's view; nothing to await on
+
+
+def _options(gw: RunningGateway, to: str, **kw: Any) -> CallOptions:
+    return CallOptions(webhook_url=f"{gw.url}/twilio/voice", to_number=to, **kw)
+
+
+async def test_call_greets_answers_a_question_and_cleans_up(
+    gateway: RunningGateway, question: Say
+) -> None:
+    script = [WaitForAnswer(), question, WaitForAnswer(), HangUp()]
+    result = await SimulatedCall(script, _options(gateway, "+15551230001")).run()
+
+    assert result.ok, (result.failure, result.failure_detail)
+    assert result.setup_ms is not None  # the greeting was heard
+    assert len(result.response_latencies_ms) == 1
+    assert result.response_latencies_ms[0] > 0
+    assert result.gaps_ms == []
+    # the carrier heard what it was sent, and echoed marks for it
+    assert result.frames_played > 50
+    assert result.marks_received > 0
+    # every mark was echoed once its audio played (the last may still be queued at hang-up)
+    assert result.marks_received - 1 <= result.marks_echoed <= result.marks_received
+
+    sessions = await _wait_ended(gateway)
+    assert len(sessions) == 1
+    cfg = sessions[0]["session"]
+    # the number's profile reached the model
+    assert cfg["instructions"] == "You are the bakery's assistant."
+    assert cfg["audio"]["output"]["voice"] == "cedar"
+    assert sessions[0]["turns"] >= 1
+    state = gateway_state(gateway.app)
+    assert state.calls == {}
+    assert state.admissions.live == 0
+
+
+async def test_barge_in_clears_the_carrier_and_cancels_the_response(
+    gateway: RunningGateway, question: Say, interruption: Say
+) -> None:
+    script = [
+        WaitForAnswer(),
+        question,
+        BargeIn(interruption, after_ms=500),
+        WaitForAnswer(),
+        HangUp(),
+    ]
+    result = await SimulatedCall(script, _options(gateway, "+15551230001")).run()
+
+    assert result.ok, (result.failure, result.failure_detail)
+    barge = [t for t in result.turns if t.barge_in]
+    assert len(barge) == 1
+    assert barge[0].assistant_audible_at_onset
+    assert result.clears_received >= 1
+    assert barge[0].clear_ms is not None and barge[0].onset_ms is not None
+    assert barge[0].clear_ms >= barge[0].onset_ms
+    assert len(result.barge_in_stop_ms) == 1
+    # the interrupted answer was followed by an answer to the interruption
+    assert barge[0].answer_ms is not None
+
+    sessions = await _wait_ended(gateway)
+    received = sessions[0]["events_received"]
+    # the upstream was told to stop talking (the response itself may already have finished
+    # generating: the model is faster than real time, so the cancel is then a no-op)
+    assert received.get("output_audio_buffer.clear", 0) >= 1
+
+
+async def test_each_number_gets_its_own_profile_and_session(
+    gateway: RunningGateway, question: Say
+) -> None:
+    bakery = SimulatedCall([WaitForAnswer(), HangUp()], _options(gateway, "+15551230001"))
+    # the garage has no greeting: the caller speaks first
+    garage = SimulatedCall(
+        [Pause(300), question, WaitForAnswer(), HangUp()], _options(gateway, "+15551230002")
+    )
+    results = await asyncio.gather(bakery.run(), garage.run())
+    assert all(r.ok for r in results), [(r.failure, r.failure_detail) for r in results]
+
+    sessions = await _wait_ended(gateway)
+    voices = sorted(s["session"]["audio"]["output"]["voice"] for s in sessions)
+    assert voices == ["ash", "cedar"]
+
+
+def _start(codec: TwilioCarrierCodec, call_sid: str, token: str) -> str:
+    msg = start_message(
+        stream_sid=codec.stream_sid,
+        call_sid=call_sid,
+        account_sid="AC1",
+        custom_parameters={CALL_TOKEN_PARAM: token},
+    )
+    return codec.encode(msg)
+
+
+CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+async def test_stream_without_an_admitted_call_is_closed_with_1008(
+    gateway: RunningGateway,
+) -> None:
+    codec = TwilioCarrierCodec("MZforged")
+    async with connect(gateway.server.ws_url + "/twilio/media") as ws:
+        await ws.send(CONNECTED)
+        await ws.send(_start(codec, "CAforged", "not-a-token"))
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+    assert ws.close_code == 1008
+    # nothing was opened upstream for it
+    assert await _sessions(gateway) == []
+
+
+async def test_malformed_carrier_messages_do_not_end_the_call(
+    gateway: RunningGateway, question: Say
+) -> None:
+    # Admit a call through the webhook, then speak on the stream by hand with junk mixed in.
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"{gateway.url}/twilio/voice",
+            data={"CallSid": "CAjunk", "AccountSid": "AC1", "From": "+1555", "To": "+15551230002"},
+        )
+    token = resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+    codec = TwilioCarrierCodec("MZjunk")
+    junk = ["{not json", json.dumps({"event": "media"}), '{"event": "bogus"}', "[1, 2]"]
+    silence = base64.b64encode(b"\xff" * 160).decode()
+    frames = list(question.frames) + [silence] * 1000
+    answered = False
+    async with connect(gateway.server.ws_url + "/twilio/media") as ws:
+        await ws.send(CONNECTED)
+        await ws.send(_start(codec, "CAjunk", token))
+        async with asyncio.timeout(30):
+            for i, payload in enumerate(frames):
+                if i < len(junk):
+                    await ws.send(junk[i])
+                await ws.send(codec.encode_media(i + 2, i + 1, 20 * i, payload))
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), 0.02)
+                except TimeoutError:
+                    continue
+                if isinstance(codec.parse(raw), PlayAudio):
+                    answered = True
+                    break
+        await ws.send(codec.encode(Stop(codec.stream_sid, 9999, "CAjunk", "AC1")))
+    assert answered, "the assistant never answered"
+    sessions = await _wait_ended(gateway)
+    assert len(sessions) == 1
+    assert sessions[0]["turns"] >= 1
+
+
+@pytest.mark.timeout(120)
+async def test_forged_requests_cost_nothing_and_do_not_disturb_a_live_call(
+    tmp_path: Path, question: Say
+) -> None:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(PROFILES)
+    settings = _settings(profiles_file=path, twilio_auth_token="tw-secret", max_calls=4)
+    async with running_gateway(settings, port=0) as gw:
+        live = asyncio.create_task(
+            SimulatedCall(
+                [WaitForAnswer(), question, WaitForAnswer(), HangUp()],
+                _options(gw, "+15551230001", auth_token="tw-secret"),
+            ).run()
+        )
+        attacks: list[int] = []
+        async with httpx.AsyncClient() as client:
+            form = {"CallSid": "CAevil", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+            for i in range(40):
+                headers = {"X-Twilio-Signature": "forged"} if i % 2 else {}
+                r = await client.post(f"{gw.url}/twilio/voice", data=form, headers=headers)
+                attacks.append(r.status_code)
+        for i in range(20):
+            headers = {"X-Twilio-Signature": "forged"} if i % 2 else {}
+            codec = TwilioCarrierCodec(f"MZevil{i}")
+            try:
+                async with connect(
+                    gw.server.ws_url + "/twilio/media", additional_headers=headers
+                ) as ws:
+                    await ws.send(CONNECTED)
+                    await ws.send(_start(codec, f"CAevil{i}", "guess"))
+                    async with asyncio.timeout(10):
+                        await ws.wait_closed()
+                    attacks.append(ws.close_code or 0)
+            except InvalidStatus as exc:
+                attacks.append(exc.response.status_code)
+        result = await live
+        sessions = await _wait_ended(gw)
+    assert all(code in (403, 1008) for code in attacks), attacks
+    assert result.ok, (result.failure, result.failure_detail)
+    assert len(result.response_latencies_ms) == 1
+    assert len(sessions) == 1  # only the genuine call reached the upstream

@@ -1,0 +1,167 @@
+"""The gateway process: embedded emulator, drain, SIGHUP reload, and ``gateway serve`` itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import gateway_state
+from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, WaitForAnswer
+from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
+from gateway.settings import Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+PROFILES = """
+numbers:
+  "+15551230001":
+    voice: cedar
+"""
+
+
+def _settings(**kw: Any) -> Settings:
+    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(PROFILES)
+    async with running_gateway(_settings(profiles_file=path), port=0) as gw:
+        yield gw
+
+
+async def test_without_a_key_the_emulator_runs_embedded_on_loopback(
+    gateway: RunningGateway,
+) -> None:
+    assert gateway.emulator is not None
+    assert gateway.upstream_base_url == f"{gateway.emulator.url}/v1"
+    assert gateway.emulator.host == "127.0.0.1"
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_with_a_base_url_no_emulator_is_started(tmp_path: Path) -> None:
+    settings = _settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
+    async with running_gateway(settings, port=0) as gw:
+        assert gw.emulator is None
+        assert gw.upstream_base_url == "http://127.0.0.1:9/v1"
+
+
+async def test_drain_refuses_new_calls_and_waits_for_live_ones(gateway: RunningGateway) -> None:
+    state = gateway_state(gateway.app)
+    options = CallOptions(webhook_url=f"{gateway.url}/twilio/voice", to_number="+15551230001")
+    heard = asyncio.Event()
+    call = asyncio.create_task(
+        SimulatedCall(
+            [WaitForAnswer(), Pause(1500), HangUp()], options, on_event=lambda _e: heard.set()
+        ).run()
+    )
+    async with asyncio.timeout(20):
+        await heard.wait()  # the stream is up: the caller hears the greeting
+    draining = asyncio.create_task(drain(gateway.app, timeout_s=30))
+    await asyncio.sleep(0)  # let the drain start: it stops admissions before its first await
+    assert state.admissions.draining
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert (await client.get("/readyz")).status_code == 503
+        form = {"CallSid": "CAlate", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+        twiml = ET.fromstring((await client.post("/twilio/voice", data=form)).text)
+        assert [c.tag for c in twiml] == ["Say", "Hangup"]  # fallback only, no stream
+    result = await call
+    assert result.ok, (result.failure, result.failure_detail)
+    assert await draining == 0
+
+
+async def test_drain_deadline_reports_calls_still_live(gateway: RunningGateway) -> None:
+    options = CallOptions(webhook_url=f"{gateway.url}/twilio/voice", to_number="+15551230001")
+    heard = asyncio.Event()
+    call = asyncio.create_task(
+        SimulatedCall(
+            [WaitForAnswer(), Pause(60_000)], options, on_event=lambda _e: heard.set()
+        ).run()
+    )
+    try:
+        async with asyncio.timeout(20):
+            await heard.wait()
+        assert await drain(gateway.app, timeout_s=0.2) == 1
+    finally:
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+
+async def test_sighup_reload_keeps_old_profiles_when_the_file_is_invalid(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
+    state = gateway_state(gateway.app)
+    path = tmp_path / "profiles.yaml"
+    path.write_text(PROFILES + '  "+15551230002":\n    voice: ash\n')
+    reload_profiles(gateway.app)
+    assert state.profiles.for_number("+15551230002").voice == "ash"
+    path.write_text("numbers: [this is not a mapping")
+    reload_profiles(gateway.app)
+    assert state.profiles.for_number("+15551230002").voice == "ash"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "TWILIO_"))
+    }
+    env["GATEWAY_PORT"] = str(port)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        cwd=tmp_path,  # no .env here
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            # the start-up log names the listening address once the server accepts connections
+            while not any("listening on" in line for line in lines):
+                raw = await proc.stdout.readline()
+                assert raw, "gateway serve exited during start-up:\n" + "".join(lines)
+                lines.append(raw.decode())
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out
+    assert "EMBEDDED REALTIME EMULATOR" in out
+    assert "draining" in out
+    assert "gateway stopped" in out
