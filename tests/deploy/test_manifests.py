@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from pydantic import AliasChoices
 from typer.testing import CliRunner
 
 from gateway.app import create_app
@@ -45,6 +44,11 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 
 # Oldest and newest Kubernetes minor versions the manifests must be valid for.
 K8S_VERSIONS = ("1.29", "1.37")
+# Every variable Settings reads; cleared around each env-driven Settings() in these tests.
+_SETTING_NAMES = frozenset(
+    [f"{Settings.model_config.get('env_prefix', '')}{n}".upper() for n in Settings.model_fields]
+    + ["OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"]
+)
 # Kinds whose schemas ship with kubernetes-validate; CRDs (KEDA) are checked by hand below.
 CORE_KINDS = {
     "Namespace",
@@ -109,24 +113,9 @@ def _compose() -> dict[str, Any]:
     return doc
 
 
-def setting_env_names() -> set[str]:
-    """Every environment variable :class:`Settings` reads, derived from the class itself."""
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    names: set[str] = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(c for c in alias.choices if isinstance(c, str))
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"{prefix}{name}".upper())
-    return names
-
-
 def _settings_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
     """Settings exactly as the process would read them from ``env`` (and nothing else)."""
-    for name in setting_env_names():
+    for name in _SETTING_NAMES:
         if name in os.environ:
             monkeypatch.delenv(name)
     for name, value in env.items():
@@ -319,8 +308,8 @@ def test_kustomize_build_renders_valid_objects(k8s_validate: Any) -> None:
 # --- the Deployment against the code ------------------------------------------------------------
 
 
-def test_every_env_var_in_the_manifests_is_a_real_setting() -> None:
-    known = setting_env_names()
+def test_every_env_var_in_the_manifests_is_a_real_setting(setting_names: set[str]) -> None:
+    known = setting_names
     assert {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "GATEWAY_DRAIN_TIMEOUT_S"} <= known
     in_k8s = {name for _, doc in _k8s_objects() for name in _iter_env_names(doc)}
     assert set(_container_env()) <= in_k8s
