@@ -1,13 +1,21 @@
 """Admission control and call binding, pure (the clock is passed in).
 
-The webhook *admits* a call: it reserves capacity and mints a one-time token that travels to the
-media stream as a ``<Parameter>``. The stream's ``start`` must present the call SID and that token
-before it expires; only then does the call become *live*. Everything else is refused before it
-can cost an upstream session.
+The webhook *admits* a call: it reserves capacity and mints a token that travels to the media
+stream as a ``<Parameter>``. The stream's ``start`` must present the call SID, the dialled number
+and that token before it expires; only then does the call become *live*. Everything else is
+refused before it can cost an upstream session.
+
+The token is ``v1.<expiry>.<HMAC-SHA256(secret, call SID | number | expiry)>``, so any replica
+holding the same secret can verify it: behind a load balancer, Twilio's webhook and its media
+websocket are two connections that may reach different processes. ``now`` is wall-clock time
+(seconds since the epoch) for that reason — replicas share it, not their monotonic clocks.
+A call SID binds once per replica; its token expires after ``token_ttl_s``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
@@ -34,11 +42,13 @@ class Admissions:
     """
 
     max_calls: int
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     token_ttl_s: float = 60.0
     max_setup_rate: float | None = None
     draining: bool = False
     _pending: dict[str, Admission] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
+    _bound: dict[str, float] = field(default_factory=dict)  # call SID -> token expiry
     _bucket: float | None = None
     _bucket_at: float = 0.0
 
@@ -85,26 +95,57 @@ class Admissions:
             )
         if self._bucket is not None:
             self._bucket -= 1.0
+        expires_at = float(int(now + self.token_ttl_s))
         adm = Admission(
             call_sid=call_sid,
-            token=secrets.token_urlsafe(24),
+            token=self._token(call_sid, called, expires_at),
             called=called,
             caller=caller,
-            expires_at=now + self.token_ttl_s,
+            expires_at=expires_at,
         )
         self._pending[call_sid] = adm
         return adm
 
-    def bind(self, call_sid: str, token: str, now: float) -> Admission:
-        """Turn an admitted call live; raise :class:`Forbidden` unless SID and token match."""
+    def _mac(self, call_sid: str, called: str | None, expires_at: float) -> str:
+        msg = f"{call_sid}|{called or ''}|{int(expires_at)}".encode()
+        digest = hmac.new(self.secret, msg, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def _token(self, call_sid: str, called: str | None, expires_at: float) -> str:
+        return f"v1.{int(expires_at)}.{self._mac(call_sid, called, expires_at)}"
+
+    def bind(self, call_sid: str, token: str, now: float, called: str | None = None) -> Admission:
+        """Turn an admitted call live; raise :class:`Forbidden` unless SID, number and token
+        match and the token has not expired, :class:`CapacityError` when a call admitted by
+        another replica finds this one full.
+
+        ``called`` is the number the stream claims (its ``<Parameter>``); it is part of what the
+        token signs, so a stream cannot switch itself to another number's profile.
+        """
         self._expire(now)
         adm = self._pending.get(call_sid)
-        if adm is None:
-            raise Forbidden("stream does not belong to a call this gateway admitted (or expired)")
-        if not hmac.compare_digest(adm.token.encode(), token.encode()):
+        if adm is not None:
+            called = adm.called
+        version, _, rest = token.partition(".")
+        expiry_text, _, mac = rest.partition(".")
+        if version != "v1" or not expiry_text.isdigit() or not mac:
+            raise Forbidden("stream presented no valid call token")
+        expires_at = float(expiry_text)
+        if expires_at <= now:  # checked first: refusing an expired claim costs no MAC
+            raise Forbidden("the call token expired before the stream started")
+        if not hmac.compare_digest(mac.encode(), self._mac(call_sid, called, expires_at).encode()):
             raise Forbidden("stream presented a wrong call token")
-        del self._pending[call_sid]
+        if call_sid in self._live or call_sid in self._bound:
+            raise Forbidden("this call's stream is already bound (a replayed start?)")
+        if adm is None:
+            # Admitted by another replica: this one must still have room for it.
+            if self.draining or self.load(now) >= self.max_calls:
+                raise CapacityError(f"at capacity ({self.max_calls} calls)")
+            adm = Admission(call_sid, token, called, None, expires_at)
+        else:
+            del self._pending[call_sid]
         self._live.add(call_sid)
+        self._bound[call_sid] = expires_at
         return adm
 
     def release(self, call_sid: str) -> None:
@@ -116,3 +157,6 @@ class Admissions:
         stale = [sid for sid, a in self._pending.items() if a.expires_at <= now]
         for sid in stale:
             del self._pending[sid]
+        spent = [sid for sid, exp in self._bound.items() if exp <= now]
+        for sid in spent:
+            del self._bound[sid]

@@ -54,6 +54,8 @@ class GatewayState:
     upstream: UpstreamFactory
     admissions: Admissions
     clock: Callable[[], float] = time.monotonic
+    # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
+    wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
     ready: bool = False
     streams: int = 0
@@ -78,7 +80,7 @@ def create_app(
         profiles=profiles or ProfileStore(settings.profiles_file),
         metrics=metrics or Metrics(),
         upstream=upstream,
-        admissions=Admissions(max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate),
+        admissions=_admissions(settings),
     )
 
     @contextlib.asynccontextmanager
@@ -105,7 +107,7 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        now = state.clock()
+        now = state.wall_clock()
         if not state.ready or state.admissions.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         if not state.admissions.has_room(now):
@@ -133,7 +135,7 @@ def create_app(
         called, caller = params.get("To"), params.get("From")
         profile = state.profiles.for_number(called)
         try:
-            admission = state.admissions.admit(call_sid, called, caller, state.clock())
+            admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
         except CapacityError as exc:
             state.metrics.webhooks.labels("refused_capacity").inc()
             log.warning("call %s refused: %s", call_sid, exc)
@@ -166,6 +168,7 @@ def create_app(
             metrics=state.metrics,
             upstream=state.upstream,
             clock=state.clock,
+            wall_clock=state.wall_clock,
             registry=state.calls,
             recent=state.recent,
         )
@@ -205,6 +208,15 @@ def create_app(
         )
 
     return app
+
+
+def _admissions(settings: Settings) -> Admissions:
+    key = settings.call_token_key()
+    if key is None:
+        return Admissions(max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate)
+    return Admissions(
+        max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate, secret=key
+    )
 
 
 def _twiml(resp: VoiceResponse) -> Response:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     trust_proxy_headers: bool = Field(
         default=False, description="Rebuild the public URL from X-Forwarded-Proto/Host"
     )
+    call_token_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared by every replica: signs the per-call token binding webhook to stream",
+    )
     allow_unsigned: bool = Field(
         default=False,
         description="Development only: accept unsigned carrier requests from any address",
@@ -103,6 +107,22 @@ class Settings(BaseSettings):
     def uses_embedded_emulator(self) -> bool:
         """True when neither a key nor a base URL is set: run the local emulator instead."""
         return self.openai_api_key is None and self.realtime_base_url is None
+
+    def call_token_key(self) -> bytes | None:
+        """The key for per-call tokens: the explicit secret, else one derived from the Twilio
+        auth token (already shared by every replica), else ``None`` (a random per-process key:
+        fine for one process, not for replicas behind a load balancer)."""
+        import hashlib
+
+        if self.call_token_secret is not None:
+            return hashlib.sha256(
+                b"call-token|" + self.call_token_secret.get_secret_value().encode()
+            ).digest()
+        if self.twilio_auth_token is not None:
+            return hashlib.sha256(
+                b"call-token|" + self.twilio_auth_token.get_secret_value().encode()
+            ).digest()
+        return None
 
     @property
     def effective_realtime_base_url(self) -> str:

@@ -36,14 +36,33 @@ def test_webhook_retry_returns_the_same_token() -> None:
 
 def test_wrong_unknown_or_expired_bindings_are_forbidden() -> None:
     a = Admissions(max_calls=5, token_ttl_s=10)
-    adm = a.admit("CA1", None, None, 0.0)
-    with pytest.raises(Forbidden, match="wrong call token"):
+    adm = a.admit("CA1", "+1555", None, 0.0)
+    with pytest.raises(Forbidden, match="no valid call token"):
         a.bind("CA1", "x" + adm.token, 1.0)
-    with pytest.raises(Forbidden, match="admitted"):
-        a.bind("CA9", adm.token, 1.0)
-    with pytest.raises(Forbidden, match="admitted"):
+    with pytest.raises(Forbidden, match="wrong call token"):
+        a.bind("CA1", adm.token[:-2] + "AA", 1.0)
+    with pytest.raises(Forbidden, match="wrong call token"):
+        a.bind("CA9", adm.token, 1.0)  # another call's token
+    with pytest.raises(Forbidden, match="expired"):
         a.bind("CA1", adm.token, 10.0)  # expired: slot freed too
     assert a.load(10.0) == 0
+
+
+def test_a_token_from_another_replica_binds_with_the_shared_secret() -> None:
+    admitting = Admissions(max_calls=5, secret=b"k" * 32)
+    other = Admissions(max_calls=1, secret=b"k" * 32)
+    stranger = Admissions(max_calls=5, secret=b"z" * 32)
+    adm = admitting.admit("CA1", "+1555", None, 100.0)
+    with pytest.raises(Forbidden, match="wrong call token"):
+        stranger.bind("CA1", adm.token, 101.0, called="+1555")
+    with pytest.raises(Forbidden, match="wrong call token"):
+        other.bind("CA1", adm.token, 101.0, called="+1666")  # the number is signed too
+    assert other.bind("CA1", adm.token, 101.0, called="+1555").called == "+1555"
+    assert other.live == 1
+    # a second call admitted elsewhere finds this replica full
+    adm2 = admitting.admit("CA2", None, None, 100.0)
+    with pytest.raises(CapacityError):
+        other.bind("CA2", adm2.token, 101.0)
 
 
 def test_a_token_binds_once() -> None:

@@ -149,6 +149,7 @@ class CallRunner:
         registry: dict[str, CallRunner],
         recent: deque[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.ws = ws
@@ -160,6 +161,7 @@ class CallRunner:
         self.registry = registry
         self.recent = recent
         self.clock = clock
+        self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         self._session_opened_at = 0.0
         self.codec = TwilioCodec(max_message_bytes=settings.max_message_bytes)
@@ -284,8 +286,13 @@ class CallRunner:
                 self.start = parsed
         start = self.start
         token = start.custom_parameters.get(CALL_TOKEN_PARAM, "")
-        admission = self.admissions.bind(start.call_sid, token, self.clock())
-        called = admission.called or start.custom_parameters.get(PROFILE_PARAM)
+        admission = self.admissions.bind(
+            start.call_sid,
+            token,
+            self.wall_clock(),
+            called=start.custom_parameters.get(PROFILE_PARAM),
+        )
+        called = admission.called
         self.profile = self.profiles.for_number(called)
         self.machine = m.TurnMachine(truncate_to_heard=self.profile.truncate_to_heard)
         if self.profile.local_barge_in:

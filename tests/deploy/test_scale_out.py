@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.app import CALL_TOKEN_PARAM, create_app
+from gateway.app import create_app
 from gateway.errors import UpstreamError
 from gateway.numbers import Profile
 from gateway.serving import RunningServer, serve_app
@@ -41,8 +42,8 @@ class UpstreamProbe:
         raise UpstreamError("test upstream: refused on purpose", code="test")
 
 
-def _settings() -> Settings:
-    return Settings(_env_file=None, max_calls=5)  # type: ignore[call-arg]
+def _settings(secret: str = "shared-by-every-replica") -> Settings:
+    return Settings(_env_file=None, max_calls=5, call_token_secret=secret)  # type: ignore[call-arg]
 
 
 @pytest.fixture
@@ -55,23 +56,26 @@ async def replicas() -> AsyncIterator[list[tuple[RunningServer, UpstreamProbe]]]
         yield [(a, probes[0]), (b, probes[1])]
 
 
-async def _admit(server: RunningServer, call_sid: str) -> str:
+async def _admit(server: RunningServer, call_sid: str) -> dict[str, str]:
     async with httpx.AsyncClient() as client:
         resp = await client.post(
             f"{server.url}/twilio/voice",
             data={"CallSid": call_sid, "AccountSid": "AC1", "From": "+15550009999", "To": "+1555"},
         )
     resp.raise_for_status()
-    return resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+    # Twilio sends every <Parameter> of the TwiML back in start.customParameters
+    stream = ET.fromstring(resp.text).find("./Connect/Stream")
+    assert stream is not None
+    return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
 
 
-async def _stream(server: RunningServer, call_sid: str, token: str) -> int | None:
+async def _stream(server: RunningServer, call_sid: str, params: dict[str, str]) -> int | None:
     codec = TwilioCarrierCodec("MZ" + call_sid)
     start = start_message(
         stream_sid=codec.stream_sid,
         call_sid=call_sid,
         account_sid="AC1",
-        custom_parameters={CALL_TOKEN_PARAM: token},
+        custom_parameters=params,
     )
     async with connect(server.ws_url + "/twilio/media") as ws:
         await ws.send(CONNECTED)
@@ -91,15 +95,6 @@ async def test_stream_on_the_admitting_replica_is_bound(
     assert code == 4502  # our probe refused the upstream: the stream was accepted and bound
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "NOT YET: the per-call token lives in the admitting process's memory (admission.py), "
-        "so a stream that a load balancer sends to another replica is closed with 1008. "
-        "Multi-replica deployments need a token any replica can verify (docs/deployment.md, "
-        "'Scaling out'). When this passes, drop the marker and that section's warning."
-    ),
-)
 async def test_stream_on_another_replica_is_bound(
     replicas: list[tuple[RunningServer, UpstreamProbe]],
 ) -> None:
@@ -109,3 +104,23 @@ async def test_stream_on_another_replica_is_bound(
     assert code != 1008, "replica B refused a call that replica A admitted"
     assert probe_b.opened == ["default"]
     assert probe_a.opened == []
+
+
+async def test_a_replica_with_another_secret_refuses_the_stream() -> None:
+    probes = [UpstreamProbe(), UpstreamProbe()]
+    async with (
+        serve_app(create_app(_settings("one"), upstream=probes[0])) as a,
+        serve_app(create_app(_settings("two"), upstream=probes[1])) as b,
+    ):
+        token = await _admit(a, "CAmismatch")
+        assert await _stream(b, "CAmismatch", token) == 1008
+    assert probes == [probes[0], probes[1]] and probes[1].opened == []
+
+
+async def test_a_stream_binds_once(replicas: list[tuple[RunningServer, UpstreamProbe]]) -> None:
+    (a, probe_a), (b, probe_b) = replicas
+    token = await _admit(a, "CAonce")
+    assert await _stream(b, "CAonce", token) == 4502
+    # the same start replayed to the same replica is refused before any upstream request
+    assert await _stream(b, "CAonce", token) == 1008
+    assert probe_b.opened == ["default"] and probe_a.opened == []
