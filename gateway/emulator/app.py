@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -206,6 +207,15 @@ class EmulatorState:
         self.secrets: dict[str, _ClientSecret] = {}
         self.calls: dict[str, EmulatorCall] = {}
         self.ended: deque[EmulatorCall] = deque(maxlen=_KEEP_ENDED)
+        self._blackhole: socket.socket | None = None
+
+    def blackhole(self) -> tuple[str, int]:
+        """A loopback UDP port that is bound but never read: ICE checks sent there vanish."""
+        if self._blackhole is None:
+            self._blackhole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._blackhole.bind(("127.0.0.1", 0))
+        host, port = self._blackhole.getsockname()
+        return str(host), int(port)
 
     def engine_config(self) -> EngineConfig:
         c = self.config
@@ -230,6 +240,8 @@ class EmulatorState:
         )
         if self.event_log is not None:
             self.event_log.close()
+        if self._blackhole is not None:
+            self._blackhole.close()
 
 
 def _error(
@@ -435,7 +447,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         )
         state.calls[call_id] = call
         try:
-            answer = await call.answer(offer)
+            held = faults.ice_fail or faults.ice_delay_s is not None
+            answer = await call.answer(offer, blackhole=state.blackhole() if held else None)
         except Exception as exc:  # aiortc raises assorted errors for offers it cannot use
             await call.close(f"bad offer: {exc}")
             return _error(400, f"Invalid SDP offer: {exc}", code="invalid_offer", param="sdp")

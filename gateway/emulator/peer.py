@@ -21,6 +21,7 @@ import contextlib
 import fractions
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
 from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
@@ -152,24 +154,55 @@ class EmulatorCall:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: list[asyncio.TimerHandle] = []
         self._close_task: asyncio.Task[None] | None = None
+        self.frames_received = 0  # caller frames (20 ms, after decoding)
+        self._abrupt = False  # close the peer without closing the channel first
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
     # ------------------------------------------------------------------ setup
 
-    async def answer(self, offer_sdp: str) -> str:
+    async def answer(self, offer_sdp: str, *, blackhole: tuple[str, int] | None = None) -> str:
         """Apply the client's offer and return the answer SDP (``a=setup:active``).
 
+        With the ``ice_delay_s`` / ``ice_fail`` faults, ICE is held back at the transport:
+        the answer advertises ``blackhole`` (a UDP port nobody answers on) instead of our
+        candidates, and our agent learns the client's candidates only when the delay is over
+        (never, for ``ice_fail``), so no connectivity check can succeed before then.
         Raises :class:`ValueError` (or aiortc's errors) for an offer aiortc cannot use; the
         caller turns that into HTTP 400 and closes the call.
         """
+        hold: float | None = None
+        if self.faults.ice_fail:
+            hold = math.inf
+        elif self.faults.ice_delay_s is not None:
+            hold = self.faults.ice_delay_s
+        held: tuple[str | None, list[str]] = (None, [])
+        if hold is not None and blackhole is not None:
+            offer_sdp, held = _strip_candidates(offer_sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise ValueError("the offer has no audio section")
         self.pc.addTrack(self.track)  # takes the offer's audio transceiver
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return str(self.pc.localDescription.sdp)
+        answer = str(self.pc.localDescription.sdp)
+        if hold is not None and blackhole is not None:
+            answer = _redirect_candidates(answer, blackhole)
+            if math.isfinite(hold):
+                loop = asyncio.get_running_loop()
+                self._timers.append(
+                    loop.call_later(hold, lambda: self._spawn(self._release_ice(*held)))
+                )
+        return answer
+
+    async def _release_ice(self, mid: str | None, candidates: list[str]) -> None:
+        log.info("call %s: fault injection releases ICE", self.call_id)
+        for line in candidates:
+            candidate = candidate_from_sdp(line)
+            candidate.sdpMid = mid
+            candidate.sdpMLineIndex = 0
+            await self.pc.addIceCandidate(candidate)
+        await self.pc.addIceCandidate(None)
 
     def summary(self) -> dict[str, Any]:
         """The ``GET /emulator/sessions`` entry of this call."""
@@ -188,6 +221,7 @@ class EmulatorCall:
             "events_received": dict(stats.events_received),
             "events_sent": stats.events_sent,
             "errors_sent": stats.errors_sent,
+            "frames_received": self.frames_received,
             "frames_sent": self.track.stats.frames,
             "audio_frames_sent": self.track.stats.audio_frames,
         }
@@ -201,9 +235,7 @@ class EmulatorCall:
             loop = asyncio.get_running_loop()
             if self.faults.close_peer_after_s is not None:
                 self._timers.append(
-                    loop.call_later(
-                        self.faults.close_peer_after_s, self.close, "fault: peer closed"
-                    )
+                    loop.call_later(self.faults.close_peer_after_s, self._fault_close_peer)
                 )
         elif state in ("failed", "closed"):
             self.close(f"peer connection {state}")
@@ -245,6 +277,7 @@ class EmulatorCall:
 
     async def _listen(self, track: MediaStreamTrack) -> None:
         async for frame, received_at in InboundAudioReader(track):
+            self.frames_received += 1
             self.engine.receive_audio(frame, received_at)
             self._flush()
 
@@ -281,6 +314,11 @@ class EmulatorCall:
             log.info("call %s: fault injection closes the data channel", self.call_id)
             self.channel.close()
 
+    def _fault_close_peer(self) -> None:
+        log.info("call %s: fault injection closes the peer connection", self.call_id)
+        self._abrupt = True
+        self.close("fault: peer connection closed")
+
     def _fault_server_error(self) -> None:
         self.engine.inject_error()
         self._flush()
@@ -310,7 +348,7 @@ class EmulatorCall:
         self._flush()  # last events (session_expired) go out before the channel closes
         self.engine.close(self.close_reason or "closed")
         self.track.stop()
-        if self.channel is not None:
+        if self.channel is not None and not self._abrupt:
             self.channel.close()
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
@@ -330,3 +368,45 @@ class EmulatorCall:
         log.info("call %s ended: %s", self.call_id, self.close_reason)
         if self._on_closed is not None:
             self._on_closed(self)
+
+
+def _strip_candidates(sdp: str) -> tuple[str, tuple[str | None, list[str]]]:
+    """The offer without its ICE candidates (and without end-of-candidates, so our agent waits
+    for them), plus the first media section's mid and candidates to add later."""
+    lines = sdp.splitlines()
+    kept: list[str] = []
+    candidates: list[str] = []
+    mid: str | None = None
+    section = -1
+    for line in lines:
+        if line.startswith("m="):
+            section += 1
+        if section == 0 and line.startswith("a=mid:") and mid is None:
+            mid = line[len("a=mid:") :].strip()
+        if line.startswith("a=candidate:"):
+            if section == 0:
+                candidates.append(line[len("a=candidate:") :])
+            continue
+        if line.startswith("a=end-of-candidates"):
+            continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n", (mid, candidates)
+
+
+def _redirect_candidates(sdp: str, address: tuple[str, int]) -> str:
+    """The answer with one host candidate per section, pointing at ``address``."""
+    out: list[str] = []
+    seen_in_section = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            seen_in_section = False
+        if line.startswith("a=candidate:"):
+            if seen_in_section:
+                continue
+            seen_in_section = True
+            bits = line.split()
+            bits[4], bits[5] = address[0], str(address[1])
+            bits[7:] = ["host"]
+            line = " ".join(bits)
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"

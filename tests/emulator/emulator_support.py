@@ -26,6 +26,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from gateway.audio.tts import CALLER_VOICE, synthesizer
 from gateway.emulator.app import EmulatorConfig, EmulatorState, create_app
+from gateway.errors import UpstreamLost
 from gateway.realtime.session import RealtimeConfig, RealtimeSession
 from gateway.serving import RunningServer, serve_app
 
@@ -134,15 +135,21 @@ class Recorder:
     def __init__(self, session: RealtimeSession) -> None:
         self.session = session
         self.events: list[dict[str, Any]] = []
+        self.lost: UpstreamLost | None = None
         self._changed = asyncio.Condition()
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        async for ev in self.session.events():
-            validate_event(ev.raw)
-            async with self._changed:
-                self.events.append(ev.raw)
-                self._changed.notify_all()
+        try:
+            async for ev in self.session.events():
+                validate_event(ev.raw)
+                async with self._changed:
+                    self.events.append(ev.raw)
+                    self._changed.notify_all()
+        except UpstreamLost as exc:
+            self.lost = exc
+        async with self._changed:
+            self._changed.notify_all()
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]

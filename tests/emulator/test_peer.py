@@ -6,16 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import numpy as np
 import pytest
-from emulator_support import KEY, SESSION, Emulator, Listener, Recorder, running, say, speech
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+from emulator_support import (
+    KEY,
+    SESSION,
+    Emulator,
+    Listener,
+    Recorder,
+    running,
+    say,
+    speech,
+    validate_event,
+)
 
 from gateway.emulator.app import EmulatorConfig
+from gateway.errors import UpstreamTimeout
 from gateway.realtime import events as rt
-from gateway.realtime.session import RealtimeSession
+from gateway.realtime.session import RealtimeSession, SetupTimeouts
+from gateway.realtime.tracks import OutboundAudioTrack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,3 +237,181 @@ async def test_response_cancel_and_output_audio_buffer_clear() -> None:
         await asyncio.sleep(0.6)
         assert not listener.loud(since=t_cleared + 0.3)
         assert "output_audio_buffer.stopped" not in rec.types()
+
+
+async def test_a_raw_aiortc_client_offering_only_pcmu_gets_pcmu() -> None:
+    async with running() as emu:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            transceiver = pc.addTransceiver(OutboundAudioTrack(), direction="sendrecv")
+            pcmu = [
+                c
+                for c in RTCRtpSender.getCapabilities("audio").codecs
+                if c.mimeType == "audio/PCMU"
+            ]
+            transceiver.setCodecPreferences(pcmu)
+            channel = pc.createDataChannel("oai-events")
+            inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            channel.on("message", lambda m: inbox.put_nowait(json.loads(m)))
+            remote: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+            pc.on("track", lambda t: remote.done() or remote.set_result(t))
+            await pc.setLocalDescription(await pc.createOffer())
+            async with httpx.AsyncClient() as http:
+                resp = await http.post(
+                    f"{emu.base_url}/realtime/calls",
+                    files={
+                        "sdp": (None, pc.localDescription.sdp, "application/sdp"),
+                        "session": (None, json.dumps({"type": "realtime"}), "application/json"),
+                    },
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
+            assert resp.status_code == 201
+            assert resp.headers["content-type"].startswith("application/sdp")
+            assert resp.headers["location"].startswith("/v1/realtime/calls/rtc_")
+            answer = resp.text
+            assert "a=rtpmap:0 PCMU/8000" in answer and "opus" not in answer
+            assert "a=setup:active" in answer  # the service is the DTLS client, as OpenAI's
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+            async def next_event() -> dict[str, Any]:
+                async with asyncio.timeout(10):
+                    event = await inbox.get()
+                validate_event(event)
+                return event
+
+            assert (await next_event())["type"] == "session.created"
+            channel.send(json.dumps(rt.response_create('Say "Hello from the emulator."')))
+            track = await remote
+            frames: list[AudioFrame] = []
+
+            async def read() -> None:
+                while True:
+                    frame = await track.recv()
+                    assert isinstance(frame, AudioFrame)
+                    frames.append(frame)
+
+            reader = asyncio.create_task(read())
+            types = []
+            while "output_audio_buffer.stopped" not in types:
+                types.append((await next_event())["type"])
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
+                await reader
+            assert in_order(types, RESPONSE_ORDER), types
+            assert {(f.sample_rate, len(f.layout.channels)) for f in frames} == {(8000, 1)}
+            loud = [f for f in frames if np.abs(f.to_ndarray()).max() > 300]
+            assert len(loud) > 25  # the greeting, over half a second of it
+        finally:
+            await pc.close()
+
+
+async def test_a_manual_commit_turn_over_webrtc() -> None:
+    session = {**SESSION, "audio": {"input": {"turn_detection": None}}}
+    async with running() as emu, call(emu, session) as (s, rec, _):
+        updated = await rec.wait_for("session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        await say(s, speech("Book a table please."), tail_s=0.2)
+        # let the pushed audio reach the emulator before committing (it is paced in real time)
+        await emu_heard(emu, frames=50)
+        s.send(rt.input_audio_buffer_commit())
+        committed = await rec.wait_for("input_audio_buffer.committed")
+        assert "input_audio_buffer.speech_started" not in rec.types()
+        s.send(rt.response_create())
+        done = await rec.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        assert committed["item_id"]
+
+
+async def emu_heard(emu: Emulator, frames: int) -> None:
+    """Wait until the emulator's live call has received ``frames`` caller frames."""
+    async with asyncio.timeout(10):
+        while True:
+            [call_] = emu.state.calls.values()
+            if call_.frames_received >= frames:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_scripted_function_call_over_webrtc() -> None:
+    tool = {
+        "type": "function",
+        "name": "lookup_booking",
+        "parameters": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}},
+            "required": ["name"],
+        },
+    }
+    cfg = EmulatorConfig(api_key=KEY, latency_ms=50, tool_call="lookup_booking")
+    async with running(cfg) as emu, call(emu, {**SESSION, "tools": [tool]}) as (s, rec, _):
+        await rec.wait_for("session.updated")
+        await say(s, speech("Do I have a booking?"))
+        args = await rec.wait_for("response.function_call_arguments.done")
+        assert json.loads(args["arguments"]) == {"name": "example"}
+        assert args["name"] == "lookup_booking"
+        await rec.wait_for("response.done")
+        s.send(rt.conversation_item_create_function_output(args["call_id"], "Booked for 7 pm"))
+        s.send(rt.response_create())
+        done = await rec.wait_for("response.done", count=2)
+        transcript = done["response"]["output"][0]["content"][0]["transcript"]
+        assert transcript == "The lookup_booking tool says: Booked for 7 pm."
+
+
+@pytest.mark.parametrize(
+    ("fault", "reasons"),
+    [
+        ({"close_channel_after_s": 0.3}, ("data channel closed by the server",)),
+        # a closing peer takes its channel along: the client may notice either first
+        (
+            {"close_peer_after_s": 0.3},
+            ("peer connection closed", "data channel closed by the server"),
+        ),
+    ],
+)
+async def test_the_server_can_drop_the_channel_or_the_peer(
+    fault: dict[str, Any], reasons: tuple[str, ...]
+) -> None:
+    async with running() as emu:
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{emu.server.url}/emulator/faults", json=fault)
+        s = RealtimeSession(emu.config(), SESSION)
+        await s.open()
+        try:
+            async with asyncio.timeout(10):
+                got = await s.wait_closed()
+            assert s.lost and got in reasons
+        finally:
+            await s.close()
+        [listed] = await emu.sessions()
+        assert listed["state"] == "ended"
+
+
+async def test_server_error_and_session_expiry_faults() -> None:
+    async with running() as emu:
+        async with httpx.AsyncClient() as http:
+            await http.post(
+                f"{emu.server.url}/emulator/faults",
+                json={"server_error_after_s": 0.2, "max_session_s": 1.0},
+            )
+        async with call(emu) as (s, rec, _):
+            err = await rec.wait_for("error")
+            assert err["error"]["type"] == "server_error"
+            expired = await rec.wait_for("error", count=2)
+            assert expired["error"]["code"] == "session_expired"
+            async with asyncio.timeout(10):
+                await s.wait_closed()
+            assert s.lost
+            assert rt.FATAL_ERROR_CODES >= {"session_expired"}
+
+
+async def test_ice_can_be_delayed_or_never_complete() -> None:
+    async with running(EmulatorConfig(api_key=KEY, ice_delay_s=1.0)) as emu:
+        s = RealtimeSession(emu.config(), SESSION)
+        await s.open()
+        assert s.setup_timings["ice_dtls"] >= 0.9
+        await s.close()
+    async with running(EmulatorConfig(api_key=KEY, ice_fail=True)) as emu:
+        s = RealtimeSession(emu.config(timeouts=SetupTimeouts(5, 1.5, 5, 5, 5)), SESSION)
+        with pytest.raises(UpstreamTimeout) as timeout:
+            await s.open()
+        assert timeout.value.code == "timeout_ice_dtls"
