@@ -16,6 +16,8 @@
     live and recently ended calls with their effective session config and counters.
 ``POST /emulator/faults`` / ``GET /emulator/faults``
     replace / read the fault knobs applied to calls created from then on.
+``GET /emulator/stats``
+    outbound pacing of the live calls (the capacity benchmark reads it).
 
 Each call is an :class:`~gateway.emulator.peer.EmulatorCall` (aiortc answerer) around an
 :class:`~gateway.emulator.engine.Engine` (the protocol, sans-I/O).
@@ -41,7 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.emulator.engine import EngineConfig
-from gateway.emulator.peer import EmulatorCall
+from gateway.emulator.peer import EmulatorCall, PacketCache
 from gateway.emulator.schema import SessionError, apply_session, default_session
 from gateway.emulator.voice import VoiceRenderer
 
@@ -203,6 +205,7 @@ class EmulatorState:
         self.faults = config.faults()
         self.refused = 0
         self.renderer = VoiceRenderer()
+        self.packets = PacketCache()
         self.event_log = EventLog(config.event_log) if config.event_log else None
         self.secrets: dict[str, _ClientSecret] = {}
         self.calls: dict[str, EmulatorCall] = {}
@@ -441,6 +444,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             config=state.engine_config(),
             faults=faults,
             renderer=state.renderer,
+            packet_cache=state.packets,
             event_log=state.event_log,
             record_lateness=config.record_lateness,
             on_closed=state.call_ended,
@@ -476,6 +480,40 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def sessions() -> list[dict[str, Any]]:
         calls = list(state.ended) + list(state.calls.values())
         return [c.summary() for c in sorted(calls, key=lambda c: c.created_at)]
+
+    @app.get("/emulator/stats")
+    async def stats(reset: bool = False) -> dict[str, Any]:
+        """Pacing of the outbound tracks of live calls (lateness needs ``record_lateness``);
+        ``reset=true`` starts a new measurement window."""
+        lateness: list[float] = []
+        frames = audio_frames = resyncs = received = 0
+        for c in state.calls.values():
+            received += c.frames_received
+            st = c.track.stats
+            frames += st.frames
+            audio_frames += st.audio_frames
+            resyncs += st.resyncs
+            if st.lateness_ms is not None:
+                lateness.extend(st.lateness_ms)
+                if reset:
+                    st.lateness_ms.clear()
+        lateness.sort()
+
+        def pct(q: float) -> float | None:
+            return lateness[min(len(lateness) - 1, int(q * len(lateness)))] if lateness else None
+
+        return {
+            "calls": len(state.calls),
+            "frames_received": received,
+            "frames_sent": frames,
+            "audio_frames_sent": audio_frames,
+            "resyncs": resyncs,
+            "lateness_samples": len(lateness),
+            "lateness_ms_p50": pct(0.5),
+            "lateness_ms_p99": pct(0.99),
+            "lateness_ms_max": lateness[-1] if lateness else None,
+            "phrase_cache": {"hits": state.renderer.hits, "misses": state.renderer.misses},
+        }
 
     @app.get("/emulator/faults")
     async def get_faults() -> dict[str, Any]:

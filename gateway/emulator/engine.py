@@ -208,6 +208,7 @@ class Engine:
         # responses
         self._active: _Response | None = None
         self._playout: deque[_Response] = deque()  # audio in the output buffer; head plays
+        self.last_output: tuple[str, int] | None = None
         self._responses: dict[str, _Response] = {}
         self._tool_called = False
         self._idle_deadline: float | None = None
@@ -354,8 +355,11 @@ class Engine:
         """The next 20 ms of assistant audio to send on RTP, or None for silence.
 
         Call exactly once per 20 ms of real time (the outbound track's pace): what this returns
-        is by definition what has been played, which truncation and usage rely on.
+        is by definition what has been played, which truncation and usage rely on. After the
+        call, :attr:`last_output` is ``(response_id, frame index)`` of the returned audio (None
+        for silence), for a runner that sends pre-encoded frames of the reply.
         """
+        self.last_output = None
         if self._closed or not self._started:
             return None
         self._advance(now)
@@ -381,6 +385,7 @@ class Engine:
             r.playout_started = True
             self._audio_produced = True
             self._emit("output_audio_buffer.started", response_id=r.id)
+        self.last_output = (r.id, r.played // FRAME_SAMPLES)
         chunk = r.audio[r.played : min(r.played + FRAME_SAMPLES, r.limit)]
         r.played += chunk.size
         if chunk.size < FRAME_SAMPLES:

@@ -10,6 +10,10 @@ connection, the ``oai-events`` data channel, the inbound audio reader and the ou
 * every 20 ms the outbound track asks :meth:`Engine.next_output_frame` for the assistant's audio
   (the engine's clock tick rides on that call), so what the engine says was played is what
   went out on RTP;
+* with Opus negotiated, replies are encoded once, in the worker thread that renders them, and
+  the track hands aiortc ready packets (a constant 3-byte packet for silence): aiortc then
+  skips its per-frame encoder hop to a thread and its pure-Python audio-level loop, which
+  were most of a session's cost. PCMU calls send raw frames for aiortc to encode.
 * after each of those, the engine's events go out on the data channel and its actions run:
   :class:`Render` in a worker thread (speech synthesis is CPU work), :class:`Close` here.
 """
@@ -22,12 +26,16 @@ import fractions
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import av
 import numpy as np
+import numpy.typing as npt
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -35,7 +43,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 from av import AudioFrame
 
 from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
@@ -45,7 +53,7 @@ from gateway.realtime.tracks import InboundAudioReader
 if TYPE_CHECKING:
     from gateway.emulator.app import EventLog, Faults
 
-__all__ = ["AssistantTrack", "EmulatorCall", "PacingStats"]
+__all__ = ["AssistantTrack", "EmulatorCall", "PacingStats", "PacketCache", "opus_packets"]
 
 log = logging.getLogger("gateway.emulator")
 
@@ -54,6 +62,91 @@ _TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
 _SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _MAX_LATENESS_S: Final = 0.1  # beyond this the pacer re-anchors instead of bursting
 _CLOSE_TIMEOUT_S: Final = 5.0
+_OPUS_RATE: Final = 48000  # the RTP clock of Opus, whatever the coded bandwidth
+_OPUS_TIME_BASE: Final = fractions.Fraction(1, _OPUS_RATE)
+_OPUS_TICKS: Final = _OPUS_RATE // 50
+_OPUS_BITRATE: Final = 40_000
+
+Pcm = npt.NDArray[np.int16]
+OutFrame = Pcm | bytes | None
+"""What the track's source returns: PCM to encode, a ready Opus packet, or None (silence)."""
+
+
+def _opus_encoder() -> Any:
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate = SAMPLE_RATE
+    ctx.layout = "mono"
+    ctx.format = "s16"
+    ctx.bit_rate = _OPUS_BITRATE
+    ctx.options = {"application": "audio"}
+    return ctx
+
+
+def opus_packets(pcm: Pcm) -> list[bytes]:
+    """``pcm`` (24 kHz mono) as one Opus packet per 20 ms frame, in order (CPU work).
+
+    The encoder's 6.5 ms look-ahead shifts the audio by that much; the flushed tail packet
+    is dropped so packet ``i`` always belongs to frame ``i``.
+    """
+    ctx = _opus_encoder()
+    frames = -(-pcm.size // FRAME_SAMPLES)
+    out: list[bytes] = []
+    for i in range(frames):
+        chunk = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+        if chunk.size < FRAME_SAMPLES:
+            chunk = np.concatenate((chunk, np.zeros(FRAME_SAMPLES - chunk.size, np.int16)))
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = i * FRAME_SAMPLES
+        out.extend(bytes(p) for p in ctx.encode(frame))
+    out.extend(bytes(p) for p in ctx.encode(None))
+    silence = opus_silence()
+    return out[:frames] + [silence] * (frames - len(out))
+
+
+class PacketCache:
+    """Opus packets of audio pieces by content key (LRU, thread-safe); unkeyed audio is
+    encoded every time. One per emulator process."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._cache: OrderedDict[Hashable, list[bytes]] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def packets(self, key: Hashable | None, pcm: Pcm) -> list[bytes]:
+        if key is None:
+            return opus_packets(pcm)
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+                return found
+        packets = opus_packets(pcm)
+        with self._lock:
+            self._cache[key] = packets
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return packets
+
+
+_SILENCE_PACKET: bytes | None = None
+
+
+def opus_silence() -> bytes:
+    """The Opus packet of 20 ms of digital silence (a few bytes; decodes to exact zeros)."""
+    global _SILENCE_PACKET
+    if _SILENCE_PACKET is None:
+        ctx = _opus_encoder()
+        packets: list[bytes] = []
+        for i in range(10):  # past the encoder's start-up, silence packets are constant
+            frame = AudioFrame.from_ndarray(
+                np.zeros((1, FRAME_SAMPLES), np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate = SAMPLE_RATE
+            frame.pts = i * FRAME_SAMPLES
+            packets.extend(bytes(p) for p in ctx.encode(frame))
+        _SILENCE_PACKET = packets[-1]
+    return _SILENCE_PACKET
 
 
 @dataclass(slots=True)
@@ -81,18 +174,16 @@ class AssistantTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(
-        self,
-        source: Callable[[float], np.ndarray[Any, np.dtype[np.int16]] | None],
-        *,
-        record_lateness: bool = False,
+        self, source: Callable[[float], OutFrame], *, record_lateness: bool = False
     ) -> None:
         super().__init__()
         self._source = source
         self._due: float | None = None
         self._pts = -FRAME_SAMPLES
+        self._opus_pts = -_OPUS_TICKS
         self.stats = PacingStats(lateness_ms=[] if record_lateness else None)
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -110,6 +201,13 @@ class AssistantTrack(MediaStreamTrack):
         self._due += _FRAME_S
         samples = self._source(now)
         self.stats.frames += 1
+        if isinstance(samples, bytes):
+            # pre-encoded Opus: aiortc packs it as is (no encoding, no audio-level scan)
+            packet = av.Packet(samples)
+            self._opus_pts += _OPUS_TICKS
+            packet.pts = self._opus_pts
+            packet.time_base = _OPUS_TIME_BASE
+            return packet
         if samples is None:
             samples = _SILENCE
         else:
@@ -133,6 +231,7 @@ class EmulatorCall:
         config: EngineConfig,
         faults: Faults,
         renderer: VoiceRenderer,
+        packet_cache: PacketCache | None = None,
         event_log: EventLog | None = None,
         record_lateness: bool = False,
         on_closed: Callable[[EmulatorCall], None] | None = None,
@@ -146,6 +245,7 @@ class EmulatorCall:
         self.engine = Engine(session, config=config, now=time.monotonic())
         self.faults = faults
         self._renderer = renderer
+        self._packet_cache = packet_cache or PacketCache()
         self._log = event_log
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -155,6 +255,8 @@ class EmulatorCall:
         self._timers: list[asyncio.TimerHandle] = []
         self._close_task: asyncio.Task[None] | None = None
         self.frames_received = 0  # caller frames (20 ms, after decoding)
+        self.opus = False  # the answer chose Opus: send pre-encoded packets
+        self._packets: dict[str, list[bytes]] = {}  # response id -> its Opus packets
         self._abrupt = False  # close the peer without closing the channel first
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
@@ -186,6 +288,7 @@ class EmulatorCall:
         self.pc.addTrack(self.track)  # takes the offer's audio transceiver
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = str(self.pc.localDescription.sdp)
+        self.opus = _first_audio_codec(answer) == "audio/opus"
         if hold is not None and blackhole is not None:
             answer = _redirect_candidates(answer, blackhole)
             if math.isfinite(hold):
@@ -276,16 +379,42 @@ class EmulatorCall:
         self._flush()
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        async for frame, received_at in InboundAudioReader(track):
-            self.frames_received += 1
-            self.engine.receive_audio(frame, received_at)
-            self._flush()
+        if self.engine.config.reply == "echo":
+            # the caller's audio is played back: convert it with the quality resampler
+            async for frame, received_at in InboundAudioReader(track):
+                self._heard(frame, received_at)
+            return
+        # Otherwise only its energy matters (turn detection): a cheap conversion will do.
+        convert = _EnergyFrames(track)
+        while True:
+            try:
+                decoded = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if isinstance(decoded, AudioFrame):
+                for frame in convert(decoded):
+                    self._heard(frame, now)
 
-    def _next_frame(self, now: float) -> np.ndarray[Any, np.dtype[np.int16]] | None:
+    def _heard(self, frame: Pcm, received_at: float) -> None:
+        self.frames_received += 1
+        self.engine.receive_audio(frame, received_at)
+        self._flush()
+
+    def _next_frame(self, now: float) -> OutFrame:
         self.engine.tick(now)
         samples = self.engine.next_output_frame(now)
+        position = self.engine.last_output
         self._flush()
-        return samples
+        if not self.opus:
+            return samples
+        if samples is None or position is None:
+            return opus_silence()
+        self.track.stats.audio_frames += 1
+        packets = self._packets.get(position[0])
+        if packets is not None and position[1] < len(packets):
+            return packets[position[1]]
+        return samples  # audio without packets (not expected): aiortc encodes it
 
     # ------------------------------------------------------------------ engine outputs
 
@@ -305,9 +434,23 @@ class EmulatorCall:
                 self.close(action.reason)
 
     async def _render(self, action: Render) -> None:
-        audio = await asyncio.to_thread(self._renderer.render, action.request)
+        audio, packets = await asyncio.to_thread(self._render_sync, action)
+        if packets is not None:
+            self._packets[action.response_id] = packets
         self.engine.reply_rendered(action.response_id, audio, time.monotonic())
         self._flush()
+
+    def _render_sync(self, action: Render) -> tuple[Pcm, list[bytes] | None]:
+        """Worker thread: the reply's audio and, for Opus calls, its packets (cached per
+        phrase, like the phrase audio itself)."""
+        parts = self._renderer.render_parts(action.request)
+        audio = parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p in parts])
+        if not self.opus:
+            return audio, None
+        packets: list[bytes] = []
+        for key, pcm in parts:
+            packets.extend(self._packet_cache.packets(key, pcm))
+        return audio, packets
 
     def _fault_close_channel(self) -> None:
         if self.channel is not None:
@@ -410,3 +553,34 @@ def _redirect_candidates(sdp: str, address: tuple[str, int]) -> str:
             line = " ".join(bits)
         out.append(line)
     return "\r\n".join(out) + "\r\n"
+
+
+def _first_audio_codec(sdp: str) -> str | None:
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "audio" and media.rtp.codecs:
+            return str(media.rtp.codecs[0].mimeType).lower()
+    return None
+
+
+class _EnergyFrames:
+    """Decoded RTP audio -> 480-sample 24 kHz mono frames, cheaply, for turn detection only.
+
+    Opus (48 kHz stereo) keeps every other sample of the left channel and PCMU (8 kHz) holds
+    each sample three times: no anti-alias filtering, so the result is fit for measuring
+    energy, not for listening. Other formats go through the quality resampler.
+    """
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self._track = track
+        self._fallback: InboundAudioReader | None = None
+
+    def __call__(self, frame: AudioFrame) -> list[Pcm]:
+        rate, channels = int(frame.sample_rate), len(frame.layout.channels)
+        pcm = frame.to_ndarray().reshape(-1)
+        if (rate, channels) == (48000, 2) and pcm.size == 4 * FRAME_SAMPLES:
+            return [np.ascontiguousarray(pcm[::4])]
+        if (rate, channels) == (8000, 1) and pcm.size * 3 == FRAME_SAMPLES:
+            return [np.repeat(pcm, 3)]
+        if self._fallback is None:
+            self._fallback = InboundAudioReader(self._track)  # used for its converter only
+        return self._fallback.convert(frame)

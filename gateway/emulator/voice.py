@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -23,7 +24,10 @@ from gateway.audio.tts import REALTIME_VOICES, VoiceStyle
 __all__ = ["SAMPLE_RATE", "ReplyRequest", "VoiceRenderer", "tone"]
 
 SAMPLE_RATE: Final = 24000
-_GAP: Final = np.zeros(SAMPLE_RATE * 80 // 1000, dtype=np.int16)  # between phrases
+FRAME_SAMPLES: Final = SAMPLE_RATE // 50
+_GAP: Final = np.zeros(4 * FRAME_SAMPLES, dtype=np.int16)  # 80 ms between phrases
+
+Pcm = npt.NDArray[np.int16]
 _FADE_S: Final = 0.01
 # A custom voice ({"id": ...}) or an unknown name speaks with this one.
 _FALLBACK_VOICE: Final = "marin"
@@ -82,23 +86,32 @@ class VoiceRenderer:
         self.misses = 0
 
     def render(self, request: ReplyRequest) -> npt.NDArray[np.int16]:
-        """The reply's audio (24 kHz mono int16, read-only). May take tens of ms on a cache
-        miss: call it from a worker thread in async code."""
+        """The reply's audio (24 kHz mono int16). May take tens of ms on a cache miss: call it
+        from a worker thread in async code."""
+        parts = [pcm for _, pcm in self.render_parts(request)]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    def render_parts(self, request: ReplyRequest) -> list[tuple[Hashable | None, Pcm]]:
+        """The reply as consecutive pieces whose lengths are whole 20 ms frames (except an
+        echo's), each with a key naming its content (None: unique audio). Equal keys mean
+        equal audio, so whatever is derived from a piece (its Opus packets) can be cached."""
         if request.kind == "echo" and request.echo is not None:
-            return request.echo
+            return [(None, request.echo)]
         if request.kind == "tone":
-            return tone(request.tone_s, tone_frequency(request.voice))
-        parts: list[npt.NDArray[np.int16]] = []
+            key = ("tone", request.voice, round(request.tone_s, 2))
+            return [(key, _pad(tone(request.tone_s, tone_frequency(request.voice))))]
+        parts: list[tuple[Hashable | None, Pcm]] = []
         for phrase in request.phrases:
             if parts:
-                parts.append(_GAP)
-            parts.append(self.phrase(phrase, request.voice, request.speed))
-        if not parts:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(parts)
+                parts.append((("gap",), _GAP))
+            audio = self.phrase(phrase, request.voice, request.speed)
+            parts.append((("phrase", phrase, request.voice, round(request.speed, 2)), audio))
+        return parts
 
     def phrase(self, text: str, voice: str, speed: float = 1.0) -> npt.NDArray[np.int16]:
-        """One synthesized phrase, from the cache when possible."""
+        """One synthesized phrase (whole 20 ms frames, read-only), from the cache if possible."""
         key = (text, voice, round(speed, 2))
         with self._lock:
             audio = self._cache.get(key)
@@ -108,7 +121,7 @@ class VoiceRenderer:
                 return audio
         from gateway.audio.tts import synthesizer  # loads eSpeak NG on first use
 
-        audio = _trim(synthesizer().synthesize(text, voice_style(voice, speed), SAMPLE_RATE))
+        audio = _pad(_trim(synthesizer().synthesize(text, voice_style(voice, speed), SAMPLE_RATE)))
         audio.setflags(write=False)
         with self._lock:
             self.misses += 1
@@ -116,6 +129,12 @@ class VoiceRenderer:
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
         return audio
+
+
+def _pad(audio: Pcm) -> Pcm:
+    """``audio`` with silence appended up to a whole number of 20 ms frames."""
+    rest = -audio.size % FRAME_SAMPLES
+    return np.concatenate((audio, np.zeros(rest, np.int16))) if rest else audio
 
 
 def _trim(audio: npt.NDArray[np.int16], floor: int = 64) -> npt.NDArray[np.int16]:

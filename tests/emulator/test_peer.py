@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from emulator_support import (
@@ -30,6 +32,7 @@ from emulator_support import (
 )
 
 from gateway.emulator.app import EmulatorConfig
+from gateway.emulator.peer import opus_packets, opus_silence
 from gateway.errors import UpstreamTimeout
 from gateway.realtime import events as rt
 from gateway.realtime.session import RealtimeSession, SetupTimeouts
@@ -415,3 +418,52 @@ async def test_ice_can_be_delayed_or_never_complete() -> None:
         with pytest.raises(UpstreamTimeout) as timeout:
             await s.open()
         assert timeout.value.code == "timeout_ice_dtls"
+
+
+def test_opus_packets_decode_back_to_the_audio() -> None:
+    t = np.arange(24000) / 24000
+    pcm = np.round(6000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    packets = opus_packets(pcm)
+    assert len(packets) == 50
+    decoder = OpusDecoder()
+    out = np.concatenate(
+        [
+            f.to_ndarray().reshape(-1)[::2]  # left channel, 48 kHz
+            for i, p in enumerate(packets)
+            for f in decoder.decode(JitterFrame(data=p, timestamp=i * 960))
+        ]
+    ).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(out[4800:]))
+    assert abs(np.argmax(spectrum) * 48000 / out[4800:].size - 440) < 3
+    rms = np.sqrt(np.mean(out[4800:] ** 2))
+    assert 0.8 * 6000 / np.sqrt(2) < rms < 1.2 * 6000 / np.sqrt(2)
+    silent = OpusDecoder().decode(JitterFrame(data=opus_silence(), timestamp=0))
+    assert len(opus_silence()) < 10 and not silent[0].to_ndarray().any()
+
+
+async def test_echo_comes_back_recognisably_over_two_opus_legs() -> None:
+    cfg = EmulatorConfig(api_key=KEY, reply="echo", latency_ms=50)
+    async with running(cfg) as emu, call(emu) as (s, rec, listener):
+        await rec.wait_for("session.updated")
+        sent = speech("Testing one two three, can you hear me?")
+        await say(s, sent)
+        await rec.wait_for("output_audio_buffer.stopped", limit_s=20)
+        heard = listener.audio().astype(np.float64)
+        ref = sent.astype(np.float64)
+        # align by cross-correlation (FFT), then compare waveforms: normalised correlation
+        n = 1 << (heard.size + ref.size).bit_length()
+        xcorr = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(ref, n)), n)
+        lag = int(np.argmax(xcorr[: heard.size - ref.size]))
+        seg = heard[lag : lag + ref.size]
+        similarity = float(seg @ ref) / (np.linalg.norm(seg) * np.linalg.norm(ref))
+        assert similarity > 0.8, similarity  # two Opus legs and resampling, still the same words
+        stats = await emu_stats(emu)
+        assert stats["calls"] == 1 and stats["frames_received"] > 100
+
+
+async def emu_stats(emu: Emulator) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        resp = await http.get(f"{emu.server.url}/emulator/stats")
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
