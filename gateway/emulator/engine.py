@@ -88,6 +88,7 @@ _RESPONSE_FIELDS: Final = frozenset(
         "reasoning",
     }
 )
+_KEEP_RESPONSES: Final = 16
 _REQUEST_LIMIT: Final = 5_000
 _TOKEN_LIMIT: Final = 400_000
 
@@ -235,6 +236,12 @@ class Engine:
     @property
     def response_active(self) -> bool:
         return self._active is not None
+
+    @property
+    def held_audio_s(self) -> float:
+        """Seconds of reply audio held in memory: only answers still generating or playing."""
+        held = sum(r.audio.size for r in self._responses.values() if r.audio is not None)
+        return held / SAMPLE_RATE
 
     # ------------------------------------------------------------------ inputs
 
@@ -919,7 +926,7 @@ class Engine:
         return " ".join(r.words[: r.deltas_sent])
 
     def _cancel(self, r: _Response, now: float, reason: str) -> None:
-        if r.first_at is not None and r.kind == "audio" and r.audio is not None:
+        if r.first_at is not None and r.kind == "audio":
             # Only what was generated exists; playout may still hold some of it.
             produced = math.floor((now - r.first_at) * self.config.generation_speed * SAMPLE_RATE)
             r.limit = min(r.limit, max(produced + FRAME_SAMPLES, r.played))
@@ -962,7 +969,7 @@ class Engine:
                     self._emit("response.output_text.done", text=text, **common)
                     part = {"type": "text", "text": text}
                 self._emit("response.content_part.done", part=part, **common)
-            if r.kind == "audio" and r.audio is not None:
+            if r.kind == "audio":  # output began, so its audio was rendered
                 r.output_audio_samples = r.limit
                 self._item_audio_ms[r.item_id] = r.limit // _MS
             item = self._assistant_item(r, final, text)
@@ -985,6 +992,7 @@ class Engine:
         self._emit("response.done", response=response)
         if r not in self._playout:
             self._start_idle_timer(now)
+            self._release(r)
 
     def _stop_playout(self, r: _Response, now: float) -> None:
         """``r``'s audio has played to its end."""
@@ -992,6 +1000,7 @@ class Engine:
             self._playout.remove(r)
         if r.playout_started:
             self._emit("output_audio_buffer.stopped", response_id=r.id)
+        self._release(r)
         self._start_idle_timer(now)
 
     def _clear_playout(self, now: float) -> None:
@@ -1002,9 +1011,23 @@ class Engine:
             r.limit = r.played
             if r.item_id in self._item_audio_ms:
                 self._item_audio_ms[r.item_id] = r.played // _MS
+        released = list(self._playout)
         self._playout.clear()
+        for r in released:
+            self._release(r)
         self._emit("output_audio_buffer.cleared", response_id=head.id)
         self._start_idle_timer(now)
+
+    def _release(self, r: _Response) -> None:
+        """Forget the audio of a response that neither generates nor plays any more (a long
+        session must not keep every answer it ever gave); keep the last few for their ids."""
+        if r is not self._active and r not in self._playout:
+            r.audio = None
+        while len(self._responses) > _KEEP_RESPONSES:
+            oldest = next(iter(self._responses))
+            if self._responses[oldest] is self._active or self._responses[oldest] in self._playout:
+                break
+            del self._responses[oldest]
 
     def _start_idle_timer(self, now: float) -> None:
         vad = self._vad_cfg

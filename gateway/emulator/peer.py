@@ -66,6 +66,7 @@ _OPUS_RATE: Final = 48000  # the RTP clock of Opus, whatever the coded bandwidth
 _OPUS_TIME_BASE: Final = fractions.Fraction(1, _OPUS_RATE)
 _OPUS_TICKS: Final = _OPUS_RATE // 50
 _OPUS_BITRATE: Final = 40_000
+_KEEP_PACKETS: Final = 4
 
 Pcm = npt.NDArray[np.int16]
 OutFrame = Pcm | bytes | None
@@ -324,6 +325,7 @@ class EmulatorCall:
             "events_received": dict(stats.events_received),
             "events_sent": stats.events_sent,
             "errors_sent": stats.errors_sent,
+            "held_audio_s": round(self.engine.held_audio_s, 2),
             "frames_received": self.frames_received,
             "frames_sent": self.track.stats.frames,
             "audio_frames_sent": self.track.stats.audio_frames,
@@ -437,6 +439,8 @@ class EmulatorCall:
         audio, packets = await asyncio.to_thread(self._render_sync, action)
         if packets is not None:
             self._packets[action.response_id] = packets
+            while len(self._packets) > _KEEP_PACKETS:  # only the playing answers need them
+                del self._packets[next(iter(self._packets))]
         self.engine.reply_rendered(action.response_id, audio, time.monotonic())
         self._flush()
 

@@ -650,3 +650,26 @@ def test_server_error_injection_keeps_the_session() -> None:
     h.drain()
     assert h.errors()[-1]["type"] == "server_error"
     assert not h.closed
+
+
+def test_input_transcription_is_reported_when_configured() -> None:
+    h = Harness(
+        {
+            "type": "realtime",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe", "language": "en"}}},
+        },
+        reply="tone",
+    )
+    h.turn(speech_s=1.0, after_s=0.8)
+    completed = h.last("conversation.item.input_audio_transcription.completed")
+    assert completed["item_id"] == h.last("input_audio_buffer.committed")["item_id"]
+    assert completed["usage"]["type"] == "duration" and completed["usage"]["seconds"] > 1.0
+    assert h.of("conversation.item.input_audio_transcription.delta")
+
+
+def test_a_long_session_keeps_only_the_audio_it_still_plays() -> None:
+    h = Harness(reply="tone")
+    for _ in range(20):
+        h.turn(speech_s=1.0, after_s=1.6)
+    assert len(h.of("response.done")) == 20
+    assert h.engine.held_audio_s <= 1.0  # at most the answer still playing
