@@ -85,8 +85,9 @@ def emulator_command(
 ) -> None:
     """Run the offline OpenAI Realtime emulator (GA WebRTC protocol) until interrupted.
 
-    Point a client at http://HOST:PORT/v1. Runtime fault knobs: POST /emulator/faults; live
-    and recent sessions: GET /emulator/sessions.
+    Clients use http://HOST:PORT/v1 as the Realtime base URL.
+
+    Inspect sessions with GET /emulator/sessions; change faults with POST /emulator/faults.
     """
     import asyncio
     import contextlib

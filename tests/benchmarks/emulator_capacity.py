@@ -29,8 +29,10 @@ step that held: ``{"sessions", "cpu_percent_per_session", "frame_lateness_ms_p99
 per-step table under ``steps``. Runtime is bounded: at most ``len(steps) * (warmup + measure)``
 seconds plus setup; the first step that does not hold ends the run.
 
-The clients cost CPU too (a peer connection each) and share the machine with the emulator, so
-on a small box the figure is a lower bound of what the emulator alone could carry.
+The clients cost CPU too (a peer connection each, about as much as the emulator's side). With
+two or more CPUs the emulator is pinned to the first and the clients to the others, so the
+figure is what one emulator process carries on one core (``--no-pin`` shares them all); other
+work on the machine still competes, so on a busy box it is a lower bound.
 """
 
 from __future__ import annotations
@@ -81,9 +83,11 @@ SESSION: dict[str, Any] = {
 # ----------------------------------------------------------------------------- emulator side
 
 
-def serve() -> None:
-    """Child-process role: the emulator on a free loopback port; prints its URL, runs until
-    stdin closes."""
+def serve(cpu: int | None) -> None:
+    """Child-process role: the emulator on a free loopback port, on CPU ``cpu`` alone if given;
+    prints its URL, runs until stdin closes."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     from gateway.emulator.app import EmulatorConfig, create_app
     from gateway.serving import serve_app
 
@@ -338,8 +342,8 @@ def main() -> None:
     parser.add_argument(
         "--steps",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[10, 20, 30, 40, 50, 60],
-        help="session counts to try, comma separated (default 10,20,30,40,50,60)",
+        default=[10, 20, 30, 40, 50, 60, 70, 80],
+        help="session counts to try, comma separated (default 10,20,...,80)",
     )
     parser.add_argument("--warmup-s", type=float, default=4.0)
     parser.add_argument("--measure-s", type=float, default=8.0)
@@ -356,18 +360,30 @@ def main() -> None:
         action="store_true",
         help="callers never talk: measures the cost of an idle connected session",
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the emulator and the clients share every CPU (default: the emulator gets CPU "
+        "0 to itself and the clients the others, when there are two or more)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve()
+        serve(args.cpu)
         return
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cpus) >= 2
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve"],
+        [sys.executable, __file__, "--serve", *(["--cpu", str(cpus[0])] if pin else [])],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    if pin:
+        os.sched_setaffinity(0, set(cpus[1:]))  # the clients keep off the emulator's CPU
     result = asyncio.run(measure(args, proc))
+    result["pinned"] = pin
     if args.json:
         print(json.dumps(result))
     else:
