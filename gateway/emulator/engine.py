@@ -165,6 +165,7 @@ class _Response:
     played: int = 0
     limit: int = 0  # samples the buffer may still play (truncation lowers it)
     playout_started: bool = False
+    out_of_tokens: bool = False  # max_output_tokens cut the reply short
 
 
 class Engine:
@@ -351,9 +352,14 @@ class Engine:
             return
         r.needs_render = False
         cap = r.max_output_tokens
-        if isinstance(cap, int):
-            # one audio token per 50 ms: the reply stops where the token budget runs out
-            audio = audio[: cap * 50 * _MS]
+        if isinstance(cap, int) and audio.size > cap * 50 * _MS:
+            # One audio token per 50 ms: the reply stops where the token budget runs out, and
+            # so does its transcript (proportionally).
+            keep = cap * 50 * _MS
+            r.words = r.words[: max(1, len(r.words) * keep // audio.size)]
+            r.text = " ".join(r.words)
+            audio = audio[:keep]
+            r.out_of_tokens = True
         r.audio = audio
         r.limit = audio.size
         self._advance(now)
@@ -863,7 +869,10 @@ class Engine:
         while r.deltas_sent < min(due, n):
             self._send_delta(r)
         if now >= r.gen_end_at:
-            self._finish(r, "completed", None, now)
+            if r.out_of_tokens:
+                self._finish(r, "incomplete", "max_output_tokens", now)
+            else:
+                self._finish(r, "completed", None, now)
 
     def _begin_output(self, r: _Response, now: float) -> None:
         r.first_at = now
@@ -985,8 +994,8 @@ class Engine:
         else:
             output = []
         details: dict[str, Any] | None = None
-        if status == "cancelled":
-            details = {"type": "cancelled", "reason": reason}
+        if status in ("cancelled", "incomplete"):
+            details = {"type": status, "reason": reason}
         response = self._response_object(r, output=output, details=details, usage=self._usage(r))
         self._prev_input_tokens = r.input_usage["total"]
         self._emit("response.done", response=response)

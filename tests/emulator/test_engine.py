@@ -673,3 +673,15 @@ def test_a_long_session_keeps_only_the_audio_it_still_plays() -> None:
         h.turn(speech_s=1.0, after_s=1.6)
     assert len(h.of("response.done")) == 20
     assert h.engine.held_audio_s <= 1.0  # at most the answer still playing
+
+
+def test_max_output_tokens_cuts_the_answer_short() -> None:
+    h = Harness(reply="tone")
+    h.send({"type": "response.create", "response": {"max_output_tokens": 10}})  # 500 ms
+    h.wait(2.0)
+    done = h.last("response.done")["response"]
+    assert done["status"] == "incomplete"
+    assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
+    assert done["output"][0]["status"] == "incomplete"
+    assert done["usage"]["output_token_details"]["audio_tokens"] == 10
+    assert len(h.played) == 25
