@@ -1,6 +1,6 @@
-"""Shared helpers for the emulator tests (imported by name: tests/emulator is on sys.path under
-pytest's default import mode): the emulator on a loopback port, caller speech, and strict
-validation of server events against the ``openai`` SDK's realtime types.
+"""Shared helpers for the emulator tests (``tests`` is a package, so test modules with the
+same basename in different folders never collide): the emulator on a loopback port, caller
+speech, and strict validation of server events against the ``openai`` SDK's realtime types.
 
 ``validate_event`` picks the SDK model of the event's ``type`` out of the
 ``RealtimeServerEvent`` union, validates with a pydantic ``TypeAdapter`` and then refuses any

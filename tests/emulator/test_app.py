@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import KEY, SESSION, Recorder, running
 from openai.types.realtime.client_secret_create_response import ClientSecretCreateResponse
 from pydantic import TypeAdapter
 
@@ -17,6 +16,7 @@ from gateway.emulator.app import EmulatorConfig
 from gateway.errors import UpstreamRefused
 from gateway.realtime import events as rt
 from gateway.realtime.session import RealtimeSession
+from tests.emulator.emulator_support import KEY, SESSION, Recorder, running
 
 pytestmark = pytest.mark.timeout(60)
 

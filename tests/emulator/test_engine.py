@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from emulator_support import validate_event
 
 from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
 from gateway.emulator.schema import default_session
 from gateway.emulator.voice import VoiceRenderer
+from tests.emulator.emulator_support import validate_event
 
 RENDERER = VoiceRenderer()
 RATE = 24000

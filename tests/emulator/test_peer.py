@@ -19,7 +19,14 @@ from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
-from emulator_support import (
+
+from gateway.emulator.app import EmulatorConfig
+from gateway.emulator.peer import opus_packets, opus_silence
+from gateway.errors import UpstreamTimeout
+from gateway.realtime import events as rt
+from gateway.realtime.session import RealtimeSession, SetupTimeouts
+from gateway.realtime.tracks import OutboundAudioTrack
+from tests.emulator.emulator_support import (
     KEY,
     SESSION,
     Emulator,
@@ -30,13 +37,6 @@ from emulator_support import (
     speech,
     validate_event,
 )
-
-from gateway.emulator.app import EmulatorConfig
-from gateway.emulator.peer import opus_packets, opus_silence
-from gateway.errors import UpstreamTimeout
-from gateway.realtime import events as rt
-from gateway.realtime.session import RealtimeSession, SetupTimeouts
-from gateway.realtime.tracks import OutboundAudioTrack
 
 pytestmark = pytest.mark.timeout(60)
 
