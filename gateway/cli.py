@@ -177,7 +177,14 @@ def _register_emulator() -> None:
     app.command("emulator")(emulator_command)
 
 
+def _register_loadtest() -> None:
+    from gateway.loadtest.cli import loadtest_command
+
+    app.command("loadtest")(loadtest_command)
+
+
 _register_emulator()
+_register_loadtest()
 
 
 def main() -> None:

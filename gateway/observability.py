@@ -7,7 +7,7 @@ run several apps in one process without colliding.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from prometheus_client import (
@@ -140,7 +140,17 @@ def histogram_quantile(
             if any(sample.labels.get(k) != v for k, v in want.items()):
                 continue
             buckets.append((float(sample.labels["le"]), sample.value))
-    buckets.sort()
+    return bucket_quantile(buckets, q)
+
+
+def bucket_quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile from cumulative ``(le, count)`` pairs, as PromQL's
+    ``histogram_quantile`` estimates it; ``None`` without observations.
+
+    Shared by :func:`histogram_quantile` (this process's registry) and the load tester (a
+    difference of two scrapes of a gateway's ``/metrics``).
+    """
+    buckets = sorted(buckets)
     if not buckets or buckets[-1][1] <= 0:
         return None
     rank = q * buckets[-1][1]

@@ -1,0 +1,61 @@
+"""``gateway loadtest``: usage errors, and a short self-contained --spawn run (the emulator and
+a gateway as real processes) whose thresholds decide the exit status."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.cli import app
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give the gateway URL, or --spawn"),
+        (["http://127.0.0.1:1", "--spawn"], "give the gateway URL, or --spawn"),
+        (["https://gateway.example.com"], "not on this machine"),
+        (["http://127.0.0.1:1", "--scenario", "chat"], "unknown scenario 'chat'"),
+        (["http://127.0.0.1:1", "--threshold", "speed<=1"], "unknown metric 'speed'"),
+        (["--spawn", "--gateway-cpus", "999"], "may use CPUs"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_reason(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["loadtest", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_spawned_run_reports_and_gates_on_thresholds(tmp_path: Path) -> None:
+    report, rows = tmp_path / "report.json", tmp_path / "calls.csv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "loadtest", "--spawn", "--quiet",
+         "--scenario", "listen", "--calls", "2", "--concurrency", "2",
+         "--emulator-latency-ms", "100",
+         "--threshold", "setup.p95<=5000", "--threshold", "setup.p50<=1",
+         "--json", str(report), "--csv", str(rows)],
+        capture_output=True, text=True, timeout=100, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # setup.p50<=1 ms cannot hold
+    summary = json.loads(report.read_text())
+    assert summary["calls"]["completed"] == 2, summary["calls"]
+    assert summary["passed"] is False
+    assert [t["passed"] for t in summary["thresholds"]] == [True, True, False]
+    assert summary["latency_ms"]["setup"]["p50"] > 1
+    assert summary["gateway"]["cpu_seconds_per_call_minute"] > 0
+    assert summary["spawned"]["emulator_latency_ms"] == 100
+    assert summary["pacing_lateness_ms"]["p99"] < 100
+    with rows.open() as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert "thresholds: FAIL" in proc.stdout
+    assert "FAIL setup.p50 <= 1" in proc.stdout
