@@ -14,9 +14,9 @@ import asyncio
 import fractions
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +38,15 @@ __all__ = [
 SAMPLE_RATE: Final = 24000
 FRAME_MS: Final = 20
 FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000  # 480
+_EPS: Final = 1e-6  # float slack when comparing sums of frame intervals with the clock
 _FRAME_S: Final = FRAME_MS / 1000
 _TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
 _SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _SILENCE.setflags(write=False)
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -67,10 +72,15 @@ class OutboundAudioTrack(MediaStreamTrack):
     from call setup, or a burst after a carrier stall) frames go out ``catch_up`` times faster
     than real time until the queue is back at the target; ``catch_up=1`` disables that.
 
-    When the queue is empty the track sends silence, so the RTP stream never stalls and nothing
-    stale is replayed. A stall of the event loop longer than ``max_lateness`` re-anchors the
-    clock instead of bursting out the missed frames. ``clock`` must be monotonic (seconds) and
-    ``sleep`` must wait on the same clock (tests pass a fake pair).
+    A pushed frame goes out as soon as it is no more than ``lead`` (one frame) ahead of the
+    track's clock, so caller audio does not sit waiting for the next 20 ms tick: with the carrier
+    and the track ticking at the same rate but an arbitrary phase, that wait would add 0-20 ms
+    (10 ms on average) to every frame. Timestamps stay contiguous, so the receiver's jitter
+    buffer sees at most one frame of jitter. When the queue is empty at a frame's due time the
+    track sends silence, so the RTP stream never stalls and nothing stale is replayed. A stall
+    of the event loop longer than ``max_lateness`` re-anchors the clock instead of bursting out
+    the missed frames. ``clock`` must be monotonic (seconds) and ``call_later(delay, callback)``
+    must schedule on the same clock (tests pass a fake pair; the default is the event loop's).
     ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
     ``received_at``) to the moment aiortc takes it — the gateway-added inbound latency.
     """
@@ -84,8 +94,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         target_frames: int = 2,
         catch_up: float = 2.0,
         max_lateness: float = 0.06,
+        lead: float = _FRAME_S,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        call_later: Callable[[float, Callable[[], None]], _Cancellable] | None = None,
         on_handoff: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__()
@@ -101,8 +112,10 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._target_frames = target_frames
         self._catch_up_interval = _FRAME_S / catch_up
         self._max_lateness = max_lateness
+        self._lead = lead
         self._clock = clock
-        self._sleep = sleep
+        self._call_later = call_later
+        self._waiter: asyncio.Future[None] | None = None
         self._on_handoff = on_handoff
         self._pts = -FRAME_SAMPLES  # the first frame gets pts 0
         self._due: float | None = None  # monotonic time the next frame is due
@@ -131,6 +144,7 @@ class OutboundAudioTrack(MediaStreamTrack):
             self._queue.popleft()
             self.stats.dropped += 1
         self._queue.append((frame, self._clock() if received_at is None else received_at))
+        self._wake()
 
     def clear(self) -> int:
         """Drop every queued frame (barge-in, end of turn); returns how many were dropped."""
@@ -150,15 +164,16 @@ class OutboundAudioTrack(MediaStreamTrack):
         now = self._clock()
         if self._due is None:
             self._due = now
-        elif self._due > now:
-            await self._sleep(self._due - now)
-            if self.readyState != "live":
-                raise MediaStreamError
-            now = self._clock()
         elif now - self._due > self._max_lateness:
             # The loop stalled: resume from now rather than bursting out the missed frames.
             self._due = now
             self.stats.late_resyncs += 1
+        while now < self._due - _EPS and not (self._queue and now >= self._due - self._lead - _EPS):
+            # Until the frame is due, or a pushed frame may go out early.
+            await self._wait((self._due - self._lead if self._queue else self._due) - now)
+            if self.readyState != "live":
+                raise MediaStreamError
+            now = self._clock()
 
         if self._queue:
             samples, received_at = self._queue.popleft()
@@ -188,6 +203,24 @@ class OutboundAudioTrack(MediaStreamTrack):
         """End the track: aiortc's sender stops pulling and queued audio is discarded."""
         self._queue.clear()
         super().stop()
+        self._wake()
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if a frame is pushed (or the track stops)."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        call_later = self._call_later or loop.call_later
+        handle = call_later(delay, self._wake)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,11 @@ from gateway.realtime.tracks import (
 
 
 class FakeTime:
-    """A monotonic clock that moves only when the track sleeps (or the test says so)."""
+    """A monotonic clock that moves only when the track waits (or the test says so).
+
+    ``call_later`` stands in for the event loop's: it records the wait, moves the clock to the
+    deadline and runs the callback on the next loop iteration.
+    """
 
     def __init__(self) -> None:
         self.now = 100.0
@@ -33,9 +37,10 @@ class FakeTime:
     def clock(self) -> float:
         return self.now
 
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.now += seconds
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.Handle:
+        self.sleeps.append(round(delay, 6))
+        self.now += delay
+        return asyncio.get_running_loop().call_soon(callback)
 
 
 def tone(n_frames: int, freq: float = 440.0, rate: int = SAMPLE_RATE) -> npt.NDArray[np.int16]:
@@ -56,7 +61,7 @@ def samples_of(frame: AudioFrame) -> npt.NDArray[np.int16]:
 
 
 def paced_track(ft: FakeTime, **kwargs: object) -> OutboundAudioTrack:
-    return OutboundAudioTrack(clock=ft.clock, sleep=ft.sleep, **kwargs)  # type: ignore[arg-type]
+    return OutboundAudioTrack(clock=ft.clock, call_later=ft.call_later, **kwargs)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ outbound, unit
@@ -83,11 +88,64 @@ async def test_frames_come_out_in_order_with_contiguous_timestamps() -> None:
 async def test_paced_every_20_ms_by_timestamp() -> None:
     ft = FakeTime()
     track = paced_track(ft, target_frames=2)
-    await track.recv()  # first frame at once
     for _ in range(5):
-        track.push(numbered(1))
-        await track.recv()
-    assert ft.sleeps == [0.02] * 5
+        await track.recv()  # silence: one frame per 20 ms, the first at once
+    assert ft.sleeps == [0.02] * 4
+
+
+async def test_a_pushed_frame_goes_out_at_once_not_at_the_next_tick() -> None:
+    ft = FakeTime()
+    seen: list[float] = []
+    track = paced_track(ft, on_handoff=seen.append)
+    await track.recv()  # silence at 100.000; the next frame is due at 100.020
+    ft.now += 0.005  # the carrier's frame arrives 5 ms later (any phase)
+    track.push(numbered(7))
+    frame = await track.recv()
+    assert int(samples_of(frame)[0]) == 7
+    assert ft.sleeps == []  # not held back 15 ms for the tick
+    assert seen == [0.0]
+    assert frame.pts == 480  # timestamps stay contiguous
+
+
+async def test_frames_never_run_more_than_one_frame_ahead() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, target_frames=50)  # no catch-up: plain real-time pacing
+    for i in range(1, 5):
+        track.push(numbered(i))  # a burst of four frames at 100.000
+    out = [int(samples_of(await track.recv())[0]) for _ in range(4)]
+    assert out == [1, 2, 3, 4]
+    # 1 is due now and 2 may lead it by a frame; 3 and 4 wait for their turn
+    assert ft.sleeps == [0.02, 0.02]
+
+
+class _StoppedClock:
+    """``call_later`` that never fires: only a push (or stop) can end the wait."""
+
+    def __init__(self) -> None:
+        self.handles: list[asyncio.TimerHandle] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        handle = asyncio.get_running_loop().call_later(3600, callback)
+        self.handles.append(handle)
+        return handle
+
+
+async def test_a_waiting_recv_wakes_when_a_frame_is_pushed() -> None:
+    clock = _StoppedClock()
+    track = OutboundAudioTrack(clock=lambda: 100.0, call_later=clock.call_later)
+    await track.recv()  # silence; the next frame is due 20 ms later on a clock that never moves
+    pending = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert not pending.done()  # waiting for the due time
+    track.push(numbered(3))
+    frame = await asyncio.wait_for(pending, 5)
+    assert int(samples_of(frame)[0]) == 3
+    assert all(h.cancelled() for h in clock.handles)  # no timer left behind
+    waiting = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(waiting, 5)
 
 
 async def test_no_drift_when_the_caller_is_a_little_late() -> None:
@@ -118,8 +176,9 @@ async def test_backlog_is_drained_faster_than_real_time_then_paced() -> None:
         track.push(numbered(i))  # six frames queued (a setup backlog)
     out = [int(samples_of(await track.recv())[0]) for _ in range(6)]
     assert out == [1, 2, 3, 4, 5, 6]  # nothing lost
-    # after frames 1..3 the queue still held 5, 4, 3 (> 2): 10 ms apart; then 20 ms
-    assert ft.sleeps == [0.01, 0.01, 0.01, 0.02, 0.02]
+    # 1 goes at once, 2 and 3 may lead the clock by a frame; while the queue holds more than
+    # 2 the clock advances 10 ms per frame (4 after 10 ms), then 20 ms per frame
+    assert ft.sleeps == [0.01, 0.02, 0.02]
     assert track.stats.catch_up_frames == 3
 
 
