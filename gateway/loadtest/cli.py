@@ -69,6 +69,9 @@ def loadtest_command(
     barge_in_after_ms: Annotated[
         float, typer.Option(min=0, help="How far into an answer the barge-in caller interrupts")
     ] = 1200.0,
+    barge_in_every: Annotated[
+        int, typer.Option(min=0, help="conversation: talk over every n-th answer (0: never)")
+    ] = 0,
     audio: Annotated[
         Path | None,
         typer.Option(help="Caller speech from this 16-bit WAV (any rate) instead of synthesis"),
@@ -148,7 +151,11 @@ def loadtest_command(
         )
     try:
         mix = ScenarioMix.parse(
-            scenario, turns=turns, think_ms=think_ms, barge_in_after_ms=barge_in_after_ms
+            scenario,
+            turns=turns,
+            think_ms=think_ms,
+            barge_in_after_ms=barge_in_after_ms,
+            barge_in_every=barge_in_every,
         )
         plan = LoadPlan(
             calls=calls if calls is not None or duration is not None else concurrency,

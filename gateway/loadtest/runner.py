@@ -60,7 +60,10 @@ class Target:
 
     base_url: str
     """``http://127.0.0.1:8080``: the webhook, media socket and metrics hang off it."""
-    webhook_path: str = "/twilio/voice"
+    webhook_path: str | None = "/twilio/voice"
+    """``None``: skip the webhook and open ``media_path`` directly (gateways that admit streams
+    without a webhook, and the load tester's own benchmark)."""
+    media_path: str = "/twilio/media"
     metrics_path: str | None = "/metrics"
     auth_token: str | None = None
     """Sign webhooks and upgrades (``X-Twilio-Signature``) with this Twilio auth token."""
@@ -68,8 +71,16 @@ class Target:
     """Numbers dialled, round robin (each selects the gateway's profile for it)."""
 
     @property
-    def webhook_url(self) -> str:
+    def webhook_url(self) -> str | None:
+        if self.webhook_path is None:
+            return None
         return self.base_url.rstrip("/") + self.webhook_path
+
+    @property
+    def media_url(self) -> str:
+        scheme, rest = self.base_url.rstrip("/").split("://", 1)
+        ws = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+        return f"{ws}://{rest}{self.media_path}"
 
     @property
     def metrics_url(self) -> str | None:
@@ -288,6 +299,7 @@ class LoadRun:
         target = self.target
         options = CallOptions(
             webhook_url=target.webhook_url,
+            media_url=None if target.webhook_url else target.media_url,
             auth_token=target.auth_token,
             to_number=target.numbers[index % len(target.numbers)],
             from_number=f"+1555{2000000 + index % 8000000:07d}",

@@ -7,7 +7,8 @@ gateway's VAD and the upstream's turn detection see what they would see on a pho
 ``listen``
     wait for the greeting, hang up (setup cost and greeting playout only);
 ``conversation``
-    the greeting, then ``turns`` questions, each waiting for its answer;
+    the greeting, then ``turns`` questions, each waiting for its answer (and, with
+    ``barge_in_every=n``, talking over every n-th answer);
 ``barge-in``
     the greeting, one question, and the caller talks over the answer ``barge_in_after_ms``
     after it started being heard, then waits for the answer to the interruption.
@@ -114,12 +115,16 @@ class Scenario:
     """``barge-in``: how long into the answer the caller starts talking over it."""
     answer_timeout_ms: float = 15_000.0
     """An answer (or the greeting) not heard within this fails the call as ``no_answer``."""
+    barge_in_every: int = 0
+    """``conversation``: the caller talks over every n-th answer (0: never)."""
 
     def __post_init__(self) -> None:
         if self.name not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.name!r}; choose from {', '.join(SCENARIOS)}")
         if self.turns < 1:
             raise ValueError("a conversation needs at least one turn")
+        if self.barge_in_every < 0:
+            raise ValueError("barge_in_every cannot be negative")
 
 
 def build_script(scenario: Scenario, lines: CallerLines, rng: random.Random) -> list[Step]:
@@ -138,12 +143,13 @@ def build_script(scenario: Scenario, lines: CallerLines, rng: random.Random) -> 
             WaitForAnswer(timeout_ms=timeout),
         ]
         return script
+    every = scenario.barge_in_every
     for i in range(scenario.turns):
-        script += [
-            Pause(scenario.think_ms),
-            order[i % len(order)],
-            WaitForAnswer(timeout_ms=timeout),
-        ]
+        script += [Pause(scenario.think_ms), order[i % len(order)]]
+        if every and (i + 1) % every == 0:
+            after = scenario.barge_in_after_ms
+            script.append(BargeIn(lines.interruption, after_ms=after, timeout_ms=timeout))
+        script.append(WaitForAnswer(timeout_ms=timeout))
     return script
 
 
@@ -168,6 +174,7 @@ class ScenarioMix:
         think_ms: float = 500.0,
         barge_in_after_ms: float = 1200.0,
         answer_timeout_ms: float = 15_000.0,
+        barge_in_every: int = 0,
     ) -> ScenarioMix:
         """``"conversation"`` or ``"conversation=3,barge-in=1,listen=1"`` (weights optional)."""
         entries: list[tuple[Scenario, float]] = []
@@ -185,6 +192,7 @@ class ScenarioMix:
                 think_ms=think_ms,
                 barge_in_after_ms=barge_in_after_ms,
                 answer_timeout_ms=answer_timeout_ms,
+                barge_in_every=barge_in_every if name.strip() == "conversation" else 0,
             )
             entries.append((scenario, w))
         return cls(tuple(entries))

@@ -37,6 +37,8 @@ class SpawnError(RuntimeError):
 class SpawnedStack:
     gateway_url: str
     emulator_url: str
+    api_key: str
+    """The emulator's server key (the gateway's ``OPENAI_API_KEY``)."""
     auth_token: str
     gateway_pid: int
     emulator_pid: int
@@ -183,6 +185,7 @@ async def spawned_stack(
         yield SpawnedStack(
             gateway_url=gateway_url,
             emulator_url=emulator_url,
+            api_key=api_key,
             auth_token=auth_token,
             gateway_pid=gateway.process.pid,
             emulator_pid=emulator.process.pid,

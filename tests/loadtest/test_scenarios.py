@@ -114,3 +114,14 @@ def test_unusable_wavs_are_refused_with_a_reason(tmp_path: Path) -> None:
     junk.write_bytes(b"not a wav")
     with pytest.raises(ValueError, match="not a PCM WAV"):
         read_wav(junk)
+
+
+def test_a_conversation_can_interrupt_every_nth_answer() -> None:
+    scenario = Scenario("conversation", turns=4, barge_in_every=2)
+    script = build_script(scenario, LINES, random.Random(1))
+    kinds = [type(s).__name__ for s in script]
+    assert kinds.count("BargeIn") == 2
+    # turn 2 and turn 4: question, then the interruption, then the answer to it
+    assert kinds[-4:] == ["Pause", "Say", "BargeIn", "WaitForAnswer"]
+    with pytest.raises(ValueError, match="negative"):
+        Scenario("conversation", barge_in_every=-1)
