@@ -60,6 +60,7 @@ class OutboundStats:
     cleared: int = 0  # frames discarded by clear()
     late_resyncs: int = 0  # times the pacer gave up catching up after a stall
     catch_up_frames: int = 0  # frames sent early to drain a backlog
+    quiet_skipped: int = 0  # quiet frames left out to win back time given to inserted silence
 
 
 class OutboundAudioTrack(MediaStreamTrack):
@@ -76,10 +77,17 @@ class OutboundAudioTrack(MediaStreamTrack):
     track's clock, so caller audio does not sit waiting for the next 20 ms tick: with the carrier
     and the track ticking at the same rate but an arbitrary phase, that wait would add 0-20 ms
     (10 ms on average) to every frame. Timestamps stay contiguous, so the receiver's jitter
-    buffer sees at most one frame of jitter. When the queue is empty at a frame's due time the
-    track sends silence, so the RTP stream never stalls and nothing stale is replayed. A stall
-    of the event loop longer than ``max_lateness`` re-anchors the clock instead of bursting out
-    the missed frames. ``clock`` must be monotonic (seconds) and ``call_later(delay, callback)``
+    buffer sees at most one frame of jitter.
+
+    When nothing has arrived ``grace`` after a frame's due time the track sends silence, so the
+    RTP stream never stalls and nothing stale is replayed. That silence takes a 20 ms slot the
+    carrier's late frame would have had: from then on the track's clock runs a frame ahead of
+    the carrier and every frame would wait for it, for the rest of the call (measured: 80 % of
+    frames > 10 ms after one hiccup). So while a frame waits because the clock is ahead, a
+    *quiet* frame at the head of the queue (peak below ``quiet_peak``: the caller is not
+    speaking) is left out instead, which wins the slot back without cutting speech. A stall of
+    the event loop longer than ``max_lateness`` re-anchors the clock instead of bursting out the
+    missed frames. ``clock`` must be monotonic (seconds) and ``call_later(delay, callback)``
     must schedule on the same clock (tests pass a fake pair; the default is the event loop's).
     ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
     ``received_at``) to the moment aiortc takes it — the gateway-added inbound latency.
@@ -95,6 +103,8 @@ class OutboundAudioTrack(MediaStreamTrack):
         catch_up: float = 2.0,
         max_lateness: float = 0.06,
         lead: float = _FRAME_S,
+        grace: float = _FRAME_S,
+        quiet_peak: int = 200,
         clock: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], _Cancellable] | None = None,
         on_handoff: Callable[[float], None] | None = None,
@@ -113,6 +123,8 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._catch_up_interval = _FRAME_S / catch_up
         self._max_lateness = max_lateness
         self._lead = lead
+        self._grace = grace
+        self._quiet_peak = quiet_peak
         self._clock = clock
         self._call_later = call_later
         self._waiter: asyncio.Future[None] | None = None
@@ -168,9 +180,21 @@ class OutboundAudioTrack(MediaStreamTrack):
             # The loop stalled: resume from now rather than bursting out the missed frames.
             self._due = now
             self.stats.late_resyncs += 1
-        while now < self._due - _EPS and not (self._queue and now >= self._due - self._lead - _EPS):
-            # Until the frame is due, or a pushed frame may go out early.
-            await self._wait((self._due - self._lead if self._queue else self._due) - now)
+        while True:
+            if self._queue:
+                if now >= self._due - self._lead - _EPS:
+                    break  # the head frame may go out now
+                if self._is_quiet(self._queue[0][0]):
+                    # The clock is ahead of the carrier: win a slot back on a quiet frame.
+                    self._queue.popleft()
+                    self.stats.quiet_skipped += 1
+                    continue
+                wake_at = self._due - self._lead
+            elif now >= self._due + self._grace - _EPS:
+                break  # nothing came: silence
+            else:
+                wake_at = self._due + self._grace
+            await self._wait(wake_at - now)
             if self.readyState != "live":
                 raise MediaStreamError
             now = self._clock()
@@ -204,6 +228,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._queue.clear()
         super().stop()
         self._wake()
+
+    def _is_quiet(self, samples: npt.NDArray[np.int16]) -> bool:
+        return int(np.abs(samples).max()) < self._quiet_peak
 
     async def _wait(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less if a frame is pushed (or the track stops)."""

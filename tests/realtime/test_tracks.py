@@ -53,7 +53,13 @@ def frames_of(pcm: npt.NDArray[np.int16], size: int = FRAME_SAMPLES) -> list[npt
 
 
 def numbered(i: int) -> npt.NDArray[np.int16]:
-    return np.full(FRAME_SAMPLES, i, dtype=np.int16)
+    """A loud frame (speech, never skipped as quiet) that :func:`label` reads back as ``i``."""
+    return np.full(FRAME_SAMPLES, 1000 * i, dtype=np.int16)
+
+
+def label(frame: AudioFrame) -> int:
+    """Which :func:`numbered` frame this is (0: silence)."""
+    return int(samples_of(frame)[0]) // 1000
 
 
 def samples_of(frame: AudioFrame) -> npt.NDArray[np.int16]:
@@ -61,6 +67,9 @@ def samples_of(frame: AudioFrame) -> npt.NDArray[np.int16]:
 
 
 def paced_track(ft: FakeTime, **kwargs: object) -> OutboundAudioTrack:
+    """A track on the fake clock; ``grace=0`` unless a test says otherwise, so that silence goes
+    out exactly at each due time and the pacing arithmetic stays readable."""
+    kwargs.setdefault("grace", 0.0)
     return OutboundAudioTrack(clock=ft.clock, call_later=ft.call_later, **kwargs)  # type: ignore[arg-type]
 
 
@@ -73,7 +82,7 @@ async def test_frames_come_out_in_order_with_contiguous_timestamps() -> None:
     for i in range(1, 3):
         track.push(numbered(i))
     frames = [await track.recv() for _ in range(4)]
-    assert [int(samples_of(f)[0]) for f in frames] == [1, 2, 0, 0]  # then silence
+    assert [label(f) for f in frames] == [1, 2, 0, 0]  # then silence
     assert [f.pts for f in frames] == [0, 480, 960, 1440]
     for f in frames:
         assert f.sample_rate == SAMPLE_RATE
@@ -101,7 +110,7 @@ async def test_a_pushed_frame_goes_out_at_once_not_at_the_next_tick() -> None:
     ft.now += 0.005  # the carrier's frame arrives 5 ms later (any phase)
     track.push(numbered(7))
     frame = await track.recv()
-    assert int(samples_of(frame)[0]) == 7
+    assert label(frame) == 7
     assert ft.sleeps == []  # not held back 15 ms for the tick
     assert seen == [0.0]
     assert frame.pts == 480  # timestamps stay contiguous
@@ -112,7 +121,7 @@ async def test_frames_never_run_more_than_one_frame_ahead() -> None:
     track = paced_track(ft, target_frames=50)  # no catch-up: plain real-time pacing
     for i in range(1, 5):
         track.push(numbered(i))  # a burst of four frames at 100.000
-    out = [int(samples_of(await track.recv())[0]) for _ in range(4)]
+    out = [label(await track.recv()) for _ in range(4)]
     assert out == [1, 2, 3, 4]
     # 1 is due now and 2 may lead it by a frame; 3 and 4 wait for their turn
     assert ft.sleeps == [0.02, 0.02]
@@ -132,20 +141,67 @@ class _StoppedClock:
 
 async def test_a_waiting_recv_wakes_when_a_frame_is_pushed() -> None:
     clock = _StoppedClock()
-    track = OutboundAudioTrack(clock=lambda: 100.0, call_later=clock.call_later)
-    await track.recv()  # silence; the next frame is due 20 ms later on a clock that never moves
+    track = OutboundAudioTrack(clock=lambda: 100.0, call_later=clock.call_later, grace=0.0)
+    await asyncio.wait_for(track.recv(), 5)  # silence; the next is due on a clock that never moves
     pending = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0)
     assert not pending.done()  # waiting for the due time
     track.push(numbered(3))
     frame = await asyncio.wait_for(pending, 5)
-    assert int(samples_of(frame)[0]) == 3
+    assert label(frame) == 3
     assert all(h.cancelled() for h in clock.handles)  # no timer left behind
     waiting = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0)
     track.stop()
     with pytest.raises(MediaStreamError):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_frame_a_little_late_still_gets_its_slot() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, grace=0.02)
+    track.push(numbered(1))
+    await track.recv()  # at 100.000; frame 2 is due at 100.020
+    ft.now += 0.030  # it arrives 10 ms late: within the grace, no silence was inserted
+    track.push(numbered(2))
+    assert label(await track.recv()) == 2
+    assert track.stats.silence_frames == 0
+
+
+async def test_silence_fills_a_slot_only_after_the_grace() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, grace=0.02)
+    track.push(numbered(1))
+    await track.recv()  # 100.000; the next is due at 100.020
+    assert label(await track.recv()) == 0  # nothing by 100.040: silence fills the slot
+    assert ft.now == pytest.approx(100.04)
+    assert track.stats.silence_frames == 1
+
+
+async def test_a_quiet_frame_is_left_out_while_the_clock_is_ahead() -> None:
+    # Inserted silence leaves the track's clock a frame ahead of the carrier; model that state
+    # directly: no lead, so frames pushed before their due time would wait for it.
+    ft = FakeTime()
+    track = paced_track(ft, lead=0.0)
+    track.push(numbered(1))
+    await track.recv()  # 100.000; the next is due at 100.020
+    track.push(np.full(FRAME_SAMPLES, 20, dtype=np.int16))  # quiet: the caller is not speaking
+    track.push(numbered(3))
+    frame = await track.recv()
+    assert label(frame) == 3  # the quiet frame gave its slot back
+    assert ft.now == pytest.approx(100.02)
+    assert track.stats.quiet_skipped == 1
+    assert [label(await track.recv()) for _ in range(2)] == [0, 0]  # then silence, paced
+
+
+async def test_speech_is_never_skipped_to_catch_up() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, grace=0.0, target_frames=50)
+    for i in range(1, 5):
+        track.push(numbered(i))
+    out = [label(await track.recv()) for _ in range(4)]
+    assert out == [1, 2, 3, 4]  # loud frames wait for their slot; nothing is lost
+    assert track.stats.quiet_skipped == 0
 
 
 async def test_no_drift_when_the_caller_is_a_little_late() -> None:
@@ -174,7 +230,7 @@ async def test_backlog_is_drained_faster_than_real_time_then_paced() -> None:
     track = paced_track(ft, target_frames=2, catch_up=2.0)
     for i in range(1, 7):
         track.push(numbered(i))  # six frames queued (a setup backlog)
-    out = [int(samples_of(await track.recv())[0]) for _ in range(6)]
+    out = [label(await track.recv()) for _ in range(6)]
     assert out == [1, 2, 3, 4, 5, 6]  # nothing lost
     # 1 goes at once, 2 and 3 may lead the clock by a frame; while the queue holds more than
     # 2 the clock advances 10 ms per frame (4 after 10 ms), then 20 ms per frame
@@ -189,7 +245,7 @@ async def test_full_queue_drops_oldest_and_counts() -> None:
         track.push(numbered(i))
     assert track.queued_frames == 3
     assert track.stats.dropped == 2
-    out = [int(samples_of(await track.recv())[0]) for _ in range(3)]
+    out = [label(await track.recv()) for _ in range(3)]
     assert out == [3, 4, 5]
 
 
