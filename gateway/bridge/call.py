@@ -157,6 +157,7 @@ class CallRunner:
         self.profiles = profiles
         self.admissions = admissions
         self.metrics = metrics
+        self._outbound_latency = metrics.added_latency.labels("outbound")  # hot: once per frame
         self.upstream_factory = upstream
         self.registry = registry
         self.recent = recent
@@ -611,7 +612,7 @@ class CallRunner:
     async def _send_audio(self, ulaw: bytes, response_id: str | None, received_at: float) -> None:
         await self._send(PlayAudio(ulaw))
         self.stats.frames_out += 1
-        self.metrics.added_latency.labels("outbound").observe(self.clock() - received_at)
+        self._outbound_latency.observe(self.clock() - received_at)
         mark = self.ledger.sent(len(ulaw), response_id)
         if mark is not None:
             await self._send(PlayMark(mark))

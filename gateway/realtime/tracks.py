@@ -216,7 +216,9 @@ class OutboundAudioTrack(MediaStreamTrack):
             self._due += _FRAME_S
         self.stats.frames_sent += 1
 
-        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        # Cheaper than AudioFrame.from_ndarray (which re-validates the array every time).
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(samples.tobytes())
         frame.sample_rate = SAMPLE_RATE
         self._pts += FRAME_SAMPLES
         frame.pts = self._pts
