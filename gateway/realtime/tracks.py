@@ -83,12 +83,17 @@ class OutboundAudioTrack(MediaStreamTrack):
     RTP stream never stalls and nothing stale is replayed. That silence takes a 20 ms slot the
     carrier's late frame would have had: from then on the track's clock runs a frame ahead of
     the carrier and every frame would wait for it, for the rest of the call (measured: 80 % of
-    frames > 10 ms after one hiccup). So while a frame waits because the clock is ahead, a
-    *quiet* frame at the head of the queue (peak below ``quiet_peak``: the caller is not
-    speaking) is left out instead, which wins the slot back without cutting speech. A stall of
-    the event loop longer than ``max_lateness`` re-anchors the clock instead of bursting out the
-    missed frames. ``clock`` must be monotonic (seconds) and ``call_later(delay, callback)``
-    must schedule on the same clock (tests pass a fake pair; the default is the event loop's).
+    frames > 10 ms after one hiccup). So the track counts the slots it filled with silence
+    right after audio (a hiccup, up to ``max_debt``; silence while the carrier has not started
+    or has gone quiet for longer costs nothing to win back), and while a frame waits because
+    the clock is ahead and such a debt is open, a *quiet* frame at the head of the queue (peak
+    below ``quiet_peak``: the caller is not speaking) is left out instead, which wins the slot
+    back without cutting speech. Audio pushed ahead of time with no debt is never altered.
+
+    A stall of the event loop longer than ``max_lateness`` re-anchors the clock instead of
+    bursting out the missed frames. ``clock`` must be monotonic (seconds) and
+    ``call_later(delay, callback)`` must schedule on the same clock (tests pass a fake pair; the
+    default is the event loop's).
     ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
     ``received_at``) to the moment aiortc takes it — the gateway-added inbound latency.
     """
@@ -105,6 +110,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         lead: float = _FRAME_S,
         grace: float = _FRAME_S,
         quiet_peak: int = 200,
+        max_debt: int = 5,
         clock: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], _Cancellable] | None = None,
         on_handoff: Callable[[float], None] | None = None,
@@ -125,6 +131,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._lead = lead
         self._grace = grace
         self._quiet_peak = quiet_peak
+        self._max_debt = max_debt
+        self._debt = 0  # slots given to silence during a hiccup, not yet won back
+        self._silence_run = max_debt  # silence frames sent since the last audio frame
         self._clock = clock
         self._call_later = call_later
         self._waiter: asyncio.Future[None] | None = None
@@ -184,9 +193,10 @@ class OutboundAudioTrack(MediaStreamTrack):
             if self._queue:
                 if now >= self._due - self._lead - _EPS:
                     break  # the head frame may go out now
-                if self._is_quiet(self._queue[0][0]):
+                if self._debt and self._is_quiet(self._queue[0][0]):
                     # The clock is ahead of the carrier: win a slot back on a quiet frame.
                     self._queue.popleft()
+                    self._debt -= 1
                     self.stats.quiet_skipped += 1
                     continue
                 wake_at = self._due - self._lead
@@ -201,11 +211,15 @@ class OutboundAudioTrack(MediaStreamTrack):
 
         if self._queue:
             samples, received_at = self._queue.popleft()
+            self._silence_run = 0
             self.stats.audio_frames += 1
             if self._on_handoff is not None:
                 self._on_handoff(now - received_at)
         else:
             samples = _SILENCE
+            if self._silence_run < self._max_debt:  # a hiccup right after audio
+                self._debt = min(self._debt + 1, self._max_debt)
+            self._silence_run += 1
             self.stats.silence_frames += 1
         # Drain a backlog faster than real time; the frame timestamps stay contiguous, so the
         # receiver's jitter buffer simply holds the early audio.

@@ -178,20 +178,35 @@ async def test_silence_fills_a_slot_only_after_the_grace() -> None:
     assert track.stats.silence_frames == 1
 
 
-async def test_a_quiet_frame_is_left_out_while_the_clock_is_ahead() -> None:
-    # Inserted silence leaves the track's clock a frame ahead of the carrier; model that state
-    # directly: no lead, so frames pushed before their due time would wait for it.
+async def test_a_quiet_frame_wins_back_a_slot_given_to_silence() -> None:
+    # With no lead, frames pushed before their due time wait for it: that models the clock
+    # being a frame ahead of the carrier after a hiccup.
     ft = FakeTime()
     track = paced_track(ft, lead=0.0)
     track.push(numbered(1))
-    await track.recv()  # 100.000; the next is due at 100.020
+    await track.recv()  # audio at 100.000
+    assert label(await track.recv()) == 0  # 100.020: the carrier is late, silence fills in
     track.push(np.full(FRAME_SAMPLES, 20, dtype=np.int16))  # quiet: the caller is not speaking
     track.push(numbered(3))
     frame = await track.recv()
-    assert label(frame) == 3  # the quiet frame gave its slot back
-    assert ft.now == pytest.approx(100.02)
+    assert label(frame) == 3  # the quiet frame gave the slot back
+    assert ft.now == pytest.approx(100.04)
     assert track.stats.quiet_skipped == 1
-    assert [label(await track.recv()) for _ in range(2)] == [0, 0]  # then silence, paced
+    track.push(np.full(FRAME_SAMPLES, 20, dtype=np.int16))  # the debt is paid: kept
+    assert label(await track.recv()) == 0 and track.stats.quiet_skipped == 1
+
+
+async def test_audio_pushed_ahead_without_a_hiccup_is_never_altered() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, lead=0.0)
+    for _ in range(10):
+        await track.recv()  # idle silence before the caller's audio starts: no debt
+    quiet = np.full(FRAME_SAMPLES, 20, dtype=np.int16)
+    for frame in (numbered(1), quiet, quiet, numbered(2)):
+        track.push(frame)  # a producer that runs ahead of real time
+    out = [int(samples_of(await track.recv())[0]) for _ in range(4)]
+    assert out == [1000, 20, 20, 2000]
+    assert track.stats.quiet_skipped == 0
 
 
 async def test_speech_is_never_skipped_to_catch_up() -> None:
