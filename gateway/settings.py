@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     profiles_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_calls: int = Field(default=30, ge=1, le=10_000)
+    max_calls: int = Field(default=20, ge=1, le=10_000)
     max_setup_rate: float | None = Field(
         default=None,
         gt=0,

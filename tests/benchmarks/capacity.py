@@ -130,6 +130,7 @@ async def _measure_level(n: int, lines: CallerLines, args: argparse.Namespace) -
         "gateway_cpu_seconds_per_call_minute_whole_run": (summary["gateway"] or {}).get(
             "cpu_seconds_per_call_minute"
         ),
+        "added_latency_ms_whole_run": (summary["gateway"] or {}).get("added_latency_ms"),
         "floor": floor,
     }
 

@@ -3,8 +3,8 @@
 The load tester must be cheaper than what it measures, or its figures measure itself. This
 runs ``N`` conversation calls from this process pinned to one CPU against a deliberately cheap
 counterpart pinned to the other: a carrier-side echo server that answers each call with a
-second of tone (the "greeting"), then plays the caller's own audio back 0.8 s late (so every
-turn gets an "answer" as soon as the caller stops), with a mark every second. Every frame the
+second of tone (the "greeting"), then plays the caller's own audio back 4 s late (so every
+turn gets an "answer" soon after the caller stops), with a mark every second. Every frame the
 tool sends is paced on a monotonic clock; the report is how late it woke for those deadlines
 (p50/p99/max over every frame of every call) and the CPU it used.
 
@@ -43,7 +43,7 @@ from gateway.loadtest.scenarios import CallerLines, ScenarioMix
 
 PACING_LIMIT_MS = 5.0
 GREETING_FRAMES = 50  # 1 s of tone
-ECHO_DELAY_FRAMES = 40  # 0.8 s
+ECHO_DELAY_FRAMES = 200  # 4 s: longer than any question, so the echo starts after the turn
 
 
 def _tone_frames() -> list[str]:

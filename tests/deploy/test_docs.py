@@ -20,7 +20,13 @@ from gateway.realtime.events import FATAL_ERROR_CODES, RECOVERABLE_ERROR_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-OPERATOR_DOCS = ["deployment.md", "metrics.md", "troubleshooting.md", "twilio-quickstart.md"]
+OPERATOR_DOCS = [
+    "deployment.md",
+    "metrics.md",
+    "troubleshooting.md",
+    "twilio-quickstart.md",
+    "load-testing.md",
+]
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -59,6 +65,8 @@ def test_metrics_doc_names_no_metric_that_does_not_exist() -> None:
         for token in set(re.findall(r"\b(?:gateway|process)_[a-z_]+[a-z]", _text(doc))):
             if token.startswith("gateway_call_token") or token == "gateway_number":
                 continue  # TwiML <Parameter> names, not metrics
+            if token == "gateway_protocol_error":
+                continue  # a load-test failure reason, not a metric
             assert token in allowed, f"docs/{doc} names an unknown metric {token}"
 
 
@@ -123,3 +131,21 @@ def test_deployment_doc_figures_match_the_manifests() -> None:
     prom = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
     assert f'`threshold: "{prom["metadata"]["threshold"]}"`' in text
     assert f"(`GATEWAY_MAX_CALLS`={env['GATEWAY_MAX_CALLS']} per process)" in _text("metrics.md")
+
+
+def test_load_testing_doc_names_only_real_options() -> None:
+    import typer.main
+
+    from gateway.cli import app
+
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.main.TyperGroup)
+    loadtest = command.commands["loadtest"]
+    known = {opt for param in loadtest.params for opt in (*param.opts, *param.secondary_opts)}
+    benchmarks = ROOT / "tests" / "benchmarks"
+    for script in ("capacity.py", "loadtester_self.py"):
+        known |= set(
+            re.findall(r'add_argument\(\s*"(--[a-z-]+)"', (benchmarks / script).read_text())
+        )
+    for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", _text("load-testing.md"))):
+        assert option in known, f"docs/load-testing.md names {option}, which no command takes"
