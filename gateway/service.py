@@ -95,9 +95,14 @@ async def running_gateway(
         realtime = RealtimeConfig.from_settings(settings, base_url=base_url, api_key=api_key)
         realtime = _with_client(realtime, http)
         inbound_latency = metrics.added_latency.labels("inbound")
+        queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
         app = create_app(
             settings,
-            upstream=session_factory(realtime, on_outbound_handoff=inbound_latency.observe),
+            upstream=session_factory(
+                realtime,
+                on_outbound_handoff=inbound_latency.observe,
+                on_outbound_drop=queue_full.inc,
+            ),
             profiles=profiles,
             metrics=metrics,
         )

@@ -200,13 +200,19 @@ class RealtimeConfig:
 
 
 def session_factory(
-    config: RealtimeConfig, *, on_outbound_handoff: Callable[[float], None] | None = None
+    config: RealtimeConfig,
+    *,
+    on_outbound_handoff: Callable[[float], None] | None = None,
+    on_outbound_drop: Callable[[], None] | None = None,
 ) -> Callable[[Profile], RealtimeSession]:
     """A per-call constructor for the bridge: the profile's GA session on the shared config."""
 
     def create(profile: Profile) -> RealtimeSession:
         return RealtimeSession(
-            config, profile.session_config(), on_outbound_handoff=on_outbound_handoff
+            config,
+            profile.session_config(),
+            on_outbound_handoff=on_outbound_handoff,
+            on_outbound_drop=on_outbound_drop,
         )
 
     return create
@@ -263,7 +269,9 @@ class RealtimeSession:
     ``session`` is the GA session object applied at setup (``type`` required). The session
     object is single use: ``open()`` once; ``close()`` any number of times, from any task.
     ``on_outbound_handoff(seconds)`` reports, per caller frame, the time from
-    :meth:`push_audio` (or its ``received_at``) until aiortc takes the frame.
+    :meth:`push_audio` (or its ``received_at``) until aiortc takes the frame;
+    ``on_outbound_drop()`` is called for each caller frame dropped because the outbound queue
+    was full (a carrier flooding faster than real time).
     """
 
     def __init__(
@@ -272,6 +280,7 @@ class RealtimeSession:
         session: Mapping[str, Any],
         *,
         on_outbound_handoff: Callable[[float], None] | None = None,
+        on_outbound_drop: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Validate now: a session without a GA type is our bug, not the upstream's.
@@ -284,6 +293,7 @@ class RealtimeSession:
             catch_up=config.outbound_catch_up,
             clock=clock,
             on_handoff=on_outbound_handoff,
+            on_drop=on_outbound_drop,
         )
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._state: Literal["new", "opening", "open", "closed"] = "new"

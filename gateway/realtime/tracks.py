@@ -94,6 +94,7 @@ class OutboundAudioTrack(MediaStreamTrack):
     bursting out the missed frames. ``clock`` must be monotonic (seconds) and
     ``call_later(delay, callback)`` must schedule on the same clock (tests pass a fake pair; the
     default is the event loop's).
+    ``on_drop()`` is called for each frame dropped because the queue was full.
     ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
     ``received_at``) to the moment aiortc takes it — the gateway-added inbound latency.
     """
@@ -114,6 +115,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         clock: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], _Cancellable] | None = None,
         on_handoff: Callable[[float], None] | None = None,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         if max_frames < 1 or not 0 <= target_frames <= max_frames:
@@ -138,6 +140,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._call_later = call_later
         self._waiter: asyncio.Future[None] | None = None
         self._on_handoff = on_handoff
+        self._on_drop = on_drop
         self._pts = -FRAME_SAMPLES  # the first frame gets pts 0
         self._due: float | None = None  # monotonic time the next frame is due
         self.stats = OutboundStats()
@@ -164,6 +167,8 @@ class OutboundAudioTrack(MediaStreamTrack):
         if len(self._queue) >= self._max_frames:
             self._queue.popleft()
             self.stats.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
         self._queue.append((frame, self._clock() if received_at is None else received_at))
         self._wake()
 

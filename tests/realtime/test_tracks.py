@@ -255,11 +255,13 @@ async def test_backlog_is_drained_faster_than_real_time_then_paced() -> None:
 
 async def test_full_queue_drops_oldest_and_counts() -> None:
     ft = FakeTime()
-    track = paced_track(ft, max_frames=3, target_frames=1)
+    drops: list[None] = []
+    track = paced_track(ft, max_frames=3, target_frames=1, on_drop=lambda: drops.append(None))
     for i in range(1, 6):
         track.push(numbered(i))
     assert track.queued_frames == 3
     assert track.stats.dropped == 2
+    assert len(drops) == 2  # reported as they happen (the gateway counts them in a metric)
     out = [label(await track.recv()) for _ in range(3)]
     assert out == [3, 4, 5]
 
