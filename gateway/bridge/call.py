@@ -390,7 +390,7 @@ class CallRunner:
                 async with asyncio.timeout(idle_s):
                     raw = await self._receive()
             except TimeoutError:
-                raise CarrierError(
+                raise CarrierProtocolError(
                     f"the carrier sent nothing for {idle_s:g} s (a live stream sends audio "
                     "every 20 ms, even silence)"
                 ) from None
