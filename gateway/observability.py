@@ -80,6 +80,13 @@ class Metrics:
         self.profile_reloads = Counter(
             "gateway_profile_reloads", "Profile reloads by result", ["result"], registry=r
         )
+        # Leak detectors: both return to their idle value when every call has ended.
+        self.peer_connections = Gauge(
+            "gateway_peer_connections", "Upstream WebRTC peer connections not closed", registry=r
+        )
+        self.event_loop_tasks = Gauge(
+            "gateway_event_loop_tasks", "Asyncio tasks alive in the serving event loop", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ from gateway.app import create_app, gateway_state
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics
-from gateway.realtime.session import RealtimeConfig, session_factory
+from gateway.realtime.session import RealtimeConfig, open_peer_connections, session_factory
 from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
 
@@ -94,6 +94,9 @@ async def running_gateway(
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=settings.setup_timeout_s))
         realtime = RealtimeConfig.from_settings(settings, base_url=base_url, api_key=api_key)
         realtime = _with_client(realtime, http)
+        loop = asyncio.get_running_loop()
+        metrics.peer_connections.set_function(open_peer_connections)
+        metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         inbound_latency = metrics.added_latency.labels("inbound")
         queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
         app = create_app(

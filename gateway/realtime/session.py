@@ -37,6 +37,7 @@ import functools
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -197,6 +198,14 @@ class RealtimeConfig:
                 session_updated=min(d.session_updated, budget),
             ),
         )
+
+
+_PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+
+
+def open_peer_connections() -> int:
+    """Peer connections this process created that are not closed yet (a leak shows here)."""
+    return sum(1 for pc in list(_PEERS) if pc.connectionState != "closed")
 
 
 def session_factory(
@@ -414,6 +423,7 @@ class RealtimeSession:
             )
         )
         self._pc = pc
+        _PEERS.add(pc)
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("track", self._on_track)
         transceiver = pc.addTransceiver(self._outbound, direction="sendrecv")

@@ -26,6 +26,7 @@ OPERATOR_DOCS = [
     "troubleshooting.md",
     "twilio-quickstart.md",
     "load-testing.md",
+    "reliability.md",
 ]
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
