@@ -144,6 +144,18 @@ async def drain(app: FastAPI, timeout_s: float) -> int:
     return state.streams
 
 
+async def hang_up_all(app: FastAPI, reason: str, timeout_s: float = 5.0) -> int:
+    """End every live call cleanly (1001 to the carrier, upstream session hung up) and wait up
+    to ``timeout_s`` for them to finish; returns how many were hung up."""
+    state = gateway_state(app)
+    calls = list(state.calls.values())
+    for call in calls:
+        await call.hang_up(reason)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(state.idle.wait(), timeout_s)
+    return len(calls)
+
+
 def reload_profiles(app: FastAPI) -> None:
     """SIGHUP: re-read the profiles file; an invalid file keeps the current profiles."""
     state = gateway_state(app)
@@ -202,14 +214,17 @@ async def serve_forever(
             hard.cancel()
             if draining.done():
                 left = draining.result()
+                why = "drain deadline reached"
             else:
                 draining.cancel()
                 left = len(gateway_state(gw.app).calls)
+                why = "second stop signal"
+            if left:
+                log.warning("%s: hanging up %d call(s)", why, left)
+                await hang_up_all(gw.app, f"gateway shutting down ({why})")
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-        if left:
-            log.warning("drain deadline reached: hanging up %d call(s)", left)
         log.info("gateway stopped")
         return left
 

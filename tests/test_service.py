@@ -165,3 +165,55 @@ async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigter
     assert "EMBEDDED REALTIME EMULATOR" in out
     assert "draining" in out
     assert "gateway stopped" in out
+
+
+@pytest.mark.timeout(90)
+async def test_second_sigterm_hangs_up_live_calls_cleanly_and_exits(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "TWILIO_"))
+    }
+    env.update(GATEWAY_PORT=str(port), GATEWAY_DRAIN_TIMEOUT_S="300")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(60):
+            while not any("listening on" in line for line in lines):
+                raw = await proc.stdout.readline()
+                assert raw, "gateway serve exited during start-up:\n" + "".join(lines)
+                lines.append(raw.decode())
+        options = CallOptions(webhook_url=f"{base}/twilio/voice", max_duration_s=80)
+        call = SimulatedCall([WaitForAnswer(), Pause(60_000)], options)
+        task = asyncio.create_task(call.run())
+        for _ in range(300):  # until the caller has heard the greeting
+            if call.result.setup_ms is not None or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert call.result.setup_ms is not None, call.result.failure_detail
+        proc.send_signal(signal.SIGTERM)  # drain: no new calls, the live one goes on
+        async with httpx.AsyncClient() as client:
+            for _ in range(40):
+                if (await client.get(f"{base}/readyz")).status_code == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.get(f"{base}/readyz")).status_code == 503
+        assert not task.done()
+        proc.send_signal(signal.SIGTERM)  # again: hang up now, cleanly
+        async with asyncio.timeout(20):
+            result = await task
+            rest, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    assert result.failure == "closed_by_gateway"
+    assert result.close_code == 1001  # going away: Twilio plays the fallback
+    assert "shutting down" in result.close_reason
+    assert proc.returncode == 0, out
+    assert "second stop signal: hanging up 1 call(s)" in out
