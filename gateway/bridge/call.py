@@ -81,6 +81,10 @@ MAX_RECONNECTS = 1
 RESTORE_MAX_LINES = 40
 # After this many consecutive unusable carrier frames the stream is beyond saving.
 MAX_CONSECUTIVE_CARRIER_ERRORS = 50
+CARRIER_SEND_TIMEOUT_S = 5.0
+"""A carrier that does not take a message for this long has stopped reading its socket: the
+call ends instead of stalling its audio loop while decoded upstream audio piles up."""
+CLOSE_TIMEOUT_S = 2.0
 
 
 class UpstreamSession(Protocol):
@@ -657,7 +661,13 @@ class CallRunner:
                 self._speech_at = None
 
     async def _send(self, msg: OutboundMessage) -> None:
-        await self.ws.send_text(self.codec.encode(msg))
+        try:
+            async with asyncio.timeout(CARRIER_SEND_TIMEOUT_S):
+                await self.ws.send_text(self.codec.encode(msg))
+        except TimeoutError:
+            raise CarrierProtocolError(
+                f"the carrier has not read its websocket for {CARRIER_SEND_TIMEOUT_S:g} s"
+            ) from None
 
     # --- end -----------------------------------------------------------------------------
 
@@ -679,7 +689,8 @@ class CallRunner:
         if self.ws.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 reason = self._end_reason.encode()[:120].decode(errors="ignore")
-                await self.ws.close(code=int(self._close_code), reason=reason)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):  # a carrier that stopped reading
+                    await self.ws.close(code=int(self._close_code), reason=reason)
         self.metrics.calls.labels(outcome).inc()
         self.stats.outcome, self.stats.end_reason = outcome, self._end_reason
         if self.recent is not None and self.start is not None:

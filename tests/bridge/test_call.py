@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.audio.g711 import array_to_ulaw
+from gateway.bridge import call as call_module
 from gateway.bridge.call import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_SETUP_ATTEMPTS, backoff_s
 from gateway.errors import UpstreamLost, UpstreamRefused
 from gateway.numbers import Profile, ProfileStore
@@ -397,3 +398,32 @@ async def test_an_old_session_is_rotated_between_turns_without_a_clear(harness: 
                 while True:
                     received.append(codec.parse(await ws.recv()))
         assert not any(isinstance(m, ClearAudio) for m in received)
+
+
+async def test_a_carrier_that_stops_reading_ends_the_call_instead_of_stalling(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(call_module, "CARRIER_SEND_TIMEOUT_S", 0.3)
+    ws, _ = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        up = harness.upstreams[0]
+        up.ready.set()
+        await up.wait_sent("response.create")
+        runner = gateway_state_from(harness).calls["CA1"]
+        never = asyncio.Event()
+
+        async def backpressured(_text: str) -> None:
+            await never.wait()  # the carrier's socket buffer is full and it is not reading
+
+        monkeypatch.setattr(runner.ws, "send_text", backpressured)
+        up.emit("response.created", response={"id": "resp_1", "object": "realtime.response"})
+        up.emit("output_audio_buffer.started", response_id="resp_1")
+        up.audio_q.put_nowait(_loud_24k())
+        async with asyncio.timeout(10):
+            await up.closed.wait()  # the call ended and hung up its upstream session
+    state = gateway_state_from(harness)
+    async with asyncio.timeout(5):
+        await state.idle.wait()
+    assert runner.stats.outcome == "carrier_error"
+    assert "has not read its websocket" in runner.stats.end_reason
