@@ -427,3 +427,33 @@ async def test_a_carrier_that_stops_reading_ends_the_call_instead_of_stalling(
         await state.idle.wait()
     assert runner.stats.outcome == "carrier_error"
     assert "has not read its websocket" in runner.stats.end_reason
+
+
+@pytest.mark.parametrize(
+    "code", ["response_cancel_not_active", "conversation_already_has_active_response"]
+)
+async def test_recoverable_upstream_errors_are_counted_and_the_call_goes_on(
+    harness: Harness, code: str
+) -> None:
+    ws, codec = await _open_stream(harness)
+    async with ws:
+        await asyncio.wait_for(harness.created.wait(), 10)
+        up = harness.upstreams[0]
+        up.ready.set()
+        await up.wait_sent("response.create")
+        up.emit("error", error={"type": "invalid_request_error", "code": code, "message": "x"})
+        # the call is still served: audio still flows to the carrier
+        up.emit("response.created", response={"id": "resp_1", "object": "realtime.response"})
+        up.emit("output_audio_buffer.started", response_id="resp_1")
+        up.audio_q.put_nowait(_loud_24k())
+        async with asyncio.timeout(10):
+            while not isinstance(codec.parse(await ws.recv()), PlayAudio):
+                pass
+        await ws.send(codec.encode(Stop(codec.stream_sid, 999, "CA1", "AC1")))
+        await asyncio.wait_for(up.closed.wait(), 10)
+    state = gateway_state_from(harness)
+    async with asyncio.timeout(5):
+        await state.idle.wait()
+    assert state.recent[-1]["outcome"] == "completed"
+    count = state.metrics.registry.get_sample_value("gateway_upstream_errors_total", {"code": code})
+    assert count == 1
