@@ -3,5 +3,13 @@
 - :mod:`~gateway.loadtest.carrier` — sans-I/O: Twilio-like playout buffer, caller-side stream
   numbering, histograms;
 - :mod:`~gateway.loadtest.caller` — :class:`~gateway.loadtest.caller.SimulatedCall`: one
-  scripted carrier call over a real websocket, paced in real time, with its timeline.
+  scripted carrier call over a real websocket, paced in real time, with its timeline;
+- :mod:`~gateway.loadtest.scenarios` — what callers say and do, and the weighted mix;
+- :mod:`~gateway.loadtest.runner` — :class:`~gateway.loadtest.runner.LoadRun`: many calls at a
+  planned load, and the gateway's own figures from its ``/metrics``
+  (:mod:`~gateway.loadtest.gateway_metrics`);
+- :mod:`~gateway.loadtest.report` — percentiles, thresholds, text, JSON and CSV;
+- :mod:`~gateway.loadtest.spawn` — the emulator and a gateway as separate, pinnable processes;
+- :mod:`~gateway.loadtest.floor` — bare aiortc peers: the per-call cost no gateway avoids;
+- :mod:`~gateway.loadtest.cli` — ``gateway loadtest``.
 """
