@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass, field
 
@@ -160,3 +161,17 @@ class Admissions:
         spent = [sid for sid, exp in self._bound.items() if exp <= now]
         for sid in spent:
             del self._bound[sid]
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine: 127.0.0.0/8 or ``::1``.
+
+    Without a Twilio auth token the gateway admits loopback clients only; the load tester
+    refuses other targets unless told otherwise.
+    """
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import time
 from collections import deque
@@ -28,7 +27,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from gateway.admission import Admissions
+from gateway.admission import Admissions, is_loopback_host
 from gateway.bridge.call import RECENT_CALLS, CallRunner, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
@@ -249,15 +248,6 @@ def _connect_twiml(url: str, token: str, called: str | None, profile: Profile) -
     return _fallback(resp, profile)
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def _authorize_carrier(request: Request, state: GatewayState, params: dict[str, str]) -> None:
     token = state.settings.twilio_auth_token
     if token is None:
@@ -300,7 +290,7 @@ def _unsigned_allowed(host: str | None, state: GatewayState) -> None:
     if state.settings.allow_unsigned:
         log.warning("accepting an UNSIGNED carrier request from %s (GATEWAY_ALLOW_UNSIGNED)", host)
         return
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         raise Forbidden(
             "no TWILIO_AUTH_TOKEN is configured, so only loopback clients are accepted "
             "(set the token, or GATEWAY_ALLOW_UNSIGNED=true for development)"

@@ -85,6 +85,7 @@ __all__ = [
     "Turn",
     "WaitForAnswer",
     "run_call",
+    "websocket_url",
 ]
 
 log = logging.getLogger("gateway.loadtest.caller")
@@ -958,13 +959,19 @@ def _stream_from_twiml(text: str, webhook_url: str) -> tuple[str, dict[str, str]
     if not url:
         raise _Failed("webhook_bad_twiml", "<Stream> without a url")
     if not urlsplit(url).scheme:
-        base = urlsplit(webhook_url)
-        scheme = {"http": "ws", "https": "wss"}.get(base.scheme, base.scheme)
-        url = urljoin(urlunsplit((scheme, base.netloc, base.path, "", "")), url)
+        base = urlsplit(websocket_url(webhook_url))
+        url = urljoin(urlunsplit((base.scheme, base.netloc, base.path, "", "")), url)
     parameters = {
         p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")
     }
     return url, parameters
+
+
+def websocket_url(url: str) -> str:
+    """``url`` with ``http``/``https`` turned into ``ws``/``wss`` (other schemes kept)."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit(parts._replace(scheme=scheme))
 
 
 def _body(body: bytes | bytearray | None) -> str:

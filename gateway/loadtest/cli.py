@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -291,7 +291,7 @@ def _table(p: Progress) -> Table:
 
 
 def _line(p: Progress) -> str:
-    parts: list[Any] = [
+    parts = [
         f"{p.elapsed_s:5.0f} s",
         f"started {p.started}",
         f"active {p.active}",
@@ -301,4 +301,4 @@ def _line(p: Progress) -> str:
     if p.response_p95_ms is not None:
         parts.append(f"p95 answer {p.response_p95_ms:.0f} ms")
     parts.append(f"pacing max {p.pacing_max_ms:.1f} ms")
-    return "  ".join(str(x) for x in parts)
+    return "  ".join(parts)

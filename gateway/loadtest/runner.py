@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import random
 import time
@@ -28,7 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.loadtest.caller import CallOptions, CallResult, SimulatedCall
+from gateway.admission import is_loopback_host
+from gateway.loadtest.caller import CallOptions, CallResult, SimulatedCall, websocket_url
 from gateway.loadtest.gateway_metrics import GatewaySample, GatewayUsage, scrape, usage_between
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix, build_script
 
@@ -45,13 +45,7 @@ __all__ = [
 
 def is_loopback_url(url: str) -> bool:
     """Whether ``url`` points at this machine (127.0.0.0/8, ::1 or ``localhost``)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +72,7 @@ class Target:
 
     @property
     def media_url(self) -> str:
-        scheme, rest = self.base_url.rstrip("/").split("://", 1)
-        ws = {"http": "ws", "https": "wss"}.get(scheme, scheme)
-        return f"{ws}://{rest}{self.media_path}"
+        return websocket_url(self.base_url.rstrip("/") + self.media_path)
 
     @property
     def metrics_url(self) -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["SpawnError", "SpawnedStack", "cpu_list", "spawned_stack"]
+__all__ = ["SpawnError", "SpawnedStack", "cpu_list", "free_port", "spawned_stack"]
 
 
 class SpawnError(RuntimeError):
@@ -61,7 +61,8 @@ def cpu_list(text: str) -> set[int]:
     return cpus
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a child process to bind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -152,7 +153,7 @@ async def spawned_stack(
     logs.mkdir(parents=True, exist_ok=True)
     api_key = "sk-loadtest-" + secrets.token_hex(12)
     auth_token = secrets.token_hex(16)
-    emulator_port, gateway_port = _free_port(), _free_port()
+    emulator_port, gateway_port = free_port(), free_port()
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}

@@ -40,6 +40,7 @@ from gateway.audio.g711 import array_to_ulaw
 from gateway.loadtest.report import summarize
 from gateway.loadtest.runner import LoadPlan, LoadRun, Target
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix
+from gateway.loadtest.spawn import free_port
 
 PACING_LIMIT_MS = 5.0
 GREETING_FRAMES = 50  # 1 s of tone
@@ -87,13 +88,6 @@ async def _echo(ws: ServerConnection) -> None:
 async def _serve_echo(port: int) -> None:
     async with serve(_echo, "127.0.0.1", port, compression=None, ping_interval=None):
         await asyncio.Future()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _run(args: argparse.Namespace, port: int) -> dict[str, Any]:
@@ -144,7 +138,7 @@ def main() -> None:
         return
     if not {0, 1} <= os.sched_getaffinity(0):
         parser.error("needs CPUs 0 and 1")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve-echo", str(port)],
         preexec_fn=lambda: os.sched_setaffinity(0, {0}),
