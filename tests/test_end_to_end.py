@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.app import CALL_TOKEN_PARAM, gateway_state
+from gateway.app import gateway_state
 from gateway.loadtest.caller import (
     BargeIn,
     CallOptions,
@@ -34,7 +34,8 @@ from gateway.numbers import ProfileStore
 from gateway.service import RunningGateway, running_gateway
 from gateway.settings import Settings
 from gateway.telephony.messages import PlayAudio, Stop
-from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+from gateway.telephony.twilio import TwilioCarrierCodec
+from tests.support import CONNECTED, admit, emulator_sessions, start_frame, wait_all_ended
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -80,27 +81,6 @@ async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
         yield gw
 
 
-async def _sessions(gw: RunningGateway) -> list[dict[str, Any]]:
-    assert gw.emulator is not None
-    async with httpx.AsyncClient() as client:
-        resp = await client.get(f"{gw.emulator.url}/emulator/sessions")
-    resp.raise_for_status()
-    sessions: list[dict[str, Any]] = resp.json()
-    return sessions
-
-
-async def _wait_ended(gw: RunningGateway) -> list[dict[str, Any]]:
-    """Wait until the gateway has released every call and the emulator saw every session end."""
-    state = gateway_state(gw.app)
-    async with asyncio.timeout(15):
-        await state.idle.wait()
-        while True:
-            sessions = await _sessions(gw)
-            if all(s["state"] in ("ended", "closed") for s in sessions):
-                return sessions
-            await asyncio.sleep(0.05)  # polling a remote process's view; nothing to await on
-
-
 def _options(gw: RunningGateway, to: str, **kw: Any) -> CallOptions:
     return CallOptions(webhook_url=f"{gw.url}/twilio/voice", to_number=to, **kw)
 
@@ -122,7 +102,7 @@ async def test_call_greets_answers_a_question_and_cleans_up(
     # every mark was echoed once its audio played (the last may still be queued at hang-up)
     assert result.marks_received - 1 <= result.marks_echoed <= result.marks_received
 
-    sessions = await _wait_ended(gateway)
+    sessions = await wait_all_ended(gateway)
     assert len(sessions) == 1
     cfg = sessions[0]["session"]
     # the number's profile reached the model
@@ -157,7 +137,7 @@ async def test_barge_in_clears_the_carrier_and_cancels_the_response(
     # the interrupted answer was followed by an answer to the interruption
     assert barge[0].answer_ms is not None
 
-    sessions = await _wait_ended(gateway)
+    sessions = await wait_all_ended(gateway)
     received = sessions[0]["events_received"]
     # the upstream was told to stop talking (the response itself may already have finished
     # generating: the model is faster than real time, so the cancel is then a no-op)
@@ -175,22 +155,9 @@ async def test_each_number_gets_its_own_profile_and_session(
     results = await asyncio.gather(bakery.run(), garage.run())
     assert all(r.ok for r in results), [(r.failure, r.failure_detail) for r in results]
 
-    sessions = await _wait_ended(gateway)
+    sessions = await wait_all_ended(gateway)
     voices = sorted(s["session"]["audio"]["output"]["voice"] for s in sessions)
     assert voices == ["ash", "cedar"]
-
-
-def _start(codec: TwilioCarrierCodec, call_sid: str, token: str) -> str:
-    msg = start_message(
-        stream_sid=codec.stream_sid,
-        call_sid=call_sid,
-        account_sid="AC1",
-        custom_parameters={CALL_TOKEN_PARAM: token},
-    )
-    return codec.encode(msg)
-
-
-CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 
 
 async def test_stream_without_an_admitted_call_is_closed_with_1008(
@@ -199,24 +166,19 @@ async def test_stream_without_an_admitted_call_is_closed_with_1008(
     codec = TwilioCarrierCodec("MZforged")
     async with connect(gateway.server.ws_url + "/twilio/media") as ws:
         await ws.send(CONNECTED)
-        await ws.send(_start(codec, "CAforged", "not-a-token"))
+        await ws.send(start_frame(codec, "CAforged", "not-a-token"))
         async with asyncio.timeout(10):
             await ws.wait_closed()
     assert ws.close_code == 1008
     # nothing was opened upstream for it
-    assert await _sessions(gateway) == []
+    assert await emulator_sessions(gateway) == []
 
 
 async def test_malformed_carrier_messages_do_not_end_the_call(
     gateway: RunningGateway, question: Say
 ) -> None:
     # Admit a call through the webhook, then speak on the stream by hand with junk mixed in.
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"{gateway.url}/twilio/voice",
-            data={"CallSid": "CAjunk", "AccountSid": "AC1", "From": "+1555", "To": "+15551230002"},
-        )
-    token = resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+    token = await admit(gateway.url, "CAjunk", to="+15551230002")
     codec = TwilioCarrierCodec("MZjunk")
     junk = ["{not json", json.dumps({"event": "media"}), '{"event": "bogus"}', "[1, 2]"]
     silence = base64.b64encode(b"\xff" * 160).decode()
@@ -224,7 +186,7 @@ async def test_malformed_carrier_messages_do_not_end_the_call(
     answered = False
     async with connect(gateway.server.ws_url + "/twilio/media") as ws:
         await ws.send(CONNECTED)
-        await ws.send(_start(codec, "CAjunk", token))
+        await ws.send(start_frame(codec, "CAjunk", token))
         async with asyncio.timeout(30):
             for i, payload in enumerate(frames):
                 if i < len(junk):
@@ -239,7 +201,7 @@ async def test_malformed_carrier_messages_do_not_end_the_call(
                     break
         await ws.send(codec.encode(Stop(codec.stream_sid, 9999, "CAjunk", "AC1")))
     assert answered, "the assistant never answered"
-    sessions = await _wait_ended(gateway)
+    sessions = await wait_all_ended(gateway)
     assert len(sessions) == 1
     assert sessions[0]["turns"] >= 1
 
@@ -273,14 +235,14 @@ async def test_forged_requests_cost_nothing_and_do_not_disturb_a_live_call(
                     gw.server.ws_url + "/twilio/media", additional_headers=headers
                 ) as ws:
                     await ws.send(CONNECTED)
-                    await ws.send(_start(codec, f"CAevil{i}", "guess"))
+                    await ws.send(start_frame(codec, f"CAevil{i}", "guess"))
                     async with asyncio.timeout(10):
                         await ws.wait_closed()
                     attacks.append(ws.close_code or 0)
             except InvalidStatus as exc:
                 attacks.append(exc.response.status_code)
         result = await live
-        sessions = await _wait_ended(gw)
+        sessions = await wait_all_ended(gw)
     assert all(code in (403, 1008) for code in attacks), attacks
     assert result.ok, (result.failure, result.failure_detail)
     assert len(result.response_latencies_ms) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,18 +18,18 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.app import CALL_TOKEN_PARAM, gateway_state
+from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
 from gateway.service import RunningGateway, running_gateway
 from gateway.settings import Settings
 from gateway.telephony.messages import PlayAudio, Stop
-from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+from gateway.telephony.twilio import TwilioCarrierCodec
+from tests.support import CONNECTED, admit, emulator_sessions, start_frame, wait_all_ended
 
 pytestmark = pytest.mark.timeout(90)
 
 SETUP_TIMEOUT_S = 3.0
 IDLE_TIMEOUT_S = 1.5
-CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 SILENCE = base64.b64encode(b"\xff" * 160).decode()
 
 
@@ -58,28 +57,11 @@ async def _faults(gw: RunningGateway, **faults: Any) -> None:
         resp.raise_for_status()
 
 
-async def _sessions(gw: RunningGateway) -> list[dict[str, Any]]:
-    assert gw.emulator is not None
-    async with httpx.AsyncClient() as client:
-        resp = await client.get(f"{gw.emulator.url}/emulator/sessions")
-        resp.raise_for_status()
-        sessions: list[dict[str, Any]] = resp.json()
-        return sessions
-
-
 async def _all_cleaned_up(gw: RunningGateway) -> list[dict[str, Any]]:
-    """Wait until the gateway has no call and every upstream session has ended."""
-    state = gateway_state(gw.app)
-    async with asyncio.timeout(15):
-        await state.idle.wait()
-    assert state.calls == {}
-    sessions: list[dict[str, Any]] = []
-    for _ in range(100):
-        sessions = await _sessions(gw)
-        if all(s["state"] != "active" for s in sessions):
-            return sessions
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"upstream sessions still active: {sessions}")
+    """Wait until the gateway has no call and no upstream session is active."""
+    sessions = await wait_all_ended(gw, states=("ended", "connecting"))
+    assert gateway_state(gw.app).calls == {}
+    return sessions
 
 
 def _upstream_errors(gw: RunningGateway, code: str) -> float:
@@ -95,26 +77,10 @@ def _options(gw: RunningGateway) -> CallOptions:
 
 async def _admitted_stream(gw: RunningGateway, call_sid: str) -> tuple[ClientConnection, str]:
     """Admit ``call_sid`` through the webhook and open its media socket (not yet started)."""
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"{gw.url}/twilio/voice",
-            data={"CallSid": call_sid, "AccountSid": "AC1", "From": "+1555", "To": "+1555"},
-        )
-    token = resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+    token = await admit(gw.url, call_sid)
     ws = await connect(gw.server.ws_url + "/twilio/media")
     await ws.send(CONNECTED)
     return ws, token
-
-
-def _start(codec: TwilioCarrierCodec, call_sid: str, token: str) -> str:
-    return codec.encode(
-        start_message(
-            stream_sid=codec.stream_sid,
-            call_sid=call_sid,
-            account_sid="AC1",
-            custom_parameters={CALL_TOKEN_PARAM: token},
-        )
-    )
 
 
 async def _until_audio(ws: ClientConnection, codec: TwilioCarrierCodec) -> None:
@@ -157,7 +123,7 @@ async def test_a_lost_data_channel_is_replaced_and_the_conversation_goes_on(
     script = [WaitForAnswer(), Pause(4000), question, WaitForAnswer()]
     call = asyncio.create_task(SimulatedCall(script, _options(gateway)).run())
     for _ in range(200):  # the first session exists: let its replacement be healthy
-        if await _sessions(gateway):
+        if await emulator_sessions(gateway):
             break
         await asyncio.sleep(0.05)
     await _faults(gateway)
@@ -178,7 +144,7 @@ async def test_a_carrier_that_goes_silent_is_hung_up_after_the_idle_timeout(
     ws, token = await _admitted_stream(gateway, "CAidle")
     codec = TwilioCarrierCodec("MZidle")
     async with ws:
-        await ws.send(_start(codec, "CAidle", token))
+        await ws.send(start_frame(codec, "CAidle", token))
         await _until_audio(ws, codec)  # the call is up; from now on the carrier sends nothing
         async with asyncio.timeout(IDLE_TIMEOUT_S + 10):
             with contextlib.suppress(ConnectionClosed):
@@ -192,7 +158,7 @@ async def test_a_carrier_that_goes_silent_is_hung_up_after_the_idle_timeout(
 async def test_a_websocket_reset_mid_call_cleans_everything_up(gateway: RunningGateway) -> None:
     ws, token = await _admitted_stream(gateway, "CAreset")
     codec = TwilioCarrierCodec("MZreset")
-    await ws.send(_start(codec, "CAreset", token))
+    await ws.send(start_frame(codec, "CAreset", token))
     await _until_audio(ws, codec)
     ws.transport.abort()  # TCP reset: no close frame, no stop
     sessions = await _all_cleaned_up(gateway)
@@ -207,7 +173,7 @@ async def test_stop_without_start_opens_nothing(gateway: RunningGateway) -> None
         async with asyncio.timeout(10):
             await ws.wait_closed()
     assert ws.close_code == 1002
-    assert await _sessions(gateway) == []
+    assert await emulator_sessions(gateway) == []
     await _all_cleaned_up(gateway)
 
 
@@ -223,7 +189,7 @@ async def test_duplicated_and_reordered_frames_do_not_end_the_call(
         if i % 14 == 0:
             order.append(i)  # and send some twice
     async with ws:
-        await ws.send(_start(codec, "CAorder", token))
+        await ws.send(start_frame(codec, "CAorder", token))
         await _until_audio(ws, codec)  # the greeting
         async with asyncio.timeout(30):
             # let the greeting finish, then speak with the frames out of order

@@ -24,17 +24,17 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
+from gateway.app import create_app, gateway_state
 from gateway.numbers import Profile
 from gateway.realtime import events as rt
 from gateway.serving import serve_app
 from gateway.settings import Settings
-from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+from gateway.telephony.twilio import TwilioCarrierCodec
+from tests.support import CONNECTED, admit, start_frame
 
 pytestmark = pytest.mark.timeout(300)
 
 ALLOWED_CLOSE_CODES = {1000, 1002, 1003, 1008, 1009}
-CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 
 
 class QuietUpstream:
@@ -126,21 +126,9 @@ async def _exercise(messages: list[str | bytes], admitted: bool) -> tuple[int | 
         ws = await connect(srv.ws_url + "/twilio/media", max_size=None)
         async with ws:
             if admitted:
-                async with httpx.AsyncClient() as client:
-                    resp = await client.post(
-                        f"{srv.url}/twilio/voice",
-                        data={"CallSid": "CAfuzz", "AccountSid": "AC1", "To": "+1555"},
-                    )
-                token = resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
-                codec = TwilioCarrierCodec("MZfuzz")
-                start = start_message(
-                    stream_sid=codec.stream_sid,
-                    call_sid="CAfuzz",
-                    account_sid="AC1",
-                    custom_parameters={CALL_TOKEN_PARAM: token},
-                )
+                token = await admit(srv.url, "CAfuzz")
                 await ws.send(CONNECTED)
-                await ws.send(codec.encode(start))
+                await ws.send(start_frame(TwilioCarrierCodec("MZfuzz"), "CAfuzz", token))
             with contextlib.suppress(ConnectionClosed):
                 for message in messages:
                     await ws.send(message)

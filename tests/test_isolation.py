@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.app import CALL_TOKEN_PARAM, gateway_state
+from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
 from gateway.service import RunningGateway, running_gateway
 from gateway.settings import Settings
 from gateway.telephony.messages import PlayAudio, Stop
-from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+from gateway.telephony.twilio import TwilioCarrierCodec
+from tests.support import CONNECTED, admit, start_frame
 
 pytestmark = pytest.mark.timeout(90)
 
-CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 FLOOD_FRAMES = 3000  # a minute of audio, sent as fast as the socket takes it
 
 
@@ -40,23 +38,12 @@ def _metric(gw: RunningGateway, name: str, labels: dict[str, str]) -> float:
 async def _hostile(gw: RunningGateway, greeted: asyncio.Event) -> int | None:
     """Admitted like any call, then: junk bursts and a flood of media far faster than real time.
     Returns the close code the gateway ended the stream with (None: it stayed open)."""
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"{gw.url}/twilio/voice",
-            data={"CallSid": "CAhostile", "AccountSid": "AC1", "From": "+1555", "To": "+1555"},
-        )
-    token = resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+    token = await admit(gw.url, "CAhostile")
     codec = TwilioCarrierCodec("MZhostile")
-    start = start_message(
-        stream_sid=codec.stream_sid,
-        call_sid="CAhostile",
-        account_sid="AC1",
-        custom_parameters={CALL_TOKEN_PARAM: token},
-    )
     silence = base64.b64encode(b"\xff" * 160).decode()
     async with connect(gw.server.ws_url + "/twilio/media") as ws:
         await ws.send(CONNECTED)
-        await ws.send(codec.encode(start))
+        await ws.send(start_frame(codec, "CAhostile", token))
         # wait until its own session is up (the greeting plays), so the flood meets the queue
         async with asyncio.timeout(30):
             while not isinstance(codec.parse(await ws.recv()), PlayAudio):

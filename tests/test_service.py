@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ import pytest
 
 from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, WaitForAnswer
+from gateway.loadtest.spawn import free_port
 from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
 from gateway.settings import Settings
 
@@ -114,34 +114,19 @@ async def test_sighup_reload_keeps_old_profiles_when_the_file_is_invalid(
     assert state.profiles.for_number("+15551230002").voice == "ash"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.mark.timeout(90)
-async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigterm(
-    tmp_path: Path,
-) -> None:
-    port = _free_port()
+async def _serve_process(
+    tmp_path: Path, port: int, **settings: str
+) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """``python -m gateway serve`` on ``port`` with only ``settings`` from the environment (no
+    .env), started and read until it listens; returns it and the lines it printed so far."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "TWILIO_"))
     }
-    env["GATEWAY_PORT"] = str(port)
+    env.update(GATEWAY_PORT=str(port), **settings)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        cwd=tmp_path,  # no .env here
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+        sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
     assert proc.stdout is not None
     lines: list[str] = []
     try:
@@ -151,6 +136,20 @@ async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigter
                 raw = await proc.stdout.readline()
                 assert raw, "gateway serve exited during start-up:\n" + "".join(lines)
                 lines.append(raw.decode())
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, lines
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    proc, lines = await _serve_process(tmp_path, port)
+    try:
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
         proc.send_signal(signal.SIGTERM)
@@ -169,24 +168,10 @@ async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigter
 
 @pytest.mark.timeout(90)
 async def test_second_sigterm_hangs_up_live_calls_cleanly_and_exits(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "TWILIO_"))
-    }
-    env.update(GATEWAY_PORT=str(port), GATEWAY_DRAIN_TIMEOUT_S="300")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
+    port = free_port()
+    proc, lines = await _serve_process(tmp_path, port, GATEWAY_DRAIN_TIMEOUT_S="300")
     base = f"http://127.0.0.1:{port}"
     try:
-        async with asyncio.timeout(60):
-            while not any("listening on" in line for line in lines):
-                raw = await proc.stdout.readline()
-                assert raw, "gateway serve exited during start-up:\n" + "".join(lines)
-                lines.append(raw.decode())
         options = CallOptions(webhook_url=f"{base}/twilio/voice", max_duration_s=80)
         call = SimulatedCall([WaitForAnswer(), Pause(60_000)], options)
         task = asyncio.create_task(call.run())

@@ -90,6 +90,11 @@ class ScriptedUpstream:
     def emit(self, type_: str, **fields: Any) -> None:
         self.events_q.put_nowait({"type": type_, "event_id": "ev", **fields})
 
+    def start_speaking(self, response_id: str = "resp_1") -> None:
+        """A response starts and its audio starts playing (the assistant is audible)."""
+        self.emit("response.created", response={"id": response_id, "object": "realtime.response"})
+        self.emit("output_audio_buffer.started", response_id=response_id)
+
     async def wait_sent(self, type_: str) -> dict[str, Any]:
         async with asyncio.timeout(10):
             while True:
@@ -169,6 +174,15 @@ async def _open_stream(
     return ws, codec
 
 
+async def _greeted(h: Harness) -> ScriptedUpstream:
+    """The call's upstream, once it is open and the gateway has asked for the greeting."""
+    await asyncio.wait_for(h.created.wait(), 10)
+    up = h.upstreams[0]
+    up.ready.set()
+    await up.wait_sent("response.create")
+    return up
+
+
 def _tone_frame(i: int) -> str:
     t = (np.arange(160) + 160 * i) / 8000
     pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
@@ -205,10 +219,7 @@ async def test_barge_in_clears_carrier_then_cancels_then_clears_upstream(
 ) -> None:
     ws, codec = await _open_stream(harness)
     async with ws:
-        await asyncio.wait_for(harness.created.wait(), 10)
-        up = harness.upstreams[0]
-        up.ready.set()
-        await up.wait_sent("response.create")
+        up = await _greeted(harness)
         up.emit("response.created", response={"id": "resp_1", "object": "realtime.response"})
         up.emit(
             "response.output_item.added",
@@ -406,10 +417,7 @@ async def test_a_carrier_that_stops_reading_ends_the_call_instead_of_stalling(
     monkeypatch.setattr(call_module, "CARRIER_SEND_TIMEOUT_S", 0.3)
     ws, _ = await _open_stream(harness)
     async with ws:
-        await asyncio.wait_for(harness.created.wait(), 10)
-        up = harness.upstreams[0]
-        up.ready.set()
-        await up.wait_sent("response.create")
+        up = await _greeted(harness)
         runner = gateway_state_from(harness).calls["CA1"]
         never = asyncio.Event()
 
@@ -417,8 +425,7 @@ async def test_a_carrier_that_stops_reading_ends_the_call_instead_of_stalling(
             await never.wait()  # the carrier's socket buffer is full and it is not reading
 
         monkeypatch.setattr(runner.ws, "send_text", backpressured)
-        up.emit("response.created", response={"id": "resp_1", "object": "realtime.response"})
-        up.emit("output_audio_buffer.started", response_id="resp_1")
+        up.start_speaking()
         up.audio_q.put_nowait(_loud_24k())
         async with asyncio.timeout(10):
             await up.closed.wait()  # the call ended and hung up its upstream session
@@ -437,14 +444,10 @@ async def test_recoverable_upstream_errors_are_counted_and_the_call_goes_on(
 ) -> None:
     ws, codec = await _open_stream(harness)
     async with ws:
-        await asyncio.wait_for(harness.created.wait(), 10)
-        up = harness.upstreams[0]
-        up.ready.set()
-        await up.wait_sent("response.create")
+        up = await _greeted(harness)
         up.emit("error", error={"type": "invalid_request_error", "code": code, "message": "x"})
         # the call is still served: audio still flows to the carrier
-        up.emit("response.created", response={"id": "resp_1", "object": "realtime.response"})
-        up.emit("output_audio_buffer.started", response_id="resp_1")
+        up.start_speaking()
         up.audio_q.put_nowait(_loud_24k())
         async with asyncio.timeout(10):
             while not isinstance(codec.parse(await ws.recv()), PlayAudio):

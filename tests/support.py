@@ -1,0 +1,63 @@
+"""Shared by the tests that drive a whole gateway: admitting a call by hand, the carrier's
+first messages, and the emulator's view of the upstream sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from gateway.app import CALL_TOKEN_PARAM, gateway_state
+from gateway.service import RunningGateway
+from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+
+CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+async def admit(base_url: str, call_sid: str, to: str = "+1555") -> str:
+    """POST the incoming-call webhook for ``call_sid``; the call token its TwiML binds."""
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"{base_url}/twilio/voice",
+            data={"CallSid": call_sid, "AccountSid": "AC1", "From": "+1555", "To": to},
+        )
+    return resp.text.split(f'name="{CALL_TOKEN_PARAM}" value="')[1].split('"')[0]
+
+
+def start_frame(codec: TwilioCarrierCodec, call_sid: str, token: str) -> str:
+    """The carrier's ``start`` for ``call_sid``, carrying ``token`` as the TwiML asked."""
+    return codec.encode(
+        start_message(
+            stream_sid=codec.stream_sid,
+            call_sid=call_sid,
+            account_sid="AC1",
+            custom_parameters={CALL_TOKEN_PARAM: token},
+        )
+    )
+
+
+async def emulator_sessions(gw: RunningGateway) -> list[dict[str, Any]]:
+    """The embedded emulator's live and ended sessions."""
+    assert gw.emulator is not None
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(f"{gw.emulator.url}/emulator/sessions")
+    resp.raise_for_status()
+    sessions: list[dict[str, Any]] = resp.json()
+    return sessions
+
+
+async def wait_all_ended(
+    gw: RunningGateway, states: tuple[str, ...] = ("ended",)
+) -> list[dict[str, Any]]:
+    """Wait until the gateway has released every call and every emulator session is in one of
+    ``states`` (a session whose ICE never connected stays ``connecting``)."""
+    state = gateway_state(gw.app)
+    async with asyncio.timeout(15):
+        await state.idle.wait()
+        while True:
+            sessions = await emulator_sessions(gw)
+            if all(s["state"] in states for s in sessions):
+                return sessions
+            await asyncio.sleep(0.05)  # polling a remote process's view; nothing to await on
