@@ -85,6 +85,51 @@ class Fallback(_Strict):
         return v
 
 
+class TransferTarget(_Strict):
+    """A destination the assistant may transfer calls to (the allow list is these, no others)."""
+
+    number: str
+    description: str | None = Field(
+        default=None, description="Told to the model so it knows when this destination fits"
+    )
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, v: str) -> str:
+        v = normalise_number(v)
+        if not E164.match(v):
+            raise ValueError(f"{v!r} is not an E.164 number such as +15551234567")
+        return v
+
+
+class Tools(_Strict):
+    """Built-in call-control tools the model may call; the gateway executes them.
+
+    Both act through Twilio's REST API, so they are offered to the model only when the gateway
+    has REST credentials (``TWILIO_ACCOUNT_SID`` and a token or API key).
+    """
+
+    end_call: bool = Field(default=False, description="Let the assistant say goodbye and hang up")
+    transfer_call: dict[str, TransferTarget] = Field(
+        default_factory=dict,
+        description="Named destinations the assistant may transfer to; empty turns the tool off",
+    )
+
+    @field_validator("transfer_call")
+    @classmethod
+    def _names(cls, v: dict[str, TransferTarget]) -> dict[str, TransferTarget]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_\- ]{1,40}", name):
+                raise ValueError(
+                    f"destination name {name!r}: use 1-40 letters, digits, spaces, '-' or '_'"
+                )
+        return v
+
+    @property
+    def any(self) -> bool:
+        return self.end_call or bool(self.transfer_call)
+
+
 class Profile(_Strict):
     """Everything that varies per dialled number. Defaults make a usable assistant."""
 
@@ -106,10 +151,29 @@ class Profile(_Strict):
         description="After a barge-in, truncate the assistant item to what the caller heard",
     )
     max_call_seconds: int = Field(default=1800, ge=10, le=4 * 3600)
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Upstream cost at which the assistant is asked to wrap up and the call ends",
+    )
+    tools: Tools = Field(default_factory=Tools)
+    dtmf_timeout_ms: int = Field(
+        default=1500,
+        ge=200,
+        le=10_000,
+        description="Keys pressed within this gap reach the model together, as one entry",
+    )
+    record: bool = Field(
+        default=False, description="Record the call as a stereo WAV (caller left, assistant right)"
+    )
     fallback: Fallback = Field(default_factory=Fallback)
 
-    def session_config(self) -> dict[str, Any]:
-        """The GA ``session`` object for ``session.update`` / the unified ``session`` part."""
+    def session_config(self, *, call_control: bool = False) -> dict[str, Any]:
+        """The GA ``session`` object for ``session.update`` / the unified ``session`` part.
+
+        ``call_control``: the gateway can act on the carrier (REST credentials are set), so the
+        profile's built-in tools are declared to the model.
+        """
         audio_input: dict[str, Any] = {
             "turn_detection": (
                 None
@@ -122,13 +186,76 @@ class Profile(_Strict):
                 else self.transcription.model_dump(exclude_none=True)
             ),
         }
-        return {
+        config: dict[str, Any] = {
             "type": "realtime",
             "model": self.model,
             "instructions": self.instructions,
             "output_modalities": ["audio"],
             "audio": {"input": audio_input, "output": {"voice": self.voice}},
         }
+        if call_control and self.tools.any:
+            config["tools"] = tool_definitions(self.tools)
+            config["tool_choice"] = "auto"
+        return config
+
+
+END_CALL = "end_call"
+TRANSFER_CALL = "transfer_call"
+
+
+def tool_definitions(tools: Tools) -> list[dict[str, Any]]:
+    """The GA ``session.tools`` entries for the enabled built-in tools."""
+    out: list[dict[str, Any]] = []
+    if tools.end_call:
+        out.append(
+            {
+                "type": "function",
+                "name": END_CALL,
+                "description": (
+                    "End the phone call. Use it when the caller says goodbye or asks to hang "
+                    "up, or the conversation is clearly over. You will be asked to say goodbye "
+                    "first; the line is then hung up."
+                ),
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "reason": {
+                            "type": "string",
+                            "description": "Why the call is ending, in a few words",
+                        }
+                    },
+                    "required": [],
+                },
+            }
+        )
+    if tools.transfer_call:
+        names = sorted(tools.transfer_call)
+        described = "; ".join(
+            f"{n}: {t.description}" if t.description else n
+            for n, t in sorted(tools.transfer_call.items())
+        )
+        out.append(
+            {
+                "type": "function",
+                "name": TRANSFER_CALL,
+                "description": (
+                    "Transfer the caller to a person or team. Only these destinations exist: "
+                    f"{described}. Tell the caller before you transfer."
+                ),
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "destination": {
+                            "type": "string",
+                            "enum": names,
+                            "description": "One of the listed destinations",
+                        }
+                    },
+                    "required": ["destination"],
+                },
+            }
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ Per-number behaviour does not live here: it is in the profiles file (:mod:`gatew
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -72,12 +73,33 @@ class Settings(BaseSettings):
         default=False,
         description="Development only: accept unsigned carrier requests from any address",
     )
+    twilio_account_sid: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "GATEWAY_TWILIO_ACCOUNT_SID"),
+        description="Account for the REST API calls of call control (end_call, transfer_call)",
+    )
+    twilio_api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_API_KEY", "GATEWAY_TWILIO_API_KEY"),
+        description="API key SID (SK...) for the REST API instead of the auth token",
+    )
+    twilio_api_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_API_SECRET", "GATEWAY_TWILIO_API_SECRET"),
+    )
+    twilio_api_base_url: str = Field(
+        default="https://api.twilio.com",
+        description="Twilio REST API base URL (a regional edge, or a local stand-in in tests)",
+    )
 
     # --- service -------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     profiles_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: JSON lines unless stderr is a terminal"
+    )
     max_calls: int = Field(default=20, ge=1, le=10_000)
     max_setup_rate: float | None = Field(
         default=None,
@@ -93,6 +115,59 @@ class Settings(BaseSettings):
         default=None, description="Bearer token for /admin endpoints; unset turns them off"
     )
     drain_timeout_s: float = Field(default=300.0, ge=0, le=86_400)
+
+    # --- call records, cost, recordings ---------------------------------------------------
+    records_url: str | None = Field(
+        default=None,
+        description="Call-record database URL (postgresql://...); unset: SQLite at records_path;"
+        " 'off': no records",
+    )
+    records_path: Path = Path("data/calls.sqlite3")
+    prices: dict[str, dict[str, float]] = Field(  # TODO(lead): ModelPrice
+        default_factory=dict,
+        description="USD per 1M tokens by model, laid over the built-in price table (JSON)",
+    )
+    recordings_dir: Path = Path("data/recordings")
+    recordings_retention_days: int = Field(
+        default=30, ge=0, le=3650, description="Delete recordings older than this; 0 keeps them"
+    )
+
+    @field_validator("twilio_api_base_url")
+    @classmethod
+    def _strip_api_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"AC[0-9a-fA-F]{32}", v):
+            raise ValueError("must be an account SID: AC followed by 32 hex digits")
+        return v
+
+    @property
+    def call_control_enabled(self) -> bool:
+        """True when the REST API can be used: an account and a token or API key pair."""
+        if self.twilio_account_sid is None:
+            return False
+        return self.twilio_auth_token is not None or (
+            self.twilio_api_key is not None and self.twilio_api_secret is not None
+        )
+
+    def twilio_rest_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for the REST API: the API key pair if set, else the account."""
+        if not self.call_control_enabled:
+            return None
+        assert self.twilio_account_sid is not None
+        if self.twilio_api_key is not None and self.twilio_api_secret is not None:
+            return self.twilio_api_key, self.twilio_api_secret.get_secret_value()
+        assert self.twilio_auth_token is not None
+        return self.twilio_account_sid, self.twilio_auth_token.get_secret_value()
+
+    @property
+    def records_enabled(self) -> bool:
+        return (self.records_url or "").strip().lower() != "off"
 
     @field_validator("realtime_base_url", "public_url")
     @classmethod
