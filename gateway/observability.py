@@ -1,15 +1,22 @@
-"""Metrics (Prometheus, no per-call labels) and call-scoped logging.
+"""Metrics (Prometheus, no per-call labels) and logging (JSON lines or text, call-scoped).
 
 Each app gets its own :class:`Metrics` on its own registry, so tests and embedded emulators can
-run several apps in one process without colliding.
+run several apps in one process without colliding. Logging is process-wide
+(:func:`configure_logging`); call code logs through a :class:`CallLogger`, whose call ids become
+keys of the JSON line or a prefix of the text one.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Iterable, MutableMapping
-from typing import Any
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import IO, Any, Final, Literal
 
+import pythonjsonlogger.core
+import pythonjsonlogger.json
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -80,6 +87,33 @@ class Metrics:
         self.profile_reloads = Counter(
             "gateway_profile_reloads", "Profile reloads by result", ["result"], registry=r
         )
+        self.call_actions = Counter(
+            "gateway_call_actions",
+            "Call-control requests to the carrier API (hang_up, transfer) by result",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.upstream_tokens = Counter(
+            "gateway_upstream_tokens",
+            "Realtime tokens billed, from response.done usage, by kind (text_in, audio_out, ...)",
+            ["kind"],
+            registry=r,
+        )
+        self.upstream_cost = Counter(
+            "gateway_upstream_cost_usd",
+            "Realtime cost in USD at the configured prices (calls of unpriced models excluded)",
+            registry=r,
+        )
+        self.call_records = Counter(
+            "gateway_call_records",
+            "Call records by result: written, or failed (logged in full at ERROR instead)",
+            ["result"],
+            registry=r,
+        )
+        self.recordings = Counter(
+            "gateway_recordings", "Call recordings by result (saved, failed)", ["result"],
+            registry=r,
+        )  # fmt: skip
         # Leak detectors: both return to their idle value when every call has ended.
         self.peer_connections = Gauge(
             "gateway_peer_connections", "Upstream WebRTC peer connections not closed", registry=r
@@ -92,15 +126,118 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# Call-scoped fields: the JSON key each is emitted as, and the tag the text format shows it under
+# (None: JSON only). Order is the order of the text prefix.
+_CALL_FIELDS: Final = (
+    ("call_sid", "call"),
+    ("stream_sid", "stream"),
+    ("number", "number"),
+    ("upstream_call_id", "upstream"),
+    ("trace_id", None),
+)
+_FIELD_NAMES: Final = frozenset(name for name, _ in _CALL_FIELDS)
+# The keys of the mapping form ``CallLogger(log, {"call": ..., "stream": ..., "number": ...})``.
+_SHORT_NAMES: Final = {tag: name for name, tag in _CALL_FIELDS if tag is not None}
+
+
+class _Keep(enum.Enum):
+    """Marks a :meth:`CallLogger.bind` argument that was not given (``None`` clears a field)."""
+
+    KEEP = enum.auto()
+
+
+_KEEP: Final = _Keep.KEEP
+
+
 class CallLogger(logging.LoggerAdapter[logging.Logger]):
-    """A logger whose lines carry the call's identifiers (call SID, stream SID, number)."""
+    """A logger whose lines carry the call's identifiers as record attributes.
+
+    The fields travel in ``extra``, so :func:`configure_logging`'s JSON format emits them as keys
+    (``call_sid``, ``stream_sid``, ``number``, ``upstream_call_id``, ``trace_id``) and its text
+    format prefixes ``[call=… stream=… number=… upstream=…]``; a field that is unknown (``None``
+    or empty) is left out of both. The message itself stays unprefixed, so log processors and
+    tests see what the code logged.
+
+    ``CallLogger(log, {"call": …, "stream": …, "number": …})`` (the short keys, or the field
+    names) is the older form and still accepted.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        fields: Mapping[str, str | None] | None = None,
+        /,
+        *,
+        call_sid: str | None = None,
+        stream_sid: str | None = None,
+        number: str | None = None,
+        upstream_call_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        given: dict[str, str | None] = {}
+        for key, value in (fields or {}).items():
+            name = _SHORT_NAMES.get(key, key)
+            if name not in _FIELD_NAMES:
+                raise TypeError(f"CallLogger has no field {key!r}")
+            given[name] = value
+        keywords = {
+            "call_sid": call_sid,
+            "stream_sid": stream_sid,
+            "number": number,
+            "upstream_call_id": upstream_call_id,
+            "trace_id": trace_id,
+        }
+        given.update({k: v for k, v in keywords.items() if v is not None})
+        self._fields: dict[str, str] = {
+            name: str(given[name]) for name, _ in _CALL_FIELDS if given.get(name)
+        }
+        super().__init__(logger, self._fields)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The known call-scoped fields, by JSON key."""
+        return dict(self._fields)
+
+    def bind(
+        self,
+        *,
+        call_sid: str | _Keep | None = _KEEP,
+        stream_sid: str | _Keep | None = _KEEP,
+        number: str | _Keep | None = _KEEP,
+        upstream_call_id: str | _Keep | None = _KEEP,
+        trace_id: str | _Keep | None = _KEEP,
+    ) -> CallLogger:
+        """A new adapter on the same logger with the given fields changed (``None`` clears one).
+
+        The call runner binds what it learns as the call goes on, e.g. the upstream call id
+        once the Realtime session is open; lines already logged keep what they had.
+        """
+        changes = {
+            "call_sid": call_sid,
+            "stream_sid": stream_sid,
+            "number": number,
+            "upstream_call_id": upstream_call_id,
+            "trace_id": trace_id,
+        }
+        merged: dict[str, str | None] = dict(self._fields)
+        merged.update({k: v for k, v in changes.items() if not isinstance(v, _Keep)})
+        return CallLogger(self.logger, merged)
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
-        ctx = self.extra or {}
-        tags = " ".join(f"{k}={v}" for k, v in ctx.items() if v)
-        return (f"[{tags}] {msg}" if tags else msg), kwargs
+        extra = kwargs.get("extra")
+        kwargs["extra"] = {**self._fields, **extra} if extra else self._fields
+        return msg, kwargs
+
+
+def call_tags(record: logging.LogRecord) -> str:
+    """``call=… stream=… number=… upstream=…`` from a record's call-scoped attributes ("" if
+    it has none): the prefix of the text format."""
+    attrs = record.__dict__
+    return " ".join(
+        f"{tag}={attrs[name]}" for name, tag in _CALL_FIELDS if tag is not None and attrs.get(name)
+    )
 
 
 def mask_number(number: str | None) -> str:
@@ -112,20 +249,95 @@ def mask_number(number: str | None) -> str:
     return number[:2] + "*" * (len(number) - 4) + number[-2:]
 
 
-def configure_logging(level: str = "info") -> None:
-    """Process-wide logging for the CLI commands: one readable line per record on stderr.
+LogFormat = Literal["auto", "json", "text"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("auto", "json", "text")
 
-    Call-scoped lines carry their call ids through :class:`CallLogger`. Noisy libraries
-    (aioice, aiortc's RTP internals) are held at WARNING unless ``level`` is ``debug``.
+_TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Libraries that log every packet or connection at INFO/DEBUG: held at WARNING unless debugging.
+_NOISY: Final = ("aioice", "aiortc", "uvicorn.error")
+
+
+class TextFormatter(logging.Formatter):
+    """The readable one-line format for a terminal: time, level, logger, then the message,
+    prefixed with ``[call=… stream=… number=… upstream=…]`` for call-scoped lines."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        tags = call_tags(record)
+        if not tags:
+            return super().formatMessage(record)
+        values = {**record.__dict__, "message": f"[{tags}] {record.message}"}
+        return _TEXT_FORMAT % values
+
+
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object per line for log collectors.
+
+    Keys: ``timestamp`` (ISO 8601 UTC, ``Z``), ``level``, ``logger``, ``message``, then any
+    ``extra`` attributes — for call-scoped lines ``call_sid``, ``stream_sid``, ``number``,
+    ``upstream_call_id`` (each only when known) — and ``exception`` / ``stack`` as strings
+    when the record has them. Non-ASCII text is written as is (UTF-8), not ``\\u`` escaped.
     """
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
-    if level.lower() != "debug":
-        for noisy in ("aioice", "aiortc", "uvicorn.error"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def __init__(self) -> None:
+        super().__init__(
+            ["levelname", "name", "message"],
+            rename_fields={
+                "levelname": "level",
+                "name": "logger",
+                "exc_info": "exception",
+                "stack_info": "stack",
+            },
+            # uvicorn adds an ANSI-coloured copy of some messages; it is noise in JSON.
+            reserved_attrs=[*pythonjsonlogger.core.RESERVED_ATTRS, "color_message"],
+            json_ensure_ascii=False,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        # First, so every line starts with its time.
+        log_data["timestamp"] = (
+            datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        super().add_fields(log_data, record, message_dict)
+
+
+def wants_json(fmt: LogFormat, stream: IO[str]) -> bool:
+    """Whether ``fmt`` means JSON lines on ``stream``: ``auto`` is JSON unless it is a TTY."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    if fmt != "auto":
+        return fmt == "json"
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return True
+
+
+def configure_logging(
+    level: str = "info", fmt: LogFormat = "auto", stream: IO[str] | None = None
+) -> None:
+    """Process-wide logging for the CLI commands: one line per record on ``stream`` (stderr).
+
+    ``fmt="auto"`` writes JSON lines (:class:`JsonFormatter`) when the stream is not a terminal
+    — a container, a service manager, a pipe — and the readable :class:`TextFormatter` on a
+    terminal; ``"json"`` and ``"text"`` force one. Call-scoped lines carry their call ids
+    through :class:`CallLogger`. Noisy libraries (aioice, aiortc's RTP internals, uvicorn's
+    per-connection lines) are held at WARNING unless ``level`` is ``debug``. Calling it again
+    replaces the previous configuration.
+    """
+    out: IO[str] = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter() if wants_json(fmt, out) else TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    debug = level.lower() == "debug"
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if debug else logging.WARNING)
 
 
 def histogram_quantile(

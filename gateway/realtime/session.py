@@ -1,7 +1,8 @@
 """One upstream Realtime call over WebRTC: :class:`RealtimeSession`.
 
-Setup, in order, each phase with its own timeout (:class:`SetupTimeouts`) and its duration
-recorded in :attr:`RealtimeSession.setup_timings` (seconds):
+Setup, in order, each phase with its own timeout (:class:`SetupTimeouts`), its duration
+recorded in :attr:`RealtimeSession.setup_timings` (seconds) and its start and end in
+:attr:`RealtimeSession.phase_spans` (the session's clock, for tracing):
 
 ``offer``
     aiortc peer (explicit ICE servers, never aiortc's public-STUN default), the outbound track,
@@ -312,6 +313,7 @@ class RealtimeSession:
         self._call_id: str | None = None
         self._audio_codec: str | None = None
         self._timings: dict[str, float] = {}
+        self._phase_spans: list[tuple[str, float, float]] = []
         self._close_reason: str | None = None
         self._lost = False
         self._close_task: asyncio.Task[None] | None = None
@@ -338,6 +340,17 @@ class RealtimeSession:
     def setup_timings(self) -> dict[str, float]:
         """Seconds spent in each setup phase so far, plus ``total`` once :meth:`open` returned."""
         return dict(self._timings)
+
+    @property
+    def phase_spans(self) -> tuple[tuple[str, float, float], ...]:
+        """``(phase, start, end)`` of each setup phase run so far, in order, in the session's
+        clock (``time.monotonic`` unless one was injected).
+
+        The same phases as :attr:`setup_timings` (without ``total``), with when they ran, so a
+        tracer can draw them on the call's timeline; a phase that failed or timed out is here
+        too, ending when it gave up.
+        """
+        return tuple(self._phase_spans)
 
     @property
     def state(self) -> Literal["new", "opening", "open", "closed"]:
@@ -444,7 +457,7 @@ class RealtimeSession:
         channel.on("message", self._on_message)
         channel.on("close", self._on_channel_close)
         await pc.setLocalDescription(await pc.createOffer())
-        self._timings["offer"] = self._clock() - t0
+        self._record_phase("offer", t0)
 
         offer_sdp = pc.localDescription.sdp
         # One client for both requests: the ephemeral flow reuses the connection (and its TLS
@@ -501,7 +514,7 @@ class RealtimeSession:
                 {waiter, self._lost_reason}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            self._timings[name] = self._clock() - t0
+            self._record_phase(name, t0)
         if waiter in done:
             return waiter.result()
         label = _PHASE_NAMES[name]
@@ -512,6 +525,11 @@ class RealtimeSession:
         raise UpstreamTimeout(
             f"Realtime setup timed out: no {label} within {limit_s:g} s", code=f"timeout_{name}"
         )
+
+    def _record_phase(self, name: str, started: float) -> None:
+        ended = self._clock()
+        self._timings[name] = ended - started
+        self._phase_spans.append((name, started, ended))
 
     async def _http_phase(self, name: str, request: Awaitable[str]) -> str:
         timeout = self._config.timeouts.sdp_exchange
@@ -532,7 +550,7 @@ class RealtimeSession:
                 code="unreachable",
             ) from None
         finally:
-            self._timings[name] = self._clock() - t0
+            self._record_phase(name, t0)
 
     # ------------------------------------------------------------------ HTTP
 
