@@ -20,6 +20,11 @@ where it played. A caller turn's speech starts at the first audible sample of it
 frame's slot and ends at the end of its last voiced frame's slot; a response is heard from
 the first audible sample played after that end.
 
+With ``CallOptions.twilio_api`` (a :class:`~gateway.loadtest.twilio_api.TwilioApiStandIn`) the
+call also exists in a local stand-in of Twilio's REST Calls resource once it streams, so the
+gateway (or a test) can hang it up or redirect it as it would through Twilio: the stream then
+ends as Twilio ends it (``stop``, close) and :attr:`CallResult.ended_by` says who ended it.
+
 Cheap by design (a load tester runs hundreds of these in one process): speech clips are
 base64-encoded once per :class:`Say`, each call has one sender task (a sleep per frame) and one
 receiver task, and the per-frame work is string formatting. Each call records its own pacing
@@ -40,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -70,6 +75,9 @@ from gateway.loadtest.carrier import (
 from gateway.telephony.messages import ClearAudio, Ignored, PlayAudio, PlayMark
 from gateway.telephony.signature import sign
 
+if TYPE_CHECKING:
+    from gateway.loadtest.twilio_api import CallUpdate, TwilioApiStandIn
+
 __all__ = [
     "BargeIn",
     "CallOptions",
@@ -91,6 +99,7 @@ __all__ = [
 log = logging.getLogger("gateway.loadtest.caller")
 
 _FRAME_S = FRAME_MS / 1000
+_PLACEHOLDER_ACCOUNT = "AC" + "0" * 32
 _SILENCE_B64 = base64.b64encode(SILENCE_FRAME).decode("ascii")
 
 
@@ -219,7 +228,8 @@ class CallOptions:
     webhook_params: Mapping[str, str] = field(default_factory=dict)
     """Extra form fields for the webhook POST."""
     call_sid: str | None = None
-    account_sid: str = "AC" + "0" * 32
+    account_sid: str = _PLACEHOLDER_ACCOUNT
+    """``AccountSid`` of the webhook and ``start``; with ``twilio_api``, its account is used."""
     ready_on: Literal["audio", "message"] = "audio"
     """Setup ends at the first audible assistant audio, or at the gateway's first message."""
     connect_timeout_s: float = 10.0
@@ -233,6 +243,9 @@ class CallOptions:
     audible_peak: int = AUDIBLE_PEAK
     use_env_proxy: bool = False
     """Honour HTTP(S)_PROXY for the webhook and websocket (off: targets are usually local)."""
+    twilio_api: TwilioApiStandIn | None = None
+    """Register the call in this stand-in of Twilio's REST API once it streams, so REST
+    updates can hang it up or redirect it (the call then uses the stand-in's account SID)."""
 
 
 @dataclass(slots=True)
@@ -278,7 +291,7 @@ class TimelineEntry:
     t_ms: float
     kind: str
     """``caller_start``, ``caller_end``, ``assistant_start``, ``assistant_end``, ``clear``,
-    ``dtmf``, ``gap``, ``hangup``, ``closed``, ``failed``."""
+    ``dtmf``, ``gap``, ``hangup``, ``closed``, ``failed``, ``rest_hangup``, ``rest_redirect``."""
     detail: str = ""
 
 
@@ -320,6 +333,14 @@ class CallResult:
     assistant_audio: bytes = b""
     """μ-law at 8 kHz on the media clock, when ``record_audio`` was set."""
     stream_parameters: dict[str, str] = field(default_factory=dict)
+    ended_by: Literal["caller", "gateway", "rest_hangup", "rest_redirect"] | None = None
+    """Who ended the stream: the caller (the script ended, hung up or gave up), the gateway
+    (it closed the websocket), or a REST update (hang-up, or new TwiML that left the stream).
+    ``None`` when no stream started."""
+    redirect_twiml: str | None = None
+    """The TwiML a REST redirect replaced the stream with (``None`` for a ``Url`` redirect)."""
+    dialed: list[str] = field(default_factory=list)
+    """Numbers the redirect's TwiML ``<Dial>``s (a transfer)."""
 
     @property
     def ok(self) -> bool:
@@ -407,6 +428,9 @@ class CallResult:
                 "max": _r(self.pacing.max),
             },
             "close": {"code": self.close_code, "reason": self.close_reason},
+            "ended_by": self.ended_by,
+            "redirect_twiml": self.redirect_twiml,
+            "dialed": list(self.dialed),
         }
 
 
@@ -443,6 +467,15 @@ class SimulatedCall:
     ) -> None:
         if not options.webhook_url and not options.media_url:
             raise ValueError("CallOptions needs webhook_url or media_url")
+        self._account_sid = options.account_sid
+        if options.twilio_api is not None:
+            api_account = options.twilio_api.account_sid
+            if options.account_sid not in (_PLACEHOLDER_ACCOUNT, api_account):
+                raise ValueError(
+                    f"account_sid {options.account_sid} differs from the Twilio API stand-in's "
+                    f"account {api_account}"
+                )
+            self._account_sid = api_account
         self.script = list(script)
         self.options = options
         self._http = http
@@ -469,6 +502,10 @@ class SimulatedCall:
         self._next_digit_at = 0.0
         self._hangup = False
         self._script_done = False
+        # REST call control (CallOptions.twilio_api)
+        self._registered = False
+        self._rest_update: CallUpdate | None = None
+        self._stream_over = asyncio.Event()
         # what has been heard
         self._last_turn_end: float | None = None  # media-clock seconds since epoch
         self._answer_at: float | None = None
@@ -506,6 +543,14 @@ class SimulatedCall:
                 if result.close_code is None and self._ws.close_code is not None:
                     result.close_code = self._ws.close_code
                     result.close_reason = self._ws.close_reason or ""
+            if self._stream is not None and result.ended_by is None:
+                result.ended_by = "caller"
+            if self._registered and self.options.twilio_api is not None:
+                # After a redirect Twilio runs the new TwiML: the call itself goes on.
+                self.options.twilio_api.unregister(
+                    result.call_sid, completed=result.ended_by != "rest_redirect"
+                )
+            self._stream_over.set()
             result.duration_ms = (self._clock() - began) * 1000
             self._finish()
         return result
@@ -518,7 +563,7 @@ class SimulatedCall:
             assert opts.media_url is not None
             return opts.media_url, dict(opts.custom_parameters)
         form = {
-            "AccountSid": opts.account_sid,
+            "AccountSid": self._account_sid,
             "ApiVersion": "2010-04-01",
             "CallSid": self.result.call_sid,
             "CallStatus": "ringing",
@@ -596,7 +641,7 @@ class SimulatedCall:
         stream = CallerStream(
             stream_sid=self.result.stream_sid,
             call_sid=self.result.call_sid,
-            account_sid=self.options.account_sid,
+            account_sid=self._account_sid,
             custom_parameters=parameters,
         )
         self._stream = stream
@@ -605,7 +650,16 @@ class SimulatedCall:
             self._epoch = self._clock()
             await ws.send(stream.start())
         except ConnectionClosed as exc:
+            self.result.ended_by = "gateway"
             raise _Failed("closed_by_gateway", _closed(exc)) from None
+        if self.options.twilio_api is not None:
+            self.options.twilio_api.register(
+                self.result.call_sid,
+                to=self.options.to_number,
+                from_=self.options.from_number,
+                on_update=self._on_rest_update,
+            )
+            self._registered = True
         self._playout = PlayoutBuffer(self._epoch, gap_ms=self.options.gap_ms)
         sender = asyncio.create_task(self._send_loop(), name=f"send:{self.result.call_sid}")
         receiver = asyncio.create_task(self._receive_loop(), name=f"recv:{self.result.call_sid}")
@@ -620,9 +674,11 @@ class SimulatedCall:
                     with contextlib.suppress(ConnectionClosed):
                         await ws.send(stream.stop())  # hang up, as a carrier would
                     raise
-            if not self._script_done:
+            if not self._script_done and self._rest_update is None:
                 if not receiver.done():
                     await receiver  # the sender saw the close first; learn the close code
+                if self.result.ended_by is None:
+                    self.result.ended_by = "gateway"
                 raise _Failed("closed_by_gateway", self._close_text())
             # Twilio closes right after stop; wait for the close handshake to finish.
             await ws.close()
@@ -712,7 +768,10 @@ class SimulatedCall:
         if events:
             self._on_playout(events, out)
         t = deadline - self._epoch  # end of this frame's slot on the media clock
-        self._run_script(t, out)
+        if self._rest_update is None:
+            self._run_script(t, out)
+        else:
+            self._end_by_rest(t)
         if self._hangup:
             out.append(stream.stop())
             self._emit(t, "hangup")
@@ -730,6 +789,34 @@ class SimulatedCall:
             if self.options.record_audio:
                 self._caller_audio += SILENCE_FRAME
         self.result.frames_sent += 1
+
+    def _end_by_rest(self, t: float) -> None:
+        """A REST update ended the stream: this tick sends ``stop`` instead of the script."""
+        update = self._rest_update
+        assert update is not None
+        if update.action == "hangup":
+            self._emit(t, "rest_hangup")
+        else:
+            self._emit(t, "rest_redirect", ", ".join(self.result.dialed) or update.url or "")
+        self._hangup = True
+
+    async def _on_rest_update(self, update: CallUpdate) -> None:
+        """The stand-in's REST update of this call, applied as Twilio applies it: a hang-up, or
+        new TwiML replacing the ``<Connect><Stream>``, both end the stream (``stop``, then the
+        websocket closes) on the next frame tick. Returns once the stream has ended."""
+        if self._hangup or self._rest_update is not None or self._stream_over.is_set():
+            return  # the stream is already ending
+        result = self.result
+        if update.action == "hangup":
+            result.ended_by = "rest_hangup"
+        else:
+            result.ended_by = "rest_redirect"
+            result.redirect_twiml = update.twiml
+            result.dialed = update.dialed
+        self._rest_update = update
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                await self._stream_over.wait()
 
     def _on_speech_frame(self, say: Say, index: int, t: float) -> None:
         turn = self._turn
