@@ -128,7 +128,7 @@ class ModelPrice(BaseModel):
     ``image_input`` (an upper bound), so leaving it out never makes a call look cheaper.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     text_input: float = Field(ge=0)
     text_cached_input: float = Field(ge=0)
@@ -236,6 +236,8 @@ class PriceTable:
         fields: for a known model only the fields given change; a new model must give every
         required field. Raises ``ValueError`` naming the model and field at fault.
         """
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ValueError("prices: expected an object mapping model names to prices")
         prices = dict(DEFAULT_PRICES)
         for name, override in (overrides or {}).items():
             key = name.strip().lower()

@@ -254,6 +254,8 @@ def test_overrides_lay_over_the_defaults() -> None:
         ({"gpt-realtime": {"text_input": -1}}, ["gpt-realtime", "text_input"]),
         ({"gpt-realtime": {"text_inptu": 1}}, ["gpt-realtime", "text_inptu"]),
         ({"gpt-realtime": 4.0}, ["gpt-realtime", "object"]),
+        ({"gpt-realtime": {"audio_output": float("inf")}}, ["gpt-realtime", "audio_output"]),
+        (["gpt-realtime"], ["prices", "object"]),
     ],
 )
 def test_bad_overrides_name_the_model_and_field(override: Any, words: list[str]) -> None:

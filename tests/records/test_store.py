@@ -73,6 +73,13 @@ async def test_save_get_round_trip_and_upsert(store: SqlRecordStore) -> None:
     assert len(await store.query(RecordQuery())) == 1
 
 
+async def test_long_free_text_fits_on_every_backend(store: SqlRecordStore) -> None:
+    r = rec("CA" + "x" * 100, 0, number="sip:" + "9" * 120)
+    r.caller, r.profile, r.end_reason = "c" * 300, "p" * 300, "why " * 500
+    await store.save(r)
+    assert await store.get(r.call_sid) == r
+
+
 async def test_times_in_other_offsets_are_compared_as_instants(store: SqlRecordStore) -> None:
     east = timezone(timedelta(hours=5))
     r = CallRecord(call_sid="CA-east", started_at=datetime(2026, 3, 1, 14, 0, tzinfo=east))
