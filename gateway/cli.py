@@ -102,7 +102,7 @@ def serve(
     from gateway.service import serve_forever
 
     settings = settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         profiles = ProfileStore(settings.profiles_file)
     except ConfigError as exc:
@@ -146,7 +146,7 @@ def demo(
     if reply not in ("speech", "echo", "tone"):
         raise typer.BadParameter("must be speech, echo or tone", param_hint="--reply")
     settings = settings_or_exit()
-    configure_logging("error" if json_out else "warning")
+    configure_logging("error" if json_out else "warning", settings.log_format)
     if not json_out:
         typer.echo(f"calling {number} through a local gateway ...")
     report = asyncio.run(
