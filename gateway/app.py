@@ -8,7 +8,11 @@ Routes:
 - ``GET  /readyz``        503 while draining or at capacity
 - ``GET  /metrics``       Prometheus text format
 - ``POST /admin/reload``  reload the profiles file (bearer token; off without one)
-- ``GET  /admin/calls``   live calls (bearer token)
+- ``GET  /admin/calls``   live calls and the last finished ones (bearer token)
+- ``GET  /admin/records`` call records, newest first; filters ``number``, ``outcome``,
+  ``since``, ``until`` (ISO 8601), ``limit`` (bearer token)
+- ``GET  /admin/records/{call_sid}``  one call record (bearer token)
+- ``GET  /admin/usage``   tokens and cost per number over ``since``/``until`` (bearer token)
 """
 
 from __future__ import annotations
@@ -17,21 +21,25 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from gateway.admission import Admissions, is_loopback_host
-from gateway.bridge.call import RECENT_CALLS, CallRunner, UpstreamFactory
+from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
 from gateway.observability import Metrics, mask_number
+from gateway.records.pricing import Usage
+from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
 from gateway.settings import Settings
 from gateway.telephony import signature
 
@@ -52,6 +60,8 @@ class GatewayState:
     metrics: Metrics
     upstream: UpstreamFactory
     admissions: Admissions
+    services: CallServices = field(default_factory=CallServices)
+    records: RecordStore | None = None
     clock: Callable[[], float] = time.monotonic
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
@@ -72,14 +82,19 @@ def create_app(
     upstream: UpstreamFactory,
     profiles: ProfileStore | None = None,
     metrics: Metrics | None = None,
+    services: CallServices | None = None,
+    records: RecordStore | None = None,
 ) -> FastAPI:
-    """Build the gateway app. ``upstream`` opens one Realtime session per call."""
+    """Build the gateway app. ``upstream`` opens one Realtime session per call; ``services``
+    are the optional rest: the carrier's REST API, prices, the call-record writer."""
     state = GatewayState(
         settings=settings,
         profiles=profiles or ProfileStore(settings.profiles_file),
         metrics=metrics or Metrics(),
         upstream=upstream,
         admissions=_admissions(settings),
+        services=services or CallServices(),
+        records=records,
     )
 
     @contextlib.asynccontextmanager
@@ -170,6 +185,7 @@ def create_app(
             wall_clock=state.wall_clock,
             registry=state.calls,
             recent=state.recent,
+            services=state.services,
         )
         try:
             _authorize_carrier_ws(ws, state)
@@ -206,7 +222,88 @@ def create_app(
             }
         )
 
+    @app.get("/admin/records")
+    async def admin_records(
+        request: Request,
+        number: str | None = None,
+        outcome: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 100,
+    ) -> Response:
+        _require_admin(request, state)
+        store = _records(state)
+        if not 1 <= limit <= 1000:
+            raise HTTPException(422, "limit must be between 1 and 1000")
+        query = RecordQuery(
+            number=number,
+            outcome=outcome,
+            since=_instant("since", since),
+            until=_instant("until", until),
+            limit=limit,
+        )
+        try:
+            found = await store.query(query)
+        except RecordStoreError as exc:
+            raise HTTPException(503, str(exc)) from None
+        return JSONResponse({"records": [r.to_dict() for r in found]})
+
+    @app.get("/admin/records/{call_sid}")
+    async def admin_record(request: Request, call_sid: str) -> Response:
+        _require_admin(request, state)
+        try:
+            found = await _records(state).get(call_sid)
+        except RecordStoreError as exc:
+            raise HTTPException(503, str(exc)) from None
+        if found is None:
+            raise HTTPException(404, f"no call record for {call_sid}")
+        return JSONResponse(found.to_dict())
+
+    @app.get("/admin/usage")
+    async def admin_usage(
+        request: Request,
+        since: str | None = None,
+        until: str | None = None,
+        number: str | None = None,
+    ) -> Response:
+        _require_admin(request, state)
+        try:
+            rows = await _records(state).totals(
+                since=_instant("since", since), until=_instant("until", until), number=number
+            )
+        except RecordStoreError as exc:
+            raise HTTPException(503, str(exc)) from None
+        total = {
+            "calls": sum(r.calls for r in rows),
+            "duration_s": round(sum(r.duration_s for r in rows), 3),
+            "usage": sum((r.usage for r in rows), Usage()).as_dict(),
+            "cost_usd": round(sum(r.cost_usd for r in rows), 6),
+            "unpriced_calls": sum(r.unpriced_calls for r in rows),
+        }
+        return JSONResponse({"numbers": [r.to_dict() for r in rows], "total": total})
+
     return app
+
+
+def _records(state: GatewayState) -> RecordStore:
+    if state.records is None:
+        raise HTTPException(404, "call records are off (GATEWAY_RECORDS_URL=off)")
+    return state.records
+
+
+def _instant(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 query parameter as an aware UTC time (no zone means UTC)."""
+    if value is None or value == "":
+        return None
+    if re.search(r" \d\d:\d\d$", value):  # an unescaped "+01:00" arrives as " 01:00"
+        value = f"{value[:-6]}+{value[-5:]}"
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(
+            422, f"{name}: {value!r} is not an ISO 8601 time such as 2026-12-01T09:00:00Z"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _admissions(settings: Settings) -> Admissions:
@@ -298,8 +395,6 @@ def _unsigned_allowed(host: str | None, state: GatewayState) -> None:
 
 
 def _require_admin(request: Request, state: GatewayState) -> None:
-    from fastapi import HTTPException
-
     token = state.settings.admin_token
     if token is None:
         raise HTTPException(404, "admin endpoints are off (set GATEWAY_ADMIN_TOKEN)")

@@ -22,10 +22,19 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.app import create_app, gateway_state
+from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics
 from gateway.realtime.session import RealtimeConfig, open_peer_connections, session_factory
+from gateway.records import (
+    PriceTable,
+    RecordStoreError,
+    RecordWriter,
+    open_store,
+    sqlite_url,
+)
+from gateway.records.store import SqlRecordStore
 from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
 
@@ -97,6 +106,11 @@ async def running_gateway(
         loop = asyncio.get_running_loop()
         metrics.peer_connections.set_function(open_peer_connections)
         metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        store, writer = await _open_records(settings, metrics, stack)
+        services = CallServices(
+            prices=PriceTable.default(settings.prices),
+            save_record=writer.submit if writer is not None else None,
+        )
         inbound_latency = metrics.added_latency.labels("inbound")
         queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
         app = create_app(
@@ -108,6 +122,8 @@ async def running_gateway(
             ),
             profiles=profiles,
             metrics=metrics,
+            services=services,
+            records=store,
         )
         server = await stack.enter_async_context(
             serve_app(
@@ -118,6 +134,32 @@ async def running_gateway(
             )
         )
         yield RunningGateway(app=app, server=server, upstream_base_url=base_url, emulator=emulator)
+
+
+async def _open_records(
+    settings: Settings, metrics: Metrics, stack: contextlib.AsyncExitStack
+) -> tuple[SqlRecordStore | None, RecordWriter | None]:
+    """The call-record store and its writer, closed (queue flushed) when ``stack`` unwinds,
+    after the server: the last calls' records are written before the process exits."""
+    if not settings.records_enabled:
+        log.info("call records are off (GATEWAY_RECORDS_URL=off)")
+        return None, None
+    try:
+        url = settings.records_url or sqlite_url(settings.records_path)
+        store = open_store(url)
+        await store.open()
+    except (RecordStoreError, OSError) as exc:
+        raise ConfigError(f"call records: {exc}") from None
+    written, failed = metrics.call_records.labels("written"), metrics.call_records.labels("failed")
+    writer = RecordWriter(
+        store,
+        on_written=lambda _r: written.inc(),
+        on_failed=lambda _r, _why: failed.inc(),
+    )
+    await writer.start()
+    stack.push_async_callback(writer.close)
+    log.info("call records go to %s", store.url)
+    return store, writer
 
 
 def _with_client(config: RealtimeConfig, client: httpx.AsyncClient) -> RealtimeConfig:

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         " 'off': no records",
     )
     records_path: Path = Path("data/calls.sqlite3")
-    prices: dict[str, dict[str, float]] = Field(  # TODO(lead): ModelPrice
+    prices: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="USD per 1M tokens by model, laid over the built-in price table (JSON)",
     )
@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     recordings_retention_days: int = Field(
         default=30, ge=0, le=3650, description="Delete recordings older than this; 0 keeps them"
     )
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from gateway.records.pricing import PriceTable
+
+        PriceTable.default(v)  # a ValueError names the model and the field
+        return v
 
     @field_validator("twilio_api_base_url")
     @classmethod

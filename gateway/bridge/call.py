@@ -10,13 +10,16 @@ call, whatever ends it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import json
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +30,7 @@ from gateway.admission import Admissions
 from gateway.audio.g711 import ulaw_to_pcm16
 from gateway.audio.transcoder import CallTranscoder
 from gateway.audio.vad import LocalVad, VadEvent
+from gateway.bridge import control as cc
 from gateway.bridge import machine as m
 from gateway.errors import (
     CarrierError,
@@ -40,9 +44,12 @@ from gateway.errors import (
     close_code_for,
 )
 from gateway.numbers import Profile, ProfileStore
-from gateway.observability import CallLogger, Metrics
+from gateway.observability import CallLogger, Metrics, mask_number
 from gateway.realtime import events as rt
+from gateway.records.model import CallRecord
+from gateway.records.pricing import PriceTable, Usage
 from gateway.settings import Settings
+from gateway.telephony.dtmf import DtmfCollector
 from gateway.telephony.ledger import MarkLedger
 from gateway.telephony.messages import (
     ClearAudio,
@@ -85,6 +92,8 @@ CARRIER_SEND_TIMEOUT_S = 5.0
 """A carrier that does not take a message for this long has stopped reading its socket: the
 call ends instead of stalling its audio loop while decoded upstream audio piles up."""
 CLOSE_TIMEOUT_S = 2.0
+HARD_STOP_GRACE_S = 5.0
+"""After the maximum duration's wrap-up deadline, the stream is closed this much later at most."""
 
 
 class UpstreamSession(Protocol):
@@ -109,6 +118,30 @@ class UpstreamSession(Protocol):
 UpstreamFactory = Callable[[Profile], UpstreamSession]
 
 
+class CarrierApi(Protocol):
+    """What call control needs from the carrier's REST API (gateway.telephony.rest)."""
+
+    async def hang_up(self, call_sid: str) -> object: ...
+
+    async def transfer(self, call_sid: str, number: str) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallServices:
+    """Process-wide services a call uses besides its upstream; each is optional."""
+
+    carrier_api: CarrierApi | None = None
+    """Twilio's REST API: call control (tools, polite hang-ups). None: not configured."""
+    prices: PriceTable = field(default_factory=PriceTable.default)
+    save_record: Callable[[CallRecord], None] | None = None
+    """Hands the finished call's record to the writer; must not block (the record writer's
+    ``submit``)."""
+
+
+# Bounds of the per-call outbound latency counts (seconds), as the /metrics histogram's.
+_ADDED_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+
+
 @dataclass
 class CallStats:
     """What the call record and the admin API report about one call."""
@@ -126,11 +159,45 @@ class CallStats:
     muted_frames: int = 0
     carrier_errors: int = 0
     upstream_errors: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=dict)
     transcript: list[dict[str, Any]] = field(default_factory=list)
     """``{speaker, text, at_ms}`` per finished utterance, ms since the stream started."""
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    """Call-control steps (tool calls, wrap-ups, hang-up, transfer) with ``at_ms``."""
+    dtmf: str = ""
+    response_ms: list[float] = field(default_factory=list)
+    """Caller stopped speaking (server VAD) to the first answer frame written to the carrier."""
+    outbound_added: list[int] = field(default_factory=lambda: [0] * (len(_ADDED_BUCKETS) + 1))
+    """Counts of outbound gateway-added latency per bucket (cheap per frame, bounded)."""
     outcome: str | None = None
     end_reason: str | None = None
+
+    def latency_summary(self) -> dict[str, float | None]:
+        """Per-call latency percentiles as measured at the gateway (ms)."""
+        resp = sorted(self.response_ms)
+        return {
+            "response_ms_p50": _pick(resp, 0.5),
+            "response_ms_p95": _pick(resp, 0.95),
+            "response_ms_max": resp[-1] if resp else None,
+            "outbound_added_ms_p50": _bucketed_ms(self.outbound_added, 0.5),
+            "outbound_added_ms_p99": _bucketed_ms(self.outbound_added, 0.99),
+        }
+
+
+def _pick(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def _bucketed_ms(counts: list[int], q: float) -> float | None:
+    from gateway.observability import bucket_quantile
+
+    cumulative, total = [], 0
+    for bound, n in zip((*_ADDED_BUCKETS, float("inf")), counts, strict=True):
+        total += n
+        cumulative.append((bound, float(total)))
+    value = bucket_quantile(cumulative, q)
+    return None if value is None else round(value * 1000, 2)
 
 
 # Finished calls kept in memory for the admin API and the demo (bounded: summaries only).
@@ -152,6 +219,7 @@ class CallRunner:
         upstream: UpstreamFactory,
         registry: dict[str, CallRunner],
         recent: deque[dict[str, Any]] | None = None,
+        services: CallServices | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -165,6 +233,8 @@ class CallRunner:
         self.upstream_factory = upstream
         self.registry = registry
         self.recent = recent
+        self.services = services or CallServices()
+        self.carrier_api = self.services.carrier_api
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
@@ -189,6 +259,18 @@ class CallRunner:
         self._consecutive_errors = 0
         self._hangup = asyncio.Event()
         self._pending: list[OutboundMessage] = []
+        self.control = cc.CallControl()
+        self._end_task: asyncio.Task[None] | None = None
+        self._ending = False  # an end action was issued: keep its reason, not the carrier's
+        self._outcome: str | None = None
+        self._speech_stopped_at: float | None = None
+        self.dtmf = DtmfCollector()
+        self._dtmf_backlog: list[str] = []  # entries typed before the session was ready
+        self.usage = Usage()
+        self.cost_usd: float | None = 0.0
+        self._started_wall = 0.0
+        self._caller: str | None = None
+        self._called: str | None = None
 
     # --- public ------------------------------------------------------------------------
 
@@ -210,11 +292,45 @@ class CallRunner:
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
             "upstream_errors": dict(self.stats.upstream_errors),
-            "usage": dict(self.stats.usage),
+            "usage": self.usage.as_dict(),
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
+            "actions": list(self.stats.actions),
+            "dtmf": self.stats.dtmf,
+            "latency": self.stats.latency_summary(),
             "transcript": list(self.stats.transcript),
             "outcome": self.stats.outcome,
             "end_reason": self.stats.end_reason,
         }
+
+    def record(self) -> CallRecord:
+        """The call record: what the operator sees in the database after the call."""
+        assert self.start is not None
+        started = datetime.fromtimestamp(self._started_wall, UTC)
+        ended = datetime.fromtimestamp(self.wall_clock(), UTC)
+        return CallRecord(
+            call_sid=self.start.call_sid,
+            started_at=started,
+            ended_at=ended,
+            stream_sid=self.start.stream_sid,
+            account_sid=self.start.account_sid,
+            number=self._called or "default",
+            profile=self.profile.name if self.profile else "",
+            caller=mask_number(self._caller),
+            upstream_call_id=(self.session.call_id if self.session else None) or "",
+            model=self.profile.model if self.profile else "",
+            duration_s=round(max(0.0, (ended - started).total_seconds()), 3),
+            outcome=self.stats.outcome or "",
+            end_reason=self.stats.end_reason or "",
+            turns=self.stats.turns,
+            barge_ins=self.stats.barge_ins,
+            setup_ms=None if self.stats.setup_ms is None else round(self.stats.setup_ms, 1),
+            latency=self.stats.latency_summary(),
+            usage=self.usage,
+            cost_usd=self.cost_usd,
+            actions=list(self.stats.actions),
+            errors=dict(self.stats.upstream_errors),
+            dtmf=self.stats.dtmf,
+        )
 
     async def refuse(self, exc: GatewayError) -> None:
         """Close an unauthorized upgrade before anything else happens."""
@@ -232,6 +348,7 @@ class CallRunner:
     async def run(self) -> None:
         """Serve the stream until it ends; never raises (failures become close codes)."""
         self.stats.started_at = self.clock()
+        self._started_wall = self.wall_clock()
         await self.ws.accept()
         tasks: list[asyncio.Task[None]] = []
         outcome = "completed"
@@ -253,7 +370,8 @@ class CallRunner:
                 if not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
         except WebSocketDisconnect:
-            self._end_reason = "carrier websocket closed"
+            if not self._ending:
+                self._end_reason = "carrier websocket closed"
         except GatewayError as exc:
             outcome = _outcome_for(exc)
             self._close_code, _ = close_code_for(exc)
@@ -298,8 +416,14 @@ class CallRunner:
             called=start.custom_parameters.get(PROFILE_PARAM),
         )
         called = admission.called
+        self._called, self._caller = called, admission.caller
         self.profile = self.profiles.for_number(called)
         self.machine = m.TurnMachine(truncate_to_heard=self.profile.truncate_to_heard)
+        self.dtmf = DtmfCollector(inter_digit_timeout_ms=self.profile.dtmf_timeout_ms)
+        if self.carrier_api is not None:
+            self.control = cc.CallControl(
+                end_call=self.profile.tools.end_call, transfer=self.profile.tools.transfer_call
+            )
         if self.profile.local_barge_in:
             # 100 ms onset: shorter onsets fire on line noise and would cut greetings off.
             self.vad = LocalVad(onset_ms=100)
@@ -362,6 +486,9 @@ class CallRunner:
         self._setup_buffer.clear()
         if self.profile.greeting and not resume:
             self.session.send(rt.response_create(instructions=self.profile.greeting))
+        backlog, self._dtmf_backlog = self._dtmf_backlog, []
+        for entry in backlog:
+            await self._on_keypad_entry(entry)
 
     async def _attempt_open(
         self, session: UpstreamSession, carrier: asyncio.Task[None], deadline: float
@@ -414,14 +541,48 @@ class CallRunner:
                 if self.ledger.buffered_ms <= 0:
                     await self._handle(m.CarrierDrained())
             elif isinstance(msg, Stop):
-                self._end_reason = "carrier sent stop"
+                if not self._ending:
+                    self._end_reason = "carrier sent stop"
                 return
             elif isinstance(msg, Dtmf):
-                self.log.info("caller pressed %s", msg.digit)
+                await self._on_dtmf(msg.digit, now)
             elif isinstance(msg, Ignored):
                 self.metrics.carrier_rejects.labels("ignored").inc()
             elif isinstance(msg, Start | Connected):
                 self._carrier_error(CarrierProtocolError("duplicate connected/start"))
+            if self.control.deadline is not None and now >= self.control.deadline:
+                self._control(cc.Tick(), now)
+            # Timers ride on the carrier's 20 ms message clock: no task per call for them.
+            deadline = self.dtmf.deadline
+            if deadline is not None and now >= deadline:
+                while (entry := self.dtmf.due(now)) is not None:
+                    await self._on_keypad_entry(entry)
+
+    async def _on_dtmf(self, digit: str, now: float) -> None:
+        try:
+            entry = self.dtmf.press(digit, now)
+        except ValueError as exc:
+            self._carrier_error(CarrierProtocolError(str(exc)))
+            return
+        self.stats.dtmf += digit
+        if entry is not None:
+            await self._on_keypad_entry(entry)
+
+    async def _on_keypad_entry(self, entry: str) -> None:
+        """Hand one keypad entry to the model as a caller message, and let it answer.
+
+        Typing over the assistant interrupts it, as speech does (IVR callers press keys
+        without waiting for the menu to end).
+        """
+        if not self._ready or self.session is None:
+            self._dtmf_backlog.append(entry)
+            return
+        self.log.info("caller typed %d key(s) on the keypad", len(entry))
+        if self.machine.state in (m.State.RESPONDING, m.State.SPEAKING, m.State.DRAINING):
+            self._speech_at = self.clock()
+            await self._handle(m.SpeechStarted("dtmf"))
+        self.session.send(rt.conversation_item_create_user_text(keypad_text(entry)))
+        self.session.send(rt.response_create())
 
     def _carrier_error(self, exc: CarrierError) -> None:
         if isinstance(exc, Forbidden):
@@ -545,7 +706,14 @@ class CallRunner:
             self._speech_at = now
             await self._handle(m.SpeechStarted("server"))
         elif kind == "response.created" and ev.response_id:
+            self._control(cc.ResponseStarted(ev.response_id), now)
             await self._handle(m.ResponseCreated(ev.response_id))
+        elif kind == "response.output_item.done" and ev.item_type == "function_call":
+            if ev.response_id and ev.call_id and ev.name:
+                tool = cc.ToolCalled(ev.response_id, ev.call_id, ev.name, ev.arguments or "")
+                self._control(tool, now)
+        elif kind == "input_audio_buffer.speech_stopped":
+            self._speech_stopped_at = now
         elif kind == "response.output_item.added" and ev.response_id and ev.item_id:
             if ev.item_role == "assistant":
                 await self._handle(m.AssistantItem(ev.response_id, ev.item_id))
@@ -559,9 +727,8 @@ class CallRunner:
             await self._handle(m.AudioCleared(ev.response_id))
         elif kind == "response.done" and ev.response_id:
             self.stats.turns += 1
-            for k, v in (ev.usage or {}).items():
-                if isinstance(v, int):
-                    self.stats.usage[k] = self.stats.usage.get(k, 0) + v
+            self._on_usage(ev.usage, now)
+            self._control(cc.ResponseFinished(ev.response_id), now)
             await self._handle(m.ResponseDone(ev.response_id, ev.status or "completed"))
         elif kind == "response.output_audio_transcript.done" and ev.transcript:
             self._transcribed("assistant", ev.transcript, now)
@@ -569,6 +736,33 @@ class CallRunner:
             self._transcribed("caller", ev.transcript, now)
         elif kind == "error":
             self._on_upstream_error(ev)
+
+    def _on_usage(self, raw: dict[str, Any] | None, now: float) -> None:
+        """Add one response's usage; past the profile's budget, ask for a polite wrap-up."""
+        if raw is None:
+            return
+        assert self.profile is not None
+        usage = Usage.from_realtime(raw)
+        self.usage += usage
+        for kind, n in usage.as_dict().items():
+            if n:
+                self.metrics.upstream_tokens.labels(kind).inc(n)
+        prices = self.services.prices
+        added = prices.cost_usd(self.profile.model, usage)
+        self.cost_usd = prices.cost_usd(self.profile.model, self.usage)
+        if added is not None:
+            self.metrics.upstream_cost.inc(added)
+        budget = self.profile.max_cost_usd
+        if budget is not None and self.cost_usd is not None and self.cost_usd >= budget:
+            reason = f"cost budget reached (${self.cost_usd:.4f} of ${budget:.4f})"
+            self._control(
+                cc.WrapUp(
+                    reason,
+                    "This call has reached its time and cost limit. Thank the caller, tell them "
+                    "the call has to end now, and say goodbye, in one or two short sentences.",
+                ),
+                now,
+            )
 
     def _transcribed(self, speaker: str, text: str, now: float) -> None:
         at_ms = round((now - self.stats.started_at) * 1000)
@@ -616,21 +810,105 @@ class CallRunner:
     async def _send_audio(self, ulaw: bytes, response_id: str | None, received_at: float) -> None:
         await self._send(PlayAudio(ulaw))
         self.stats.frames_out += 1
-        self._outbound_latency.observe(self.clock() - received_at)
+        now = self.clock()
+        added = now - received_at
+        self._outbound_latency.observe(added)
+        self.stats.outbound_added[bisect.bisect_left(_ADDED_BUCKETS, added)] += 1
+        if self._speech_stopped_at is not None:
+            self.stats.response_ms.append(round((now - self._speech_stopped_at) * 1000, 1))
+            self._speech_stopped_at = None
         mark = self.ledger.sent(len(ulaw), response_id)
         if mark is not None:
             await self._send(PlayMark(mark))
 
     async def _max_duration(self) -> None:
+        """At the profile's limit the assistant says goodbye; a hard stop follows regardless."""
         assert self.profile is not None
-        await asyncio.sleep(self.profile.max_call_seconds)
-        self._end_reason = f"maximum call duration ({self.profile.max_call_seconds} s) reached"
+        limit = self.profile.max_call_seconds
+        await asyncio.sleep(limit)
+        reason = f"maximum call duration ({limit} s) reached"
+        self._control(
+            cc.WrapUp(
+                reason,
+                "The call has reached its time limit. Tell the caller so in one short sentence "
+                "and say goodbye.",
+            ),
+            self.clock(),
+        )
+        await asyncio.sleep(self.control.wrap_up_s + HARD_STOP_GRACE_S)
+        self._ending = True
+        self._end_reason = reason
 
     # --- actions -------------------------------------------------------------------------
 
     async def _handle(self, event: m.Input) -> None:
         self._run_actions(self.machine.handle(event))
         await self._flush_pending()
+        if self.control.phase is cc.Phase.WRAPPING_UP and self._assistant_quiet():
+            self._control(cc.AssistantQuiet(), self.clock())
+
+    def _assistant_quiet(self) -> bool:
+        """The caller hears nothing from the assistant and no response is on its way."""
+        return (
+            self.machine.state in (m.State.LISTENING, m.State.INTERRUPTED)
+            and self.machine.active_response is None
+        )
+
+    def _control(self, event: cc.Input, now: float) -> None:
+        """Feed call control; execute its actions (upstream sends now, carrier API in a task)."""
+        for action in self.control.handle(event, now):
+            session = self.session
+            if isinstance(action, cc.Note):
+                entry = {**action.entry, "at_ms": round((now - self.stats.started_at) * 1000)}
+                self.stats.actions.append(entry)
+                self.log.info("call control: %s", entry)
+            elif isinstance(action, cc.HangUp | cc.Transfer):
+                self._ending = True
+                self._end_reason = action.reason
+                self._end_task = asyncio.create_task(self._end_call(action), name="end-call")
+            elif session is None:
+                continue
+            elif isinstance(action, cc.SendToolOutput):
+                output = json.dumps(action.output, separators=(",", ":"))
+                session.send(rt.conversation_item_create_function_output(action.call_id, output))
+            elif isinstance(action, cc.AddSystemNote):
+                session.send(rt.conversation_item_create_system_text(action.text))
+            elif isinstance(action, cc.RequestResponse):
+                session.send(rt.response_create(instructions=action.instructions))
+
+    async def _end_call(self, action: cc.HangUp | cc.Transfer) -> None:
+        """Hang up or transfer through the carrier's REST API, then end the stream.
+
+        Without a carrier API (no REST credentials) a hang-up closes the stream, and Twilio
+        runs the TwiML after ``<Connect>`` (the profile's fallback). A refused transfer puts
+        the caller back with the assistant, which says so.
+        """
+        assert self.start is not None
+        sid, api = self.start.call_sid, self.carrier_api
+        kind = "hang_up" if isinstance(action, cc.HangUp) else "transfer"
+        error: str | None = None
+        if api is not None:
+            try:
+                if isinstance(action, cc.HangUp):
+                    await api.hang_up(sid)
+                else:
+                    await api.transfer(sid, action.number)
+            except Exception as exc:  # the REST client's errors say what to check
+                error = str(exc) or type(exc).__name__
+        at_ms = round((self.clock() - self.stats.started_at) * 1000)
+        self.stats.actions.append(
+            {"kind": f"{kind}_request", "ok": error is None, "error": error, "at_ms": at_ms}
+        )
+        self.metrics.call_actions.labels(kind, "ok" if error is None else "failed").inc()
+        if error is not None:
+            self.log.error("carrier API %s failed: %s", kind.replace("_", " "), error)
+            if isinstance(action, cc.Transfer):
+                self._ending = False
+                self._control(cc.TransferFailed(action.destination, error), self.clock())
+                return
+        elif isinstance(action, cc.Transfer):
+            self._outcome = "transferred"
+        self._hangup.set()
 
     def _run_actions(self, actions: list[m.Action]) -> None:
         """Execute the machine's actions; carrier writes are queued and flushed in order."""
@@ -673,6 +951,14 @@ class CallRunner:
 
     async def _cleanup(self, tasks: list[asyncio.Task[None]], outcome: str) -> None:
         self.machine.handle(m.Close())
+        if self._end_task is not None:
+            # A hang-up or transfer request in flight is let finish (the carrier may already
+            # have acted on it), within a bound.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CARRIER_SEND_TIMEOUT_S):
+                    await asyncio.shield(self._end_task)
+        if outcome == "completed" and self._outcome is not None:
+            outcome = self._outcome
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -695,6 +981,8 @@ class CallRunner:
         self.stats.outcome, self.stats.end_reason = outcome, self._end_reason
         if self.recent is not None and self.start is not None:
             self.recent.append(self.summary())
+        if self.services.save_record is not None and self.start is not None:
+            self.services.save_record(self.record())
         self.log.info(
             "call ended (%s): %s; %d barge-ins, %d responses",
             outcome,
@@ -740,6 +1028,15 @@ def _without_leading_silence(
     items = list(frames)
     first_voiced = next((i for i, (f, _) in enumerate(items) if not _is_silent(f)), len(items))
     return items[max(0, first_voiced - SETUP_PREFIX_FRAMES) :] if first_voiced < len(items) else []
+
+
+_KEY_NAMES = {"#": "pound (#)", "*": "star (*)"}
+
+
+def keypad_text(entry: str) -> str:
+    """How a keypad entry reads to the model: ``"4711#"`` → the keys one by one, named."""
+    keys = ", ".join(_KEY_NAMES.get(k, k) for k in entry)
+    return f"[The caller pressed on the phone keypad: {keys}]"
 
 
 def _is_silent(frame: npt.NDArray[np.int16]) -> bool:

@@ -81,7 +81,23 @@ class Tick:
     """Time passes; lets the wrap-up deadline fire."""
 
 
-Input = ToolCalled | ResponseStarted | ResponseFinished | AssistantQuiet | WrapUp | Tick
+@dataclass(frozen=True, slots=True)
+class TransferFailed:
+    """The carrier refused the transfer: the caller is still on the line with the assistant."""
+
+    destination: str
+    error: str
+
+
+Input = (
+    ToolCalled
+    | ResponseStarted
+    | ResponseFinished
+    | AssistantQuiet
+    | WrapUp
+    | Tick
+    | TransferFailed
+)
 
 # --- actions --------------------------------------------------------------------------------
 
@@ -165,6 +181,21 @@ class CallControl:
                 Note({"kind": "wrap_up", "reason": event.reason}),
                 AddSystemNote(event.farewell),
                 *self._begin_wrap_up(HangUp(event.reason), now, instructions=event.farewell),
+            ]
+        if isinstance(event, TransferFailed):
+            if self.phase is not Phase.FINISHING:
+                return []
+            # Back to the conversation: the assistant announced a transfer that did not happen.
+            self.phase = Phase.ACTIVE
+            self._asked_farewell = self._farewell_done = False
+            self._farewell_id = None
+            return [
+                Note({"kind": "transfer_failed", "destination": event.destination}),
+                AddSystemNote(
+                    f"The transfer to {event.destination} did not go through. Apologise "
+                    "briefly, and offer to help the caller yourself or to try again later."
+                ),
+                RequestResponse(),
             ]
         if isinstance(event, AssistantQuiet):
             if self.phase is Phase.WRAPPING_UP and self._farewell_done:
@@ -303,5 +334,6 @@ __all__ = [
     "Tick",
     "ToolCalled",
     "Transfer",
+    "TransferFailed",
     "WrapUp",
 ]

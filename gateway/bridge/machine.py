@@ -78,7 +78,7 @@ class AudioCleared:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
-    source: Literal["server", "local"]
+    source: Literal["server", "local", "dtmf"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +138,7 @@ class TruncateToHeard:
 class BargeIn:
     """Bookkeeping: a barge-in happened (metrics, call record)."""
 
-    source: Literal["server", "local", "upstream"]
+    source: Literal["server", "local", "dtmf", "upstream"]
     response_id: str | None
 
 
@@ -194,7 +194,7 @@ class TurnMachine:
         self.state = new_state
         return actions
 
-    def _barge_in(self, source: Literal["server", "local", "upstream"]) -> list[Action]:
+    def _barge_in(self, source: Literal["server", "local", "dtmf", "upstream"]) -> list[Action]:
         self.barge_ins += 1
         self.muted_response = self.active_response or self.audible_response
         audible = self.state in (State.SPEAKING, State.DRAINING)
@@ -207,7 +207,11 @@ class TurnMachine:
         if source != "upstream" and self.state in (State.SPEAKING, State.RESPONDING):
             actions.append(ClearUpstreamAudio())
         heard = self.audible_response
-        if self.truncate_to_heard and audible and heard is not None:
+        # Only while upstream is still sending: once it has stopped (DRAINING) the item is
+        # complete and the carrier holds only its last moments, and what the ledger counts
+        # as played includes the track's trailing silence, which can exceed the item's audio
+        # (the service then refuses the truncate).
+        if self.truncate_to_heard and self.state is State.SPEAKING and heard is not None:
             item = self.assistant_items.get(heard)
             if item is not None:
                 actions.append(TruncateToHeard(heard, item))

@@ -142,3 +142,20 @@ def test_several_tool_calls_in_one_response_get_one_reply() -> None:
     acts = m.handle(c.ResponseFinished("resp_1"), 0.0)
     assert kinds(acts).count("RequestResponse") == 1
     assert kinds(acts).count("SendToolOutput") == 2
+
+
+def test_a_failed_transfer_returns_to_the_conversation() -> None:
+    m = machine()
+    m.handle(tool("transfer_call", {"destination": "sales"}), 0.0)
+    m.handle(c.ResponseFinished("resp_1"), 0.0)
+    m.handle(c.ResponseStarted("r2"), 0.1)
+    m.handle(c.ResponseFinished("r2"), 0.2)
+    assert isinstance(m.handle(c.AssistantQuiet(), 0.3)[-1], c.Transfer)
+    acts = m.handle(c.TransferFailed("sales", "HTTP 500"), 0.4)
+    assert kinds(acts) == ["Note", "AddSystemNote", "RequestResponse"]
+    assert m.phase is c.Phase.ACTIVE and m.deadline is None
+    # and the assistant can still end the call afterwards
+    m.handle(tool("end_call", {}, "r3"), 1.0)
+    assert kinds(m.handle(c.ResponseFinished("r3"), 1.1))[-1] == "RequestResponse"
+    assert m.phase is c.Phase.WRAPPING_UP
+    assert m.handle(c.TransferFailed("sales", "late"), 1.2) == []

@@ -177,3 +177,12 @@ def test_unexpected_pairs_are_counted_not_fatal() -> None:
 @pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSED])
 def test_every_live_state_can_close(state: State) -> None:
     assert (state, Close) in TRANSITIONS
+
+
+def test_no_truncate_once_upstream_has_stopped_sending() -> None:
+    m = speaking(truncate=True)
+    m.handle(ResponseDone("resp_1", "completed"))
+    m.handle(AudioStopped("resp_1"))
+    actions = m.handle(SpeechStarted("server"))
+    assert ClearCarrier() in actions
+    assert not any(isinstance(a, TruncateToHeard) for a in actions)
