@@ -42,6 +42,7 @@ from gateway.records.pricing import Usage
 from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
 from gateway.settings import Settings
 from gateway.telephony import signature
+from gateway.tracing import TRACEPARENT_PARAM
 
 log = logging.getLogger("gateway.app")
 
@@ -148,12 +149,13 @@ def create_app(
             return PlainTextResponse("missing CallSid", status_code=400)
         called, caller = params.get("To"), params.get("From")
         profile = state.profiles.for_number(called)
-        try:
-            admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
-        except CapacityError as exc:
-            state.metrics.webhooks.labels("refused_capacity").inc()
-            log.warning("call %s refused: %s", call_sid, exc)
-            return _twiml(_fallback_only(profile))
+        with state.services.tracing.webhook(call_sid, called) as traceparent:
+            try:
+                admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
+            except CapacityError as exc:
+                state.metrics.webhooks.labels("refused_capacity").inc()
+                log.warning("call %s refused: %s", call_sid, exc)
+                return _twiml(_fallback_only(profile))
         state.metrics.webhooks.labels("admitted").inc()
         log.info(
             "call %s admitted for %s (profile %s) from %s",
@@ -170,7 +172,8 @@ def create_app(
             path=MEDIA_PATH,
             websocket=True,
         )
-        return _twiml(_connect_twiml(stream_url, admission.token, called, profile))
+        twiml = _connect_twiml(stream_url, admission.token, called, profile, traceparent)
+        return _twiml(twiml)
 
     @app.websocket(MEDIA_PATH)
     async def media_stream(ws: WebSocket) -> None:
@@ -332,13 +335,17 @@ def _fallback_only(profile: Profile) -> VoiceResponse:
     return _fallback(VoiceResponse(), profile)
 
 
-def _connect_twiml(url: str, token: str, called: str | None, profile: Profile) -> VoiceResponse:
+def _connect_twiml(
+    url: str, token: str, called: str | None, profile: Profile, traceparent: str | None = None
+) -> VoiceResponse:
     resp = VoiceResponse()
     connect = Connect()
     stream = Stream(url=url)
     stream.parameter(name=CALL_TOKEN_PARAM, value=token)
     if called:
         stream.parameter(name=PROFILE_PARAM, value=called)
+    if traceparent:  # the stream's span continues the webhook's trace, on any replica
+        stream.parameter(name=TRACEPARENT_PARAM, value=traceparent)
     connect.append(stream)
     resp.append(connect)
     # Twilio runs what follows <Connect> only when the stream ends: our fallback.

@@ -37,6 +37,8 @@ from gateway.records import (
 from gateway.records.store import SqlRecordStore
 from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
+from gateway.telephony.rest import TwilioRestClient
+from gateway.tracing import Tracing
 
 log = logging.getLogger("gateway.service")
 
@@ -107,9 +109,15 @@ async def running_gateway(
         metrics.peer_connections.set_function(open_peer_connections)
         metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         store, writer = await _open_records(settings, metrics, stack)
+        tracing = Tracing.from_environ()
+        if tracing.enabled:
+            log.info("tracing: %s", tracing.description)
+            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         services = CallServices(
+            carrier_api=await _carrier_api(settings, profiles, stack),
             prices=PriceTable.default(settings.prices),
             save_record=writer.submit if writer is not None else None,
+            tracing=tracing,
         )
         inbound_latency = metrics.added_latency.labels("inbound")
         queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
@@ -119,6 +127,7 @@ async def running_gateway(
                 realtime,
                 on_outbound_handoff=inbound_latency.observe,
                 on_outbound_drop=queue_full.inc,
+                call_control=services.carrier_api is not None,
             ),
             profiles=profiles,
             metrics=metrics,
@@ -134,6 +143,34 @@ async def running_gateway(
             )
         )
         yield RunningGateway(app=app, server=server, upstream_base_url=base_url, emulator=emulator)
+
+
+async def _carrier_api(
+    settings: Settings, profiles: ProfileStore, stack: contextlib.AsyncExitStack
+) -> TwilioRestClient | None:
+    """Twilio's REST API for call control, when credentials are set; closed with ``stack``."""
+    credentials = settings.twilio_rest_credentials()
+    if credentials is None:
+        using = [
+            p.name
+            for p in (profiles.current.default, *profiles.current.numbers.values())
+            if p.tools.any
+        ]
+        if using:
+            log.warning(
+                "profile(s) %s enable call-control tools, but TWILIO_ACCOUNT_SID and a token or "
+                "API key are not set: the tools are not offered to the model, and budget or "
+                "maximum-duration endings close the stream (the caller hears the fallback)",
+                ", ".join(using),
+            )
+        return None
+    assert settings.twilio_account_sid is not None
+    client = TwilioRestClient(
+        settings.twilio_account_sid, *credentials, base_url=settings.twilio_api_base_url
+    )
+    stack.push_async_callback(client.aclose)
+    log.info("call control through Twilio's REST API at %s", settings.twilio_api_base_url)
+    return client
 
 
 async def _open_records(

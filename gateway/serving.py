@@ -66,7 +66,12 @@ async def serve_app(
     sock.set_inheritable(True)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level=log_level, lifespan="on", access_log=False, **uvicorn_options
+        app,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        log_config=None,  # uvicorn's lines go through our handlers (JSON when configured)
+        **uvicorn_options,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn:{bound_port}")

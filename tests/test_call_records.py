@@ -130,7 +130,7 @@ async def test_a_call_leaves_a_record_with_the_usage_and_cost_the_emulator_bille
     assert usage["total"]["calls"] == 1
     assert usage["total"]["cost_usd"] == pytest.approx(expected, abs=1e-6)
     assert [n["number"] for n in usage["numbers"]] == ["+15550100002"]
-    assert "gateway_call_records_total{result=\"written\"} 1.0" in metrics
+    assert 'gateway_call_records_total{result="written"} 1.0' in metrics
     assert "gateway_upstream_cost_usd_total" in metrics
 
 

@@ -49,6 +49,10 @@ class QuietUpstream:
     def call_id(self) -> str | None:
         return "rtc_fuzz"
 
+    @property
+    def phase_spans(self) -> tuple[tuple[str, float, float], ...]:
+        return ()
+
     async def open(self) -> None:
         return None
 

@@ -64,7 +64,9 @@ from gateway.telephony.messages import (
     Start,
     Stop,
 )
+from gateway.telephony.rest import TwilioApiError
 from gateway.telephony.twilio import TwilioCodec
+from gateway.tracing import TRACEPARENT_PARAM, CallTrace, Tracing
 
 log = logging.getLogger("gateway.call")
 
@@ -110,6 +112,11 @@ class UpstreamSession(Protocol):
 
     def push_audio(self, frame: npt.NDArray[np.int16], received_at: float) -> None: ...
 
+    @property
+    def phase_spans(self) -> tuple[tuple[str, float, float], ...]:
+        """Setup phases as ``(name, start, end)`` on the call's clock (for tracing)."""
+        ...
+
     def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]: ...
 
     async def close(self) -> None: ...
@@ -136,6 +143,7 @@ class CallServices:
     save_record: Callable[[CallRecord], None] | None = None
     """Hands the finished call's record to the writer; must not block (the record writer's
     ``submit``)."""
+    tracing: Tracing = field(default_factory=Tracing.disabled)
 
 
 # Bounds of the per-call outbound latency counts (seconds), as the /metrics histogram's.
@@ -245,7 +253,8 @@ class CallRunner:
         self.machine = m.TurnMachine()
         self.vad: LocalVad | None = None
         self.stats = CallStats()
-        self.log = CallLogger(log, {})
+        self.log = CallLogger(log)
+        self.trace: CallTrace = self.services.tracing.call(None, None, None, None)
         self.start: Start | None = None
         self.profile: Profile | None = None
         self.session: UpstreamSession | None = None
@@ -427,9 +436,19 @@ class CallRunner:
         if self.profile.local_barge_in:
             # 100 ms onset: shorter onsets fire on line noise and would cut greetings off.
             self.vad = LocalVad(onset_ms=100)
+        self.trace = self.services.tracing.call(
+            start.call_sid,
+            start.stream_sid,
+            called,
+            start.custom_parameters.get(TRACEPARENT_PARAM),
+            clock=self.clock,
+        )
         self.log = CallLogger(
             log,
-            {"call": start.call_sid, "stream": start.stream_sid, "number": self.profile.name},
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            number=self.profile.name,
+            trace_id=self.trace.trace_id,
         )
         self.log.info("stream started (profile %s)", self.profile.name)
 
@@ -450,8 +469,10 @@ class CallRunner:
             self.session = self.upstream_factory(self.profile)
             try:
                 await self._attempt_open(self.session, carrier, deadline)
+                self._traced_setup(self.session, None)
                 break
             except (UpstreamRefused, UpstreamTimeout) as exc:
+                self._traced_setup(self.session, exc)
                 retryable = not isinstance(exc, UpstreamRefused) or exc.retryable
                 delay = backoff_s(attempt, self.rng)
                 self.stats.setup_attempts = attempt
@@ -489,6 +510,12 @@ class CallRunner:
         backlog, self._dtmf_backlog = self._dtmf_backlog, []
         for entry in backlog:
             await self._on_keypad_entry(entry)
+
+    def _traced_setup(self, session: UpstreamSession, error: BaseException | None) -> None:
+        code = None if error is None else (getattr(error, "code", None) or type(error).__name__)
+        self.trace.setup_phases(session.phase_spans, upstream_call_id=session.call_id, error=code)
+        if session.call_id:
+            self.log = self.log.bind(upstream_call_id=session.call_id)
 
     async def _attempt_open(
         self, session: UpstreamSession, carrier: asyncio.Task[None], deadline: float
@@ -633,6 +660,7 @@ class CallRunner:
                 self.stats.reconnects += 1
                 self.metrics.upstream_errors.labels("reconnect").inc()
                 self.log.warning("upstream lost (%s): reconnecting with a fresh session", exc)
+                self.trace.event("reconnect", at=self.clock(), reason=str(exc))
                 await self._replace_session(carrier)
 
     def _session_age(self) -> float:
@@ -706,6 +734,7 @@ class CallRunner:
             self._speech_at = now
             await self._handle(m.SpeechStarted("server"))
         elif kind == "response.created" and ev.response_id:
+            self.trace.turn_started(ev.response_id, now)
             self._control(cc.ResponseStarted(ev.response_id), now)
             await self._handle(m.ResponseCreated(ev.response_id))
         elif kind == "response.output_item.done" and ev.item_type == "function_call":
@@ -728,6 +757,7 @@ class CallRunner:
         elif kind == "response.done" and ev.response_id:
             self.stats.turns += 1
             self._on_usage(ev.usage, now)
+            self.trace.turn_done(ev.response_id, ev.status or "completed", ev.usage, now)
             self._control(cc.ResponseFinished(ev.response_id), now)
             await self._handle(m.ResponseDone(ev.response_id, ev.status or "completed"))
         elif kind == "response.output_audio_transcript.done" and ev.transcript:
@@ -818,6 +848,10 @@ class CallRunner:
             self.stats.response_ms.append(round((now - self._speech_stopped_at) * 1000, 1))
             self._speech_stopped_at = None
         mark = self.ledger.sent(len(ulaw), response_id)
+        if mark is None and self.machine.state is m.State.DRAINING:
+            # Late frames after upstream said it stopped (RTP trails the data channel): mark
+            # them at once, or the carrier could never be confirmed drained.
+            mark = self.ledger.flush()
         if mark is not None:
             await self._send(PlayMark(mark))
 
@@ -861,6 +895,7 @@ class CallRunner:
             if isinstance(action, cc.Note):
                 entry = {**action.entry, "at_ms": round((now - self.stats.started_at) * 1000)}
                 self.stats.actions.append(entry)
+                self.trace.event(f"call_control.{entry['kind']}", at=now, ok=entry.get("ok"))
                 self.log.info("call control: %s", entry)
             elif isinstance(action, cc.HangUp | cc.Transfer):
                 self._ending = True
@@ -893,7 +928,11 @@ class CallRunner:
                     await api.hang_up(sid)
                 else:
                     await api.transfer(sid, action.number)
-            except Exception as exc:  # the REST client's errors say what to check
+            except TwilioApiError as exc:  # its message says what to check
+                gone = exc.call_not_in_progress or exc.not_found
+                if not (gone and isinstance(action, cc.HangUp)):
+                    error = str(exc)
+            except Exception as exc:
                 error = str(exc) or type(exc).__name__
         at_ms = round((self.clock() - self.stats.started_at) * 1000)
         self.stats.actions.append(
@@ -929,6 +968,7 @@ class CallRunner:
             elif isinstance(action, m.BargeIn):
                 self.stats.barge_ins += 1
                 self.metrics.barge_ins.labels(action.source).inc()
+                self.trace.event("barge_in", at=self.clock(), source=action.source)
 
     async def _flush_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -979,6 +1019,7 @@ class CallRunner:
                     await self.ws.close(code=int(self._close_code), reason=reason)
         self.metrics.calls.labels(outcome).inc()
         self.stats.outcome, self.stats.end_reason = outcome, self._end_reason
+        self.trace.end(outcome, self._end_reason, error=outcome not in _GOOD_OUTCOMES)
         if self.recent is not None and self.start is not None:
             self.recent.append(self.summary())
         if self.services.save_record is not None and self.start is not None:
@@ -1013,6 +1054,7 @@ def _setup_error_code(exc: UpstreamError) -> str:
 
 
 _SPEAKING_STATES = frozenset({m.State.RESPONDING, m.State.SPEAKING})
+_GOOD_OUTCOMES = frozenset({"completed", "transferred"})
 # Caller audio kept before the first voiced frame of the setup buffer (the VAD's prefix padding).
 SETUP_PREFIX_FRAMES = 15
 

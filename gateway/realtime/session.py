@@ -214,13 +214,18 @@ def session_factory(
     *,
     on_outbound_handoff: Callable[[float], None] | None = None,
     on_outbound_drop: Callable[[], None] | None = None,
+    call_control: bool = False,
 ) -> Callable[[Profile], RealtimeSession]:
-    """A per-call constructor for the bridge: the profile's GA session on the shared config."""
+    """A per-call constructor for the bridge: the profile's GA session on the shared config.
+
+    ``call_control``: the gateway can act on calls (carrier REST API configured), so profiles'
+    built-in tools are declared to the model.
+    """
 
     def create(profile: Profile) -> RealtimeSession:
         return RealtimeSession(
             config,
-            profile.session_config(),
+            profile.session_config(call_control=call_control),
             on_outbound_handoff=on_outbound_handoff,
             on_outbound_drop=on_outbound_drop,
         )

@@ -59,6 +59,10 @@ class ScriptedUpstream:
     def call_id(self) -> str | None:
         return "rtc_scripted"
 
+    @property
+    def phase_spans(self) -> tuple[tuple[str, float, float], ...]:
+        return ()
+
     async def open(self) -> None:
         await self.ready.wait()
         if self.fail_with is not None:
