@@ -21,6 +21,8 @@ from gateway.realtime.events import FATAL_ERROR_CODES, RECOVERABLE_ERROR_CODES
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 OPERATOR_DOCS = [
+    "configuration.md",
+    "operations.md",
     "deployment.md",
     "metrics.md",
     "troubleshooting.md",
@@ -78,6 +80,30 @@ def test_operator_docs_name_only_real_settings(setting_names: set[str]) -> None:
             if token.endswith("_"):
                 continue  # a name pattern such as GATEWAY_PORT_* (Kubernetes service links)
             assert token in known, f"docs/{doc} names {token}, which is not a setting"
+
+
+def test_configuration_reference_lists_every_setting() -> None:
+    """The settings table names each setting by the variable an operator sets (the standard
+    name for aliased ones)."""
+    from pydantic import AliasChoices
+
+    from gateway.settings import Settings
+
+    text = _text("configuration.md")
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"GATEWAY_{name}"
+        assert f"`{env.upper()}`" in text, f"docs/configuration.md does not list {env.upper()}"
+
+
+def test_configuration_profile_example_shows_every_profile_field() -> None:
+    from gateway.numbers import Profile, Tools
+
+    text = _text("configuration.md")
+    example = text.split("## Per-number profiles", 1)[1].split("```yaml", 1)[1].split("```")[0]
+    shown = set(re.findall(r"^\s*([a-z_]+):", example, flags=re.MULTILINE))
+    missing = (set(Profile.model_fields) - {"name"}) | set(Tools.model_fields)
+    assert not missing - shown, f"profile fields missing from the example: {missing - shown}"
 
 
 def test_troubleshooting_covers_every_close_code_and_handled_realtime_code() -> None:

@@ -324,11 +324,12 @@ def test_every_env_var_in_the_manifests_is_a_real_setting(setting_names: set[str
 
 def _deployment_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     env: dict[str, str] = {}
+    template = _docs(K8S / "secret.example.yaml")[0]["stringData"]
     for name, entry in _container_env().items():
         if "value" in entry:
             env[name] = str(entry["value"])
-        else:
-            env[name] = f"secret-from-{entry['valueFrom']['secretKeyRef']['key']}"
+        else:  # the Secret template's placeholder, which has the value's shape
+            env[name] = str(template[entry["valueFrom"]["secretKeyRef"]["key"]])
     return _settings_from_env(monkeypatch, env)
 
 
@@ -343,6 +344,14 @@ def test_deployment_settings_parse_and_mean_production(monkeypatch: pytest.Monke
     port = _container()["ports"][0]
     assert port["name"] == "http" and port["containerPort"] == settings.port
     assert _pod_spec()["enableServiceLinks"] is False  # GATEWAY_PORT=tcp://... would collide
+    # The root filesystem is read-only: records and recordings must land on a writable volume.
+    writable = [
+        Path(m["mountPath"]) for m in _container()["volumeMounts"] if not m.get("readOnly")
+    ]
+    for path in (settings.records_path, settings.recordings_dir):
+        assert any(path.is_relative_to(w) for w in writable), f"{path} is not on a volume"
+    assert settings.records_url is not None and settings.records_url.startswith("postgresql")
+    assert settings.call_control_enabled
 
 
 def test_required_secrets_are_required_and_exist_in_the_template() -> None:
