@@ -24,7 +24,7 @@ Wiring, one timeline and one writer per call (``t0`` anchors the gateway's monot
 the carrier's stream clock; anchoring it at the first media frame, rather than at ``start``,
 cancels the ``start`` message's own transit time)::
 
-    t0 = clock() - (first_media.timestamp_ms + 20) / 1000      # once, at the first Media
+    t0 = clock() - (first.timestamp_ms + len(first.payload) / 8) / 1000   # at the first Media
     timeline = RecordingTimeline()
     writer = RecordingWriter(recording_path(directory, call_sid, started_at))
 
@@ -35,6 +35,10 @@ cancels the ``start`` message's own transit time)::
 
     writer.write(timeline.finish((clock() - t0) * 1000))      # at hang-up
     await writer.close()
+
+A :class:`ValueError` from the timeline (a carrier timestamp jumping by more than
+``max_gap_ms``, or a negative time) means the recording cannot be trusted: log it, stop
+feeding the timeline and close the writer; the call goes on.
 
 Alignment is as good as those two clocks agree. The carrier plays our audio one transit later
 than we send it, so assistant audio lands up to one one-way delay early relative to the caller's
@@ -107,9 +111,17 @@ class RecordingTimeline:
     Times are milliseconds since the stream started, as floats; the timeline rounds them to
     the nearest 8 kHz sample. A time that falls in audio already handed out is moved to the
     first sample not yet handed out: what was handed out is never rewritten.
+
+    Audio placed more than ``max_gap_ms`` beyond everything placed so far raises
+    :class:`ValueError` instead of filling the gap with silence: a carrier timestamp that jumps
+    by hours (or a time computed from the wrong clock) would otherwise allocate that much
+    memory and write that much silence. Stop recording the call when it happens.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_gap_ms: float = 60_000) -> None:
+        if not (math.isfinite(max_gap_ms) and max_gap_ms >= 0):
+            raise ValueError(f"max_gap_ms={max_gap_ms} must be a finite number >= 0")
+        self._max_gap = round(max_gap_ms * _PER_MS)
         # rows [off, off + live) of buf hold absolute samples [base, base + live); every row
         # from off + live on is zero, so writing past the end leaves silence in any gap
         self._buf = np.zeros((_INITIAL_ROWS, RECORDING_CHANNELS), dtype=np.int16)
@@ -153,6 +165,7 @@ class RecordingTimeline:
         if end <= self._caller_end:
             return  # a repeat of audio already placed
         new = max(start, self._caller_end)
+        self._check_gap(new, "caller", at_ms)
         self._reserve(end)
         row = self._off + new - self._base
         self._buf[row : row + end - new, _CALLER] = ulaw_to_array(ulaw[new - start :])
@@ -165,6 +178,7 @@ class RecordingTimeline:
         if not ulaw:
             return
         start = max(_position(at_ms), self._cursor, self._base)
+        self._check_gap(start, "assistant", at_ms)
         end = start + len(ulaw)
         self._reserve(end)
         row = self._off + start - self._base
@@ -212,6 +226,15 @@ class RecordingTimeline:
     def _check_open(self) -> None:
         if self._finished:
             raise RuntimeError("the recording timeline is finished; finish() is the last call")
+
+    def _check_gap(self, start: int, what: str, at_ms: float) -> None:
+        gap = start - self._live_end()
+        if gap > self._max_gap:
+            raise ValueError(
+                f"{what} audio at {at_ms:g} ms leaves a gap of {gap / _PER_MS:g} ms after "
+                f"everything placed so far (max_gap_ms={self._max_gap / _PER_MS:g}); a carrier "
+                "timestamp jumped, or the time is not milliseconds since the stream started"
+            )
 
     def _live_end(self) -> int:
         return max(self._caller_end, self._cursor, self._base)

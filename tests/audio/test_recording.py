@@ -249,6 +249,8 @@ def test_a_finished_timeline_refuses_more_input() -> None:
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
 def test_impossible_times_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_gap_ms"):
+        RecordingTimeline(max_gap_ms=bad)
     tl = RecordingTimeline()
     with pytest.raises(ValueError, match="at_ms"):
         tl.caller(b"\xff" * FRAME, bad)
@@ -256,6 +258,19 @@ def test_impossible_times_are_refused(bad: float) -> None:
         tl.assistant(b"\xff" * FRAME, bad)
     with pytest.raises(ValueError, match="at_ms"):
         tl.cleared(bad)
+
+
+def test_a_timestamp_jumping_by_hours_is_refused_not_filled_with_silence() -> None:
+    tl = RecordingTimeline(max_gap_ms=60_000)
+    a = noise(FRAME, 1)
+    tl.caller(a, 0)
+    tl.caller(a, 60_020)  # a minute of lost audio: still a gap, filled with silence
+    with pytest.raises(ValueError, match=r"caller audio at 7.2e\+06 ms leaves a gap"):
+        tl.caller(a, 2 * 3600_000)
+    with pytest.raises(ValueError, match=r"assistant audio at 1e\+12 ms leaves a gap"):
+        tl.assistant(a, 1e12)  # e.g. monotonic clock milliseconds without subtracting t0
+    assert tl.caller_ms == 60_040 and tl.assistant_ms == 0  # refused input changed nothing
+    assert len(tl.take()) == 60_040 * 8
 
 
 def test_memory_stays_bounded_over_a_long_call() -> None:
