@@ -63,21 +63,43 @@ def check_config(
         typer.echo(f"invalid: {exc}", err=True)
         raise typer.Exit(1) from None
     table = Table(title=f"profiles from {profiles.source}")
-    for col in ("number", "voice", "model", "turn detection", "greeting", "local barge-in"):
-        table.add_column(col)
+    columns = ("number", "voice", "model", "turn detection", "greeting", "tools", "budget", "rec")
+    for col in columns:
+        table.add_column(col, no_wrap=col == "number", overflow="fold")
     rows = [("default", profiles.default), *sorted(profiles.numbers.items())]
     for number, p in rows:
         td = p.turn_detection.type if p.turn_detection else "manual"
+        tools = ["end_call"] if p.tools.end_call else []
+        tools += [f"transfer:{name}" for name in sorted(p.tools.transfer_call)]
         table.add_row(
-            number, p.voice, p.model, td, "yes" if p.greeting else "no", str(p.local_barge_in)
+            number,
+            p.voice,
+            p.model,
+            td,
+            "yes" if p.greeting else "no",
+            " ".join(tools) or "-",
+            "-" if p.max_cost_usd is None else f"${p.max_cost_usd:g}",
+            "yes" if p.record else "no",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)  # whole numbers, even when piped
+    if not settings.call_control_enabled and profiles.using_tools():
+        from gateway.service import TOOLS_WITHOUT_CALL_CONTROL
+
+        typer.echo("warning: " + TOOLS_WITHOUT_CALL_CONTROL % ", ".join(profiles.using_tools()))
     upstream = (
         "embedded emulator (no OPENAI_API_KEY)"
         if settings.uses_embedded_emulator
         else settings.effective_realtime_base_url
     )
-    typer.echo(f"settings ok; upstream: {upstream}")
+    from gateway.records.store import mask_url
+
+    if not settings.records_enabled:
+        records = "off"
+    elif settings.records_url:
+        records = mask_url(settings.records_url)
+    else:
+        records = f"SQLite at {settings.records_path}"
+    typer.echo(f"settings ok; upstream: {upstream}; call records: {records}")
 
 
 @app.command()

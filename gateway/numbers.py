@@ -266,6 +266,10 @@ class Profiles:
     numbers: dict[str, Profile]
     source: str
 
+    def using_tools(self) -> list[str]:
+        """Names of the profiles that enable a call-control tool."""
+        return [p.name for p in (self.default, *self.numbers.values()) if p.tools.any]
+
     def for_number(self, called: str | None) -> Profile:
         """The profile for the called number, or the default one for unknown numbers."""
         if called is not None:

@@ -17,11 +17,14 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
 
 from gateway.app import create_app, gateway_state
+from gateway.audio.recording import sweep_recordings
 from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
@@ -118,7 +121,16 @@ async def running_gateway(
             prices=PriceTable.default(settings.prices),
             save_record=writer.submit if writer is not None else None,
             tracing=tracing,
+            recordings_dir=settings.recordings_dir,
         )
+        if settings.recordings_retention_days > 0:
+            sweeper = asyncio.create_task(
+                _sweep_recordings_hourly(
+                    settings.recordings_dir, settings.recordings_retention_days
+                ),
+                name="recordings-retention",
+            )
+            stack.callback(sweeper.cancel)
         inbound_latency = metrics.added_latency.labels("inbound")
         queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
         app = create_app(
@@ -145,24 +157,38 @@ async def running_gateway(
         yield RunningGateway(app=app, server=server, upstream_base_url=base_url, emulator=emulator)
 
 
+RETENTION_SWEEP_S = 3600.0
+TOOLS_WITHOUT_CALL_CONTROL = (
+    "profile(s) %s enable call-control tools, but TWILIO_ACCOUNT_SID and a token or API key "
+    "are not set: the tools are not offered to the model, and budget or maximum-duration "
+    "endings close the stream (the caller hears the fallback)"
+)
+
+
+async def _sweep_recordings_hourly(directory: Path, retention_days: int) -> None:
+    """Delete recordings past their retention now and every hour, off the event loop."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(
+                sweep_recordings, directory, retention_days, datetime.now(UTC)
+            )
+        except OSError as exc:
+            log.error("recordings retention sweep of %s failed: %s", directory, exc)
+        else:
+            if removed:
+                log.info("deleted %d recording(s) older than %d days", removed, retention_days)
+        await asyncio.sleep(RETENTION_SWEEP_S)
+
+
 async def _carrier_api(
     settings: Settings, profiles: ProfileStore, stack: contextlib.AsyncExitStack
 ) -> TwilioRestClient | None:
     """Twilio's REST API for call control, when credentials are set; closed with ``stack``."""
     credentials = settings.twilio_rest_credentials()
     if credentials is None:
-        using = [
-            p.name
-            for p in (profiles.current.default, *profiles.current.numbers.values())
-            if p.tools.any
-        ]
+        using = profiles.current.using_tools()
         if using:
-            log.warning(
-                "profile(s) %s enable call-control tools, but TWILIO_ACCOUNT_SID and a token or "
-                "API key are not set: the tools are not offered to the model, and budget or "
-                "maximum-duration endings close the stream (the caller hears the fallback)",
-                ", ".join(using),
-            )
+            log.warning(TOOLS_WITHOUT_CALL_CONTROL, ", ".join(using))
         return None
     assert settings.twilio_account_sid is not None
     client = TwilioRestClient(

@@ -56,6 +56,24 @@ def test_check_config_good_and_bad(tmp_path: Path) -> None:
     assert "numbers.+15551230001.voice" in result.output
 
 
+def test_check_config_warns_about_tools_without_rest_credentials_and_masks_the_db(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profiles = tmp_path / "p.yaml"
+    profiles.write_text("default: {tools: {end_call: true}, max_cost_usd: 0.5}\n")
+    monkeypatch.setenv("GATEWAY_RECORDS_URL", "postgresql://gw:hunter2@db:5432/calls")
+    for name in ("TWILIO_ACCOUNT_SID", "GATEWAY_TWILIO_ACCOUNT_SID"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["check-config", str(profiles)])
+    assert result.exit_code == 0, result.output
+    assert "warning: profile(s) default enable call-control tools" in result.output
+    assert "hunter2" not in result.output and "postgresql://gw:***@db:5432/calls" in result.output
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "0" * 32)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
+    result = runner.invoke(app, ["check-config", str(profiles)])
+    assert result.exit_code == 0 and "warning" not in result.output
+
+
 def test_bad_settings_exit_2_with_every_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_PORT", "-1")
     monkeypatch.setenv("GATEWAY_LOG_LEVEL", "loud")

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.admission import Admissions
 from gateway.audio.g711 import ulaw_to_pcm16
+from gateway.audio.recording import RecordingTimeline, RecordingWriter, recording_path
 from gateway.audio.transcoder import CallTranscoder
 from gateway.audio.vad import LocalVad, VadEvent
 from gateway.bridge import control as cc
@@ -144,6 +146,8 @@ class CallServices:
     """Hands the finished call's record to the writer; must not block (the record writer's
     ``submit``)."""
     tracing: Tracing = field(default_factory=Tracing.disabled)
+    recordings_dir: Path | None = None
+    """Where calls of profiles with ``record: true`` are recorded; None: recording is off."""
 
 
 # Bounds of the per-call outbound latency counts (seconds), as the /metrics histogram's.
@@ -280,6 +284,8 @@ class CallRunner:
         self._started_wall = 0.0
         self._caller: str | None = None
         self._called: str | None = None
+        self.recording: _Recording | None = None
+        self.recording_path: Path | None = None
 
     # --- public ------------------------------------------------------------------------
 
@@ -338,6 +344,7 @@ class CallRunner:
             cost_usd=self.cost_usd,
             actions=list(self.stats.actions),
             errors=dict(self.stats.upstream_errors),
+            recording_path=None if self.recording_path is None else str(self.recording_path),
             dtmf=self.stats.dtmf,
         )
 
@@ -429,6 +436,11 @@ class CallRunner:
         self.profile = self.profiles.for_number(called)
         self.machine = m.TurnMachine(truncate_to_heard=self.profile.truncate_to_heard)
         self.dtmf = DtmfCollector(inter_digit_timeout_ms=self.profile.dtmf_timeout_ms)
+        directory = self.services.recordings_dir
+        if self.profile.record and directory is not None:
+            started = datetime.fromtimestamp(self._started_wall, UTC)
+            path = recording_path(directory, start.call_sid, started)
+            self.recording = _Recording(RecordingTimeline(), RecordingWriter(path, log=log))
         if self.carrier_api is not None:
             self.control = cc.CallControl(
                 end_call=self.profile.tools.end_call, transfer=self.profile.tools.transfer_call
@@ -624,6 +636,8 @@ class CallRunner:
 
     def _on_media(self, msg: Media, now: float) -> None:
         self.stats.frames_in += 1
+        if self.recording is not None:
+            self._record(self.recording.on_caller, msg.payload, msg.timestamp_ms, now)
         if self.vad is not None and self._ready and len(msg.payload) == VAD_FRAME_BYTES:
             event = self.vad.process(ulaw_to_pcm16(msg.payload))
             if event is VadEvent.SPEECH_STARTED and self.machine.assistant_audible:
@@ -847,6 +861,8 @@ class CallRunner:
         if self._speech_stopped_at is not None:
             self.stats.response_ms.append(round((now - self._speech_stopped_at) * 1000, 1))
             self._speech_stopped_at = None
+        if self.recording is not None:
+            self._record(self.recording.on_assistant, ulaw, now)
         mark = self.ledger.sent(len(ulaw), response_id)
         if mark is None and self.machine.state is m.State.DRAINING:
             # Late frames after upstream said it stopped (RTP trails the data channel): mark
@@ -974,6 +990,8 @@ class CallRunner:
         pending, self._pending = self._pending, []
         for msg in pending:
             await self._send(msg)
+            if isinstance(msg, ClearAudio) and self.recording is not None:
+                self._record(self.recording.on_clear, self.clock())
             if isinstance(msg, ClearAudio) and self._speech_at is not None:
                 self.metrics.barge_in_seconds.observe(self.clock() - self._speech_at)
                 self._speech_at = None
@@ -987,6 +1005,42 @@ class CallRunner:
                 f"the carrier has not read its websocket for {CARRIER_SEND_TIMEOUT_S:g} s"
             ) from None
 
+    def _record(self, step: Callable[..., None], *args: Any) -> None:
+        """Apply one recording step. A recording that cannot go on stops where it is (what it
+        has is still saved); the call goes on."""
+        rec = self.recording
+        if rec is None or rec.failed:
+            return
+        try:
+            step(*args)
+        except ValueError as exc:  # a carrier timestamp far off the stream's clock
+            self.log.warning("call recording stopped: %s", exc)
+            rec.failed = True
+            self.metrics.recordings.labels("failed").inc()
+
+    async def _finish_recording(self) -> None:
+        rec, self.recording = self.recording, None
+        if rec is None:
+            return
+        if rec.started:
+            with contextlib.suppress(ValueError, RuntimeError):
+                tail = (
+                    rec.timeline.take()
+                    if rec.failed
+                    else rec.timeline.finish(rec.at_ms(self.clock()))
+                )
+                rec.writer.write(tail)
+        try:
+            async with asyncio.timeout(CARRIER_SEND_TIMEOUT_S):
+                saved = await rec.writer.close()
+        except TimeoutError:
+            saved = None
+            self.log.error("call recording not finished within %g s", CARRIER_SEND_TIMEOUT_S)
+        self.recording_path = saved
+        if rec.failed:
+            return  # counted when it failed
+        self.metrics.recordings.labels("saved" if saved is not None else "failed").inc()
+
     # --- end -----------------------------------------------------------------------------
 
     async def _cleanup(self, tasks: list[asyncio.Task[None]], outcome: str) -> None:
@@ -999,6 +1053,7 @@ class CallRunner:
                     await asyncio.shield(self._end_task)
         if outcome == "completed" and self._outcome is not None:
             outcome = self._outcome
+        await self._finish_recording()
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -1031,6 +1086,48 @@ class CallRunner:
             self.stats.barge_ins,
             self.stats.turns,
         )
+
+
+# Recorded audio is handed to the writer this often (caller frames): bounded memory, few hops.
+RECORDING_TAKE_EVERY = 25
+
+
+@dataclass
+class _Recording:
+    """A call's recording: the pure timeline, its file writer, and the stream's time origin.
+
+    The origin is set at the first caller frame so that media timestamps (ms since the stream
+    started, the carrier's clock) and the gateway's send times land on one axis.
+    """
+
+    timeline: RecordingTimeline
+    writer: RecordingWriter
+    t0: float | None = None
+    frames: int = 0
+    failed: bool = False
+
+    @property
+    def started(self) -> bool:
+        return self.t0 is not None
+
+    def at_ms(self, now: float) -> float:
+        return 0.0 if self.t0 is None else max(0.0, (now - self.t0) * 1000)
+
+    def on_caller(self, ulaw: bytes, timestamp_ms: int, now: float) -> None:
+        if self.t0 is None:
+            self.t0 = now - timestamp_ms / 1000
+        self.timeline.caller(ulaw, timestamp_ms)
+        self.frames += 1
+        if self.frames % RECORDING_TAKE_EVERY == 0:
+            self.writer.write(self.timeline.take())
+
+    def on_assistant(self, ulaw: bytes, now: float) -> None:
+        # At its send time, or right after the previous chunk: the carrier plays audio back to
+        # back and starves when it comes late, so a late chunk leaves a gap, as heard.
+        self.timeline.assistant(ulaw, self.at_ms(now))
+
+    def on_clear(self, now: float) -> None:
+        self.timeline.cleared(self.at_ms(now))
 
 
 class _RotateSession(Exception):
