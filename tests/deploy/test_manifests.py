@@ -345,9 +345,7 @@ def test_deployment_settings_parse_and_mean_production(monkeypatch: pytest.Monke
     assert port["name"] == "http" and port["containerPort"] == settings.port
     assert _pod_spec()["enableServiceLinks"] is False  # GATEWAY_PORT=tcp://... would collide
     # The root filesystem is read-only: records and recordings must land on a writable volume.
-    writable = [
-        Path(m["mountPath"]) for m in _container()["volumeMounts"] if not m.get("readOnly")
-    ]
+    writable = [Path(m["mountPath"]) for m in _container()["volumeMounts"] if not m.get("readOnly")]
     for path in (settings.records_path, settings.recordings_dir):
         assert any(path.is_relative_to(w) for w in writable), f"{path} is not on a volume"
     assert settings.records_url is not None and settings.records_url.startswith("postgresql")
