@@ -11,5 +11,7 @@
 - :mod:`~gateway.loadtest.report` — percentiles, thresholds, text, JSON and CSV;
 - :mod:`~gateway.loadtest.spawn` — the emulator and a gateway as separate, pinnable processes;
 - :mod:`~gateway.loadtest.floor` — bare aiortc peers: the per-call cost no gateway avoids;
+- :mod:`~gateway.loadtest.twilio_api` — a stand-in of Twilio's REST Calls resource, so call
+  control (hang-up, transfer) is exercised against the simulated carrier;
 - :mod:`~gateway.loadtest.cli` — ``gateway loadtest``.
 """
