@@ -955,14 +955,15 @@ class CallRunner:
             {"kind": f"{kind}_request", "ok": error is None, "error": error, "at_ms": at_ms}
         )
         self.metrics.call_actions.labels(kind, "ok" if error is None else "failed").inc()
-        if error is not None:
-            self.log.error("carrier API %s failed: %s", kind.replace("_", " "), error)
+        if error is None:
             if isinstance(action, cc.Transfer):
+                self._outcome = "transferred"
+        else:
+            self.log.error("carrier API %s failed: %s", kind.replace("_", " "), error)
+            if isinstance(action, cc.Transfer) and self.machine.state is not m.State.CLOSED:
                 self._ending = False
                 self._control(cc.TransferFailed(action.destination, error), self.clock())
                 return
-        elif isinstance(action, cc.Transfer):
-            self._outcome = "transferred"
         self._hangup.set()
 
     def _run_actions(self, actions: list[m.Action]) -> None:
