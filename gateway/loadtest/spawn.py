@@ -174,6 +174,10 @@ async def spawned_stack(
             "TWILIO_AUTH_TOKEN": auth_token,
             "GATEWAY_MAX_CALLS": str(max_calls),
             "GATEWAY_LOG_LEVEL": "warning",
+            # The run's call records (and any recordings) stay with its logs, not in the
+            # working directory: a load test is not traffic to bill.
+            "GATEWAY_RECORDS_PATH": str(logs / "calls.sqlite3"),
+            "GATEWAY_RECORDINGS_DIR": str(logs / "recordings"),
             **(gateway_env or {}),
         }
         await gateway.start(
