@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -245,19 +245,15 @@ def create_app(
             until=_instant("until", until),
             limit=limit,
         )
-        try:
+        with _store_errors():
             found = await store.query(query)
-        except RecordStoreError as exc:
-            raise HTTPException(503, str(exc)) from None
         return JSONResponse({"records": [r.to_dict() for r in found]})
 
     @app.get("/admin/records/{call_sid}")
     async def admin_record(request: Request, call_sid: str) -> Response:
         _require_admin(request, state)
-        try:
+        with _store_errors():
             found = await _records(state).get(call_sid)
-        except RecordStoreError as exc:
-            raise HTTPException(503, str(exc)) from None
         if found is None:
             raise HTTPException(404, f"no call record for {call_sid}")
         return JSONResponse(found.to_dict())
@@ -270,12 +266,10 @@ def create_app(
         number: str | None = None,
     ) -> Response:
         _require_admin(request, state)
-        try:
+        with _store_errors():
             rows = await _records(state).totals(
                 since=_instant("since", since), until=_instant("until", until), number=number
             )
-        except RecordStoreError as exc:
-            raise HTTPException(503, str(exc)) from None
         total = {
             "calls": sum(r.calls for r in rows),
             "duration_s": round(sum(r.duration_s for r in rows), 3),
@@ -292,6 +286,15 @@ def _records(state: GatewayState) -> RecordStore:
     if state.records is None:
         raise HTTPException(404, "call records are off (GATEWAY_RECORDS_URL=off)")
     return state.records
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """A records database that fails a query is a 503 saying why (its URL password masked)."""
+    try:
+        yield
+    except RecordStoreError as exc:
+        raise HTTPException(503, str(exc)) from None
 
 
 def _instant(name: str, value: str | None) -> datetime | None:

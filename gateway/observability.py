@@ -27,7 +27,7 @@ from prometheus_client import (
 )
 
 # Gateway-added latency is small (a resampler's delay and a queue hop): fine buckets.
-_LATENCY_BUCKETS = (
+LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
 )  # fmt: skip
 _SETUP_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
@@ -58,13 +58,13 @@ class Metrics:
             "Time audio spends inside the gateway: inbound = carrier frame received to handed "
             "to the WebRTC track; outbound = decoded upstream frame to carrier message written",
             ["direction"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.barge_in_seconds = Histogram(
             "gateway_barge_in_reaction_seconds",
             "Caller-speech event received to carrier clear written",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.barge_ins = Counter("gateway_barge_ins", "Barge-ins by source", ["source"], registry=r)

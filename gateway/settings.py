@@ -143,9 +143,7 @@ class Settings(BaseSettings):
     @field_validator("twilio_api_base_url")
     @classmethod
     def _strip_api_slash(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
+        return _http_base_url(v)
 
     @field_validator("twilio_account_sid")
     @classmethod
@@ -182,9 +180,7 @@ class Settings(BaseSettings):
     def _strip_slash(cls, v: str | None) -> str | None:
         if v is None or v == "":
             return None
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
+        return _http_base_url(v)
 
     @property
     def uses_embedded_emulator(self) -> bool:
@@ -210,6 +206,12 @@ class Settings(BaseSettings):
     @property
     def effective_realtime_base_url(self) -> str:
         return self.realtime_base_url or OPENAI_DEFAULT_BASE_URL
+
+
+def _http_base_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return v.rstrip("/")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -46,7 +46,13 @@ from gateway.errors import (
     close_code_for,
 )
 from gateway.numbers import Profile, ProfileStore
-from gateway.observability import CallLogger, Metrics, mask_number
+from gateway.observability import (
+    LATENCY_BUCKETS,
+    CallLogger,
+    Metrics,
+    bucket_quantile,
+    mask_number,
+)
 from gateway.realtime import events as rt
 from gateway.records.model import CallRecord
 from gateway.records.pricing import PriceTable, Usage
@@ -150,10 +156,6 @@ class CallServices:
     """Where calls of profiles with ``record: true`` are recorded; None: recording is off."""
 
 
-# Bounds of the per-call outbound latency counts (seconds), as the /metrics histogram's.
-_ADDED_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
-
-
 @dataclass
 class CallStats:
     """What the call record and the admin API report about one call."""
@@ -178,8 +180,8 @@ class CallStats:
     dtmf: str = ""
     response_ms: list[float] = field(default_factory=list)
     """Caller stopped speaking (server VAD) to the first answer frame written to the carrier."""
-    outbound_added: list[int] = field(default_factory=lambda: [0] * (len(_ADDED_BUCKETS) + 1))
-    """Counts of outbound gateway-added latency per bucket (cheap per frame, bounded)."""
+    outbound_added: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    """Counts of outbound gateway-added latency per /metrics bucket (cheap per frame, bounded)."""
     outcome: str | None = None
     end_reason: str | None = None
 
@@ -202,10 +204,8 @@ def _pick(ordered: list[float], q: float) -> float | None:
 
 
 def _bucketed_ms(counts: list[int], q: float) -> float | None:
-    from gateway.observability import bucket_quantile
-
     cumulative, total = [], 0
-    for bound, n in zip((*_ADDED_BUCKETS, float("inf")), counts, strict=True):
+    for bound, n in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
         total += n
         cumulative.append((bound, float(total)))
     value = bucket_quantile(cumulative, q)
@@ -246,7 +246,6 @@ class CallRunner:
         self.registry = registry
         self.recent = recent
         self.services = services or CallServices()
-        self.carrier_api = self.services.carrier_api
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
@@ -441,7 +440,7 @@ class CallRunner:
             started = datetime.fromtimestamp(self._started_wall, UTC)
             path = recording_path(directory, start.call_sid, started)
             self.recording = _Recording(RecordingTimeline(), RecordingWriter(path, log=log))
-        if self.carrier_api is not None:
+        if self.services.carrier_api is not None:
             self.control = cc.CallControl(
                 end_call=self.profile.tools.end_call, transfer=self.profile.tools.transfer_call
             )
@@ -523,8 +522,8 @@ class CallRunner:
         for entry in backlog:
             await self._on_keypad_entry(entry)
 
-    def _traced_setup(self, session: UpstreamSession, error: BaseException | None) -> None:
-        code = None if error is None else (getattr(error, "code", None) or type(error).__name__)
+    def _traced_setup(self, session: UpstreamSession, error: UpstreamError | None) -> None:
+        code = None if error is None else _setup_error_code(error)
         self.trace.setup_phases(session.phase_spans, upstream_call_id=session.call_id, error=code)
         if session.call_id:
             self.log = self.log.bind(upstream_call_id=session.call_id)
@@ -791,10 +790,11 @@ class CallRunner:
         for kind, n in usage.as_dict().items():
             if n:
                 self.metrics.upstream_tokens.labels(kind).inc(n)
-        prices = self.services.prices
-        added = prices.cost_usd(self.profile.model, usage)
-        self.cost_usd = prices.cost_usd(self.profile.model, self.usage)
-        if added is not None:
+        added = self.services.prices.cost_usd(self.profile.model, usage)
+        if added is None:
+            self.cost_usd = None  # no price for the profile's model: never a guess
+        elif self.cost_usd is not None:
+            self.cost_usd += added
             self.metrics.upstream_cost.inc(added)
         budget = self.profile.max_cost_usd
         if budget is not None and self.cost_usd is not None and self.cost_usd >= budget:
@@ -857,7 +857,7 @@ class CallRunner:
         now = self.clock()
         added = now - received_at
         self._outbound_latency.observe(added)
-        self.stats.outbound_added[bisect.bisect_left(_ADDED_BUCKETS, added)] += 1
+        self.stats.outbound_added[bisect.bisect_left(LATENCY_BUCKETS, added)] += 1
         if self._speech_stopped_at is not None:
             self.stats.response_ms.append(round((now - self._speech_stopped_at) * 1000, 1))
             self._speech_stopped_at = None
@@ -935,7 +935,7 @@ class CallRunner:
         the caller back with the assistant, which says so.
         """
         assert self.start is not None
-        sid, api = self.start.call_sid, self.carrier_api
+        sid, api = self.start.call_sid, self.services.carrier_api
         kind = "hang_up" if isinstance(action, cc.HangUp) else "transfer"
         error: str | None = None
         if api is not None:
@@ -991,9 +991,11 @@ class CallRunner:
         pending, self._pending = self._pending, []
         for msg in pending:
             await self._send(msg)
-            if isinstance(msg, ClearAudio) and self.recording is not None:
+            if not isinstance(msg, ClearAudio):
+                continue
+            if self.recording is not None:
                 self._record(self.recording.on_clear, self.clock())
-            if isinstance(msg, ClearAudio) and self._speech_at is not None:
+            if self._speech_at is not None:
                 self.metrics.barge_in_seconds.observe(self.clock() - self._speech_at)
                 self._speech_at = None
 

@@ -159,7 +159,7 @@ class CallControl:
     """When the wrap-up is forced to its end action (None unless wrapping up)."""
     _calls: dict[str, list[ToolCalled]] = field(default_factory=dict)
     _pending: HangUp | Transfer | None = None
-    _asked_farewell: bool = False
+    # The farewell of the current wrap-up: the first response created after it began.
     _farewell_id: str | None = None
     _farewell_done: bool = False
 
@@ -171,7 +171,7 @@ class CallControl:
         if isinstance(event, ResponseFinished):
             return self._on_response_finished(event.response_id, now)
         if isinstance(event, ResponseStarted):
-            if self.phase is Phase.WRAPPING_UP and self._asked_farewell and not self._farewell_id:
+            if self.phase is Phase.WRAPPING_UP and self._farewell_id is None:
                 self._farewell_id = event.response_id
             return []
         if isinstance(event, WrapUp):
@@ -187,8 +187,6 @@ class CallControl:
                 return []
             # Back to the conversation: the assistant announced a transfer that did not happen.
             self.phase = Phase.ACTIVE
-            self._asked_farewell = self._farewell_done = False
-            self._farewell_id = None
             return [
                 Note({"kind": "transfer_failed", "destination": event.destination}),
                 AddSystemNote(
@@ -203,11 +201,7 @@ class CallControl:
             return []
         # Tick
         if self.phase is Phase.WRAPPING_UP and self.deadline is not None and now >= self.deadline:
-            actions = self._finish()
-            for a in actions:
-                if isinstance(a, Note):
-                    a.entry["forced_after_s"] = self.wrap_up_s
-            return actions
+            return self._finish(forced=True)
         return []
 
     # --- internals ---------------------------------------------------------------------------
@@ -287,17 +281,23 @@ class CallControl:
         self.phase = Phase.WRAPPING_UP
         self._pending = end
         self.deadline = now + self.wrap_up_s
-        self._asked_farewell = True
+        self._farewell_id, self._farewell_done = None, False
         return [RequestResponse(instructions)]
 
-    def _finish(self) -> list[Action]:
+    def _finish(self, *, forced: bool = False) -> list[Action]:
+        """The end action, once the farewell was heard or (``forced``) the deadline passed."""
         end = self._pending
         assert end is not None
         self.phase = Phase.FINISHING
         self.deadline = None
         self._pending = None
-        kind = "hang_up" if isinstance(end, HangUp) else "transfer"
-        return [Note({"kind": kind, "reason": end.reason}), end]
+        entry: dict[str, Any] = {
+            "kind": "hang_up" if isinstance(end, HangUp) else "transfer",
+            "reason": end.reason,
+        }
+        if forced:
+            entry["forced_after_s"] = self.wrap_up_s
+        return [Note(entry), end]
 
 
 def _arguments(raw: str) -> dict[str, Any]:
