@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -360,6 +361,19 @@ def histogram_quantile(
                 continue
             buckets.append((float(sample.labels["le"]), sample.value))
     return bucket_quantile(buckets, q)
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile (0 < q <= 1) of ``values`` by nearest rank; ``None`` without values.
+
+    The one definition used by call records, the demo and the load tester, so a call's p50
+    reads the same wherever it is printed: the smallest sample with at least ``q`` of all
+    samples at or below it (``q=1`` is the maximum).
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def bucket_quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:
