@@ -6,10 +6,12 @@
     ├── ConfigError                 the operator's settings or profiles are wrong
     ├── CarrierError                the carrier (or whoever speaks for it) misbehaved
     │   ├── CarrierProtocolError    a message we cannot parse or that breaks the protocol
-    │   │   └── MessageTooLarge     a frame above the configured size limit
+    │   │   ├── MessageTooLarge     a frame above the configured size limit
+    │   │   └── StartTimeout        the stream never sent ``start``
     │   ├── UnsupportedMediaFormat  `start.mediaFormat` is not 8 kHz mono μ-law
     │   ├── AudioFormatError        a payload that is not whole samples / not valid audio
-    │   └── Forbidden               bad or missing signature, unknown call, expired token
+    │   ├── Forbidden               bad or missing signature, unknown call, expired token
+    │   └── CarrierApiError         the carrier's REST API refused or failed a call-control request
     ├── UpstreamError               the Realtime service refused, failed or went away
     │   ├── UpstreamRefused         HTTP error on session creation (401, 429, 5xx, ...)
     │   ├── UpstreamTimeout         ICE, DTLS, data channel or session.updated never came
@@ -63,6 +65,10 @@ class MessageTooLarge(CarrierProtocolError):
     """A carrier frame exceeds the configured maximum size."""
 
 
+class StartTimeout(CarrierProtocolError):
+    """A media stream opened but never sent ``start``: the remote side's fault, not ours."""
+
+
 class UnsupportedMediaFormat(CarrierError):
     """The stream announces an audio format the gateway does not transcode."""
 
@@ -73,6 +79,17 @@ class AudioFormatError(CarrierError):
 
 class Forbidden(CarrierError):
     """Authentication or authorization failed (signature, call binding, token)."""
+
+
+class CarrierApiError(CarrierError):
+    """A request to the carrier's REST API (hang up, transfer) failed. ``str()`` is written for
+    the operator; decide by the properties, which each dialect's client fills in."""
+
+    @property
+    def call_gone(self) -> bool:
+        """The carrier says the call has already ended (or never existed): a hang-up of it is
+        moot, not a failure."""
+        return False
 
 
 class UpstreamError(GatewayError):

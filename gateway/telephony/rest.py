@@ -37,7 +37,7 @@ from typing import Any, Final
 import httpx
 from twilio.twiml.voice_response import VoiceResponse
 
-from gateway.errors import GatewayError
+from gateway.errors import CarrierApiError
 from gateway.numbers import E164
 
 __all__ = [
@@ -115,7 +115,7 @@ def _rfc2822(value: object) -> datetime | None:
         return None
 
 
-class TwilioApiError(GatewayError):
+class TwilioApiError(CarrierApiError):
     """A Call resource request failed. ``str()`` is written for the operator: what failed,
     Twilio's status/code/message and what to check. Decide by the attributes, not the text.
     """
@@ -157,6 +157,10 @@ class TwilioApiError(GatewayError):
     @property
     def unreachable(self) -> bool:
         return self.status is None
+
+    @property
+    def call_gone(self) -> bool:
+        return self.call_not_in_progress or self.not_found
 
 
 def _hint(status: int | None, code: int | None, username: str, ambiguous: bool) -> str:
