@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -14,6 +15,32 @@ from gateway.service import RunningGateway
 from gateway.telephony.twilio import TwilioCarrierCodec, start_message
 
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    within: float = 10.0,
+    *,
+    what: str = "",
+    interval: float = 0.01,
+) -> None:
+    """Wait until ``predicate()`` is true (it may be a coroutine function), at most ``within``
+    seconds; fail with ``what`` in the message otherwise.
+
+    For state another task or process changes with no event to await on (a call's counters, a
+    remote view over HTTP). Where there is an event, await the event instead.
+    """
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                result = predicate()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"not true within {within:g} s: {what or predicate!r}") from None
 
 
 async def admit(base_url: str, call_sid: str, to: str = "+1555") -> str:
@@ -56,8 +83,12 @@ async def wait_all_ended(
     state = gateway_state(gw.app)
     async with asyncio.timeout(15):
         await state.idle.wait()
-        while True:
-            sessions = await emulator_sessions(gw)
-            if all(s["state"] in states for s in sessions):
-                return sessions
-            await asyncio.sleep(0.05)  # polling a remote process's view; nothing to await on
+    sessions: list[dict[str, Any]] = []
+
+    async def settled() -> bool:
+        nonlocal sessions
+        sessions = await emulator_sessions(gw)
+        return all(s["state"] in states for s in sessions)
+
+    await wait_until(settled, 15, what=f"every emulator session in {states}", interval=0.05)
+    return sessions

@@ -67,7 +67,12 @@ class CallTranscoder:
         Every returned array has exactly 480 samples. A 160-byte payload returns one frame
         (unless earlier odd-sized payloads left a remainder, which shifts the framing).
         """
-        pcm = self._up.process(ulaw_to_array(ulaw))
+        return self.inbound_pcm(ulaw_to_array(ulaw))
+
+    def inbound_pcm(self, pcm8k: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
+        """Like :meth:`inbound` for caller audio already decoded to 8 kHz PCM16, so a caller
+        frame is decoded once however many parts (VAD, recording, transcoding) look at it."""
+        pcm = self._up.process(pcm8k)
         size = self.MODEL_FRAME_SAMPLES
         if self._in_pending.size == 0 and pcm.size == size:
             return [pcm]  # the steady state: one carrier frame, one model frame

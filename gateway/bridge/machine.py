@@ -14,6 +14,12 @@ States::
     INTERRUPTED  the caller barged in: late frames of the cancelled response are muted
     CLOSED       the call is over; everything is ignored
 
+One barge-in policy for every speech source (:class:`SpeechStarted`'s ``source``): the caller
+talking is a barge-in while the assistant is audible (SPEAKING, DRAINING) or about to be
+(RESPONDING). Server VAD and the keypad are certain the caller means it, so they interrupt a
+response that has not started playing; the local VAD judges 100 ms of audio and can fire on
+line noise, so it interrupts only audio the caller can actually hear (see :data:`INTERRUPTS`).
+
 A barge-in (caller speech while the assistant is audible or about to be) yields, in this order:
 carrier ``clear``; drop queued outbound audio; ``response.cancel`` only while a response is active;
 ``output_audio_buffer.clear`` while upstream holds audio; and, when asked, a truncate of the
@@ -35,6 +41,9 @@ class State(Enum):
     DRAINING = "draining"
     INTERRUPTED = "interrupted"
     CLOSED = "closed"
+
+
+SpeechSource = Literal["server", "local", "dtmf"]
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -78,7 +87,9 @@ class AudioCleared:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
-    source: Literal["server", "local", "dtmf"]
+    """The caller started talking (or typing), as one of the sources judged it."""
+
+    source: SpeechSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +163,14 @@ Action = (
 )
 
 
+INTERRUPTS: dict[SpeechSource, frozenset[State]] = {
+    "server": frozenset({State.RESPONDING, State.SPEAKING, State.DRAINING}),
+    "dtmf": frozenset({State.RESPONDING, State.SPEAKING, State.DRAINING}),
+    "local": frozenset({State.SPEAKING, State.DRAINING}),
+}
+"""In which states caller speech from each source is a barge-in; elsewhere it changes nothing."""
+
+
 @dataclass
 class TurnMachine:
     """One per call. Feed it inputs with :meth:`handle`; execute the returned actions in order."""
@@ -171,7 +190,27 @@ class TurnMachine:
 
     @property
     def assistant_audible(self) -> bool:
+        """The caller can hear the assistant (or the carrier still holds its audio)."""
         return self.state in (State.SPEAKING, State.DRAINING)
+
+    @property
+    def assistant_quiet(self) -> bool:
+        """The caller hears nothing from the assistant and no response is on its way."""
+        return self.state in (State.LISTENING, State.INTERRUPTED) and self.active_response is None
+
+    @property
+    def forwards_silence(self) -> bool:
+        """Whether a silent upstream frame is worth sending to the carrier.
+
+        Only inside an answer: between answers the carrier plays silence by itself, and
+        forwarding the upstream's comfort silence would keep its buffer (and so "assistant
+        audible") from ever emptying.
+        """
+        return self.state in (State.RESPONDING, State.SPEAKING)
+
+    def interrupts(self, source: SpeechSource) -> bool:
+        """Whether caller speech from ``source`` would be a barge-in now."""
+        return self.state in INTERRUPTS[source]
 
     def handle(self, event: Input) -> list[Action]:
         """Apply one input; return the actions to execute now, in order."""
@@ -230,6 +269,8 @@ def _goto(state: State) -> Handler:
 
 def _on_speech(m: TurnMachine, e: Input) -> tuple[State, list[Action]]:
     assert isinstance(e, SpeechStarted)
+    if not m.interrupts(e.source):
+        return m.state, []
     return State.INTERRUPTED, m._barge_in(e.source)
 
 

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.audio.g711 import array_to_ulaw
 from gateway.bridge import call as call_module
-from gateway.bridge.call import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_SETUP_ATTEMPTS, backoff_s
+from gateway.bridge.core import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_SETUP_ATTEMPTS, backoff_s
 from gateway.errors import UpstreamLost, UpstreamRefused
 from gateway.numbers import Profile, ProfileStore
 from gateway.realtime import events as rt
@@ -35,6 +35,7 @@ from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
 from gateway.telephony.messages import ClearAudio, Mark, PlayAudio, PlayMark, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -207,6 +208,8 @@ async def test_audio_during_setup_is_buffered_then_flushed_in_order_before_the_g
         up = harness.upstreams[0]
         for i in range(10):
             await ws.send(codec.encode_media(i + 2, i + 1, 20 * i, _tone_frame(i)))
+        runner = gateway_state_from(harness).calls["CA1"]
+        await wait_until(lambda: runner.core.stats.frames_in == 10, what="10 frames read")
         # the frames reached the gateway; the upstream is still not ready
         assert up.pushed == []
         up.ready.set()
@@ -243,10 +246,8 @@ async def test_barge_in_clears_carrier_then_cancels_then_clears_upstream(
         # the caller heard the first 100 ms: echo the first mark only
         await ws.send(codec.encode(Mark(codec.stream_sid, 100, marks[0].name)))
         runner = gateway_state_from(harness).calls["CA1"]
-        for _ in range(500):  # the carrier loop reads the echo on its own schedule
-            if runner.ledger.played_ms_for("resp_1") > 0:
-                break
-            await asyncio.sleep(0.01)
+        # the carrier loop reads the echo on its own schedule
+        await wait_until(lambda: runner.core.ledger.played_ms_for("resp_1") > 0, what="echo read")
         up.emit("input_audio_buffer.speech_started", audio_start_ms=1000, item_id="item_u")
         async with asyncio.timeout(10):
             while not isinstance(codec.parse(await ws.recv()), ClearAudio):
@@ -405,7 +406,7 @@ async def test_an_old_session_is_rotated_between_turns_without_a_clear(harness: 
         assert restored[0]["content"][0]["text"] == "Hello, this is the bakery."
         assert not any(e["type"] == "response.create" for e in second.sent)
         runner = gateway_state_from(harness).calls["CA1"]
-        assert runner.stats.rotations == 1 and runner.stats.reconnects == 0
+        assert runner.core.stats.rotations == 1 and runner.core.stats.reconnects == 0
         await ws.send(codec.encode(Stop(codec.stream_sid, 999, "CA1", "AC1")))
         received: list[object] = []
         with pytest.raises(ConnectionClosed):
@@ -425,10 +426,10 @@ async def test_a_carrier_that_stops_reading_ends_the_call_instead_of_stalling(
         runner = gateway_state_from(harness).calls["CA1"]
         never = asyncio.Event()
 
-        async def backpressured(_text: str) -> None:
+        async def backpressured(_frame: str | bytes) -> None:
             await never.wait()  # the carrier's socket buffer is full and it is not reading
 
-        monkeypatch.setattr(runner.ws, "send_text", backpressured)
+        monkeypatch.setattr(runner.socket, "send", backpressured)
         up.start_speaking()
         up.audio_q.put_nowait(_loud_24k())
         async with asyncio.timeout(10):
@@ -436,8 +437,8 @@ async def test_a_carrier_that_stops_reading_ends_the_call_instead_of_stalling(
     state = gateway_state_from(harness)
     async with asyncio.timeout(5):
         await state.idle.wait()
-    assert runner.stats.outcome == "carrier_error"
-    assert "has not read its websocket" in runner.stats.end_reason
+    assert runner.core.end is not None and runner.core.end.outcome == "carrier_error"
+    assert "has not read its websocket" in runner.core.end.reason
 
 
 @pytest.mark.parametrize(

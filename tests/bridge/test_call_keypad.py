@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.app import gateway_state
-from gateway.bridge.call import keypad_text
+from gateway.bridge.core import keypad_text
 from gateway.loadtest.caller import CallOptions, Pause, PressDigits, SimulatedCall, WaitForAnswer
 from gateway.numbers import ProfileStore
 from gateway.service import RunningGateway, running_gateway

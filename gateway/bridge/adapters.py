@@ -1,0 +1,93 @@
+"""Adapters between the call runner and the world around it: starlette's websocket as the
+carrier socket, a profile and the settings as a call's configuration, the process-wide
+services a call uses. The composition root (:mod:`gateway.app`) wires them in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from gateway.audio.format import FRAME_MS
+from gateway.bridge.core import CallConfig
+from gateway.bridge.ports import CarrierApi, CarrierGone
+from gateway.numbers import Profile
+from gateway.records.model import CallRecord
+from gateway.records.pricing import PriceTable
+from gateway.settings import Settings
+from gateway.tracing import Tracing
+
+__all__ = ["CallServices", "StarletteCarrierSocket", "call_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallServices:
+    """Process-wide services a call uses besides its upstream; each is optional."""
+
+    carrier_api: CarrierApi | None = None
+    """The carrier's REST API: call control (tools, polite hang-ups). None: not configured."""
+    prices: PriceTable = field(default_factory=PriceTable.default)
+    save_record: Callable[[CallRecord], None] | None = None
+    """Hands the finished call's record to the writer; must not block (the record writer's
+    ``submit``)."""
+    tracing: Tracing = field(default_factory=Tracing.disabled)
+    recordings_dir: Path | None = None
+    """Where calls of profiles with ``record: true`` are recorded; None: recording is off."""
+
+
+class StarletteCarrierSocket:
+    """:class:`~gateway.bridge.ports.CarrierSocket` over starlette's websocket."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def accept(self) -> None:
+        await self.ws.accept()
+
+    async def receive(self) -> str | bytes:
+        msg = await self.ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            raise CarrierGone(msg.get("code"))
+        text = msg.get("text")
+        if text is not None:
+            return str(text)
+        data = msg.get("bytes")
+        return bytes(data) if data is not None else b""
+
+    async def send(self, frame: str | bytes) -> None:
+        try:
+            if isinstance(frame, str):
+                await self.ws.send_text(frame)
+            else:
+                await self.ws.send_bytes(frame)
+        except WebSocketDisconnect as exc:
+            raise CarrierGone(exc.code) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, reason=reason)
+
+    @property
+    def open(self) -> bool:
+        return self.ws.application_state is WebSocketState.CONNECTED
+
+
+def call_config(profile: Profile, settings: Settings, *, tools: bool, record: bool) -> CallConfig:
+    """The values one call runs with: its profile's, the process's, what is configured."""
+    return CallConfig(
+        profile=profile.name,
+        model=profile.model,
+        greeting=profile.greeting,
+        truncate_to_heard=profile.truncate_to_heard,
+        local_barge_in=profile.local_barge_in,
+        dtmf_timeout_ms=profile.dtmf_timeout_ms,
+        end_call_tool=tools and profile.tools.end_call,
+        transfer_targets=dict(profile.tools.transfer_call) if tools else {},
+        max_cost_usd=profile.max_cost_usd,
+        max_call_seconds=profile.max_call_seconds,
+        setup_timeout_s=settings.setup_timeout_s,
+        setup_buffer_frames=max(1, settings.setup_buffer_ms // FRAME_MS),
+        session_max_age_s=settings.session_max_age_s,
+        record=record,
+    )
