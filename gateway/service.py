@@ -24,12 +24,12 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.app import create_app, gateway_state
-from gateway.audio.recording import sweep_recordings
 from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics
 from gateway.realtime.session import RealtimeConfig, open_peer_connections, session_factory
+from gateway.recordings import sweep_recordings
 from gateway.records import (
     PriceTable,
     RecordStoreError,

@@ -26,7 +26,6 @@ from starlette.websockets import WebSocket
 
 from gateway.admission import Admissions
 from gateway.aio import cancel_and_wait
-from gateway.audio.recording import RecordingWriter, recording_path
 from gateway.bridge import control as cc
 from gateway.bridge.adapters import CallServices, StarletteCarrierSocket, call_config
 from gateway.bridge.core import (
@@ -63,6 +62,7 @@ from gateway.errors import (
 )
 from gateway.numbers import Profile, ProfileStore
 from gateway.observability import CallLogger, Metrics
+from gateway.recordings import RecordingWriter, recording_path
 from gateway.records.model import CallRecord
 from gateway.settings import Settings
 from gateway.telephony.messages import OutboundMessage
