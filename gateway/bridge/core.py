@@ -128,6 +128,8 @@ HARD_STOP_GRACE_S: Final = 5.0
 SETUP_PREFIX_FRAMES: Final = 15
 # Recorded audio is handed to the writer this often (caller frames): bounded memory, few hops.
 RECORDING_TAKE_EVERY: Final = 25
+# A recording never runs ahead of the call's real duration by more than this (carrier jitter).
+RECORDING_AHEAD_MAX_MS: Final = 2000.0
 GOOD_OUTCOMES: Final = frozenset({"completed", "transferred"})
 
 
@@ -1046,6 +1048,16 @@ class CallCore:
         assert rec is not None
         if self._rec_t0 is None:
             self._rec_t0 = now - timestamp_ms / 1000
+        ahead_ms = timestamp_ms - self._rec_at_ms(now)
+        if ahead_ms > RECORDING_AHEAD_MAX_MS:
+            # A stream whose timestamps run ahead of the call's real time would make the file
+            # as long as the timestamps say (minutes of silence per frame): bounded by the call.
+            self._record(
+                _refuse,
+                f"the carrier's media timestamps run {ahead_ms / 1000:.1f} s "
+                "ahead of the call's real time",
+            )
+            return
         self._record(rec.caller, ulaw, timestamp_ms)
         self._rec_frames += 1
 
@@ -1154,6 +1166,10 @@ def _outcome_for(exc: GatewayError) -> str:
 
 def _is_silent(frame: npt.NDArray[np.int16]) -> bool:
     return frame.size == 0 or int(np.abs(frame).max()) < SILENCE_PEAK
+
+
+def _refuse(reason: str) -> None:
+    raise ValueError(reason)
 
 
 def _without_leading_silence(

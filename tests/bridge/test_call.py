@@ -465,3 +465,51 @@ async def test_recoverable_upstream_errors_are_counted_and_the_call_goes_on(
     assert state.recent[-1]["outcome"] == "completed"
     count = state.metrics.registry.get_sample_value("gateway_upstream_errors_total", {"code": code})
     assert count == 1
+
+
+async def test_a_refused_start_naming_a_live_call_leaves_that_call_its_slot(
+    harness: Harness,
+) -> None:
+    ws, _ = await _open_stream(harness)
+    async with ws:
+        await _greeted(harness)
+        state = gateway_state_from(harness)
+        runner = state.calls["CA1"]
+        assert state.admissions.live == 1
+        intruder = await connect(harness.server.ws_url + "/twilio/media")
+        codec = TwilioCarrierCodec("MZintruder")
+        start = start_message(
+            stream_sid=codec.stream_sid,
+            call_sid="CA1",  # the live call's SID, with a token that is not its own
+            account_sid="AC1",
+            custom_parameters={CALL_TOKEN_PARAM: "garbage"},
+        )
+        await intruder.send(codec.encode(start))
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await intruder.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert state.calls.get("CA1") is runner  # still registered
+        assert state.admissions.live == 1  # and still holding its capacity slot
+
+
+async def test_a_stream_that_never_starts_is_the_remote_sides_fault(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(call_module, "START_TIMEOUT_S", 0.3)
+    state = gateway_state_from(harness)
+    before = _outcome_count(state, "no_start")
+    async with connect(harness.server.ws_url + "/twilio/media") as ws:
+        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+    assert _outcome_count(state, "no_start") == before + 1
+    assert _outcome_count(state, "internal_error") == 0
+    assert harness.upstreams == []
+
+
+def _outcome_count(state: Any, outcome: str) -> float:
+    value = state.metrics.registry.get_sample_value("gateway_calls_total", {"outcome": outcome})
+    return value or 0.0

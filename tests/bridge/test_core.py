@@ -33,6 +33,7 @@ from gateway.bridge.core import (
     RetrySetup,
     ToCarrier,
     ToUpstream,
+    WriteRecording,
 )
 from gateway.errors import (
     CarrierProtocolError,
@@ -476,3 +477,27 @@ def test_a_hopeless_stream_ends_after_many_bad_frames_in_a_row() -> None:
         assert call.core.carrier_error(CarrierProtocolError("bad json"), call.at()) == []
     assert call.core.carrier_error(CarrierProtocolError("bad json"), call.at()) == [EndCall()]
     assert call.core.end is not None and call.core.end.outcome == "carrier_error"
+
+
+# --- recording --------------------------------------------------------------------------------
+
+
+def test_a_recording_never_runs_ahead_of_the_call_whatever_the_timestamps_say() -> None:
+    call = live(record=True)
+    loud = (8000 * np.sin(np.arange(160) / 3)).astype(np.int16)
+    for i in range(30):  # 20 ms apart in real time; the timestamps jump 59 s each
+        frame = Media(SID, i, i, 59_000 * i, pcm16_to_ulaw(loud.tobytes()))
+        call.core.carrier_message(frame, call.at())
+    assert call.core.recording_failed
+    tail = [e for e in call.core.close(call.at()) if isinstance(e, WriteRecording)]
+    seconds = sum(e.samples.shape[0] for e in tail) / 8000
+    assert seconds < 2, f"{seconds:.1f} s of recording for a call of 0.6 s"
+
+
+def test_a_recording_follows_a_carrier_clock_within_its_jitter() -> None:
+    call = live(record=True)
+    loud = (8000 * np.sin(np.arange(160) / 3)).astype(np.int16)
+    for i in range(50):  # the carrier's timestamps run up to 300 ms early: jitter, kept
+        frame = Media(SID, i, i, 20 * i + (300 if i % 2 else 0), pcm16_to_ulaw(loud.tobytes()))
+        call.core.carrier_message(frame, call.at())
+    assert not call.core.recording_failed
