@@ -177,19 +177,7 @@ def create_app(
 
     @app.websocket(MEDIA_PATH)
     async def media_stream(ws: WebSocket) -> None:
-        runner = CallRunner(
-            ws,
-            settings=state.settings,
-            profiles=state.profiles,
-            admissions=state.admissions,
-            metrics=state.metrics,
-            upstream=state.upstream,
-            clock=state.clock,
-            wall_clock=state.wall_clock,
-            registry=state.calls,
-            recent=state.recent,
-            services=state.services,
-        )
+        runner = CallRunner(ws, state)
         try:
             _authorize_carrier_ws(ws, state)
         except Forbidden as exc:

@@ -4,8 +4,10 @@ services a call uses. The composition root (:mod:`gateway.app`) wires them in.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -14,12 +16,15 @@ from gateway.audio.format import FRAME_MS
 from gateway.bridge.core import CallConfig
 from gateway.bridge.ports import CarrierApi, CarrierGone
 from gateway.numbers import Profile
+from gateway.observability import CallLogger
+from gateway.recordings import RecordingWriter, recording_path
 from gateway.records.model import CallRecord
 from gateway.records.pricing import PriceTable
 from gateway.settings import Settings
-from gateway.tracing import Tracing
+from gateway.telephony.messages import Start
+from gateway.tracing import TRACEPARENT_PARAM, CallTrace, Tracing
 
-__all__ = ["CallServices", "StarletteCarrierSocket", "call_config"]
+__all__ = ["CallServices", "CallWiring", "StarletteCarrierSocket", "call_config", "prepare_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +96,50 @@ def call_config(profile: Profile, settings: Settings, *, tools: bool, record: bo
         session_max_age_s=settings.session_max_age_s,
         record=record,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CallWiring:
+    """What a bound call runs with besides its core: its configuration, its log and trace
+    carrying the call's identifiers, and its recording file when the profile records."""
+
+    config: CallConfig
+    log: CallLogger
+    trace: CallTrace
+    recording: RecordingWriter | None
+
+
+def prepare_call(
+    start: Start,
+    profile: Profile,
+    called: str | None,
+    *,
+    settings: Settings,
+    services: CallServices,
+    started_wall: float,
+    clock: Callable[[], float],
+    log: logging.Logger,
+) -> CallWiring:
+    """Map a stream bound to its admitted call onto what the call needs from the process."""
+    recording = None
+    if profile.record and services.recordings_dir is not None:
+        started = datetime.fromtimestamp(started_wall, UTC)
+        path = recording_path(services.recordings_dir, start.call_sid, started)
+        recording = RecordingWriter(path, log=log)
+    trace = services.tracing.call(
+        start.call_sid,
+        start.stream_sid,
+        called,
+        start.custom_parameters.get(TRACEPARENT_PARAM),
+        clock=clock,
+    )
+    call_log = CallLogger(
+        log,
+        call_sid=start.call_sid,
+        stream_sid=start.stream_sid,
+        number=profile.name,
+        trace_id=trace.trace_id,
+    )
+    tools = services.carrier_api is not None
+    config = call_config(profile, settings, tools=tools, record=recording is not None)
+    return CallWiring(config, call_log, trace, recording)

@@ -15,21 +15,16 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from starlette.websockets import WebSocket
 
-from gateway.admission import Admissions
 from gateway.aio import cancel_and_wait
 from gateway.bridge import control as cc
-from gateway.bridge.adapters import CallServices, StarletteCarrierSocket, call_config
+from gateway.bridge.adapters import CallServices, StarletteCarrierSocket, prepare_call
 from gateway.bridge.core import (
-    GOOD_OUTCOMES,
     Bind,
     CallCore,
     CarrierAction,
@@ -42,9 +37,9 @@ from gateway.bridge.core import (
     ToCarrier,
     ToUpstream,
     WriteRecording,
-    setup_error_code,
 )
 from gateway.bridge.ports import (
+    CallHost,
     CarrierCodec,
     CarrierGone,
     CarrierSocket,
@@ -60,14 +55,12 @@ from gateway.errors import (
     UpstreamTimeout,
     close_code_for,
 )
-from gateway.numbers import Profile, ProfileStore
-from gateway.observability import CallLogger, Metrics
-from gateway.recordings import RecordingWriter, recording_path
+from gateway.numbers import Profile
+from gateway.observability import CallLogger
+from gateway.recordings import RecordingWriter
 from gateway.records.model import CallRecord
-from gateway.settings import Settings
 from gateway.telephony.messages import OutboundMessage
 from gateway.telephony.twilio import TwilioCodec
-from gateway.tracing import TRACEPARENT_PARAM
 
 log = logging.getLogger("gateway.call")
 
@@ -90,39 +83,24 @@ class CallRunner:
     def __init__(
         self,
         ws: WebSocket | CarrierSocket,
+        host: CallHost,
         *,
-        settings: Settings,
-        profiles: ProfileStore,
-        admissions: Admissions,
-        metrics: Metrics,
-        upstream: UpstreamFactory,
-        registry: dict[str, CallRunner],
-        recent: deque[dict[str, Any]] | None = None,
-        services: CallServices | None = None,
         codec: CarrierCodec | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.socket: CarrierSocket = StarletteCarrierSocket(ws) if isinstance(ws, WebSocket) else ws
-        self.settings = settings
-        self.profiles = profiles
-        self.admissions = admissions
-        self.metrics = metrics
-        self.upstream_factory = upstream
-        self.registry = registry
-        self.recent = recent
-        self.services = services or CallServices()
+        self.host = host
+        self.settings, self.metrics, self.services = host.settings, host.metrics, host.services
+        self.admissions, self.registry = host.admissions, host.calls
+        self.clock, self.wall_clock = host.clock, host.wall_clock
         self.codec: CarrierCodec = codec or TwilioCodec(
-            max_message_bytes=settings.max_message_bytes
+            max_message_bytes=self.settings.max_message_bytes
         )
-        self.clock = clock
-        self.wall_clock = wall_clock
         self.core = CallCore(
-            metrics=metrics,
+            metrics=self.metrics,
             log=CallLogger(log),
-            now=clock(),
-            wall_now=wall_clock(),
+            now=self.clock(),
+            wall_now=self.wall_clock(),
             prices=self.services.prices,
             rng=rng,
         )
@@ -264,38 +242,24 @@ class CallRunner:
             called=start.custom_parameters.get(PROFILE_PARAM),
         )
         self._bound_sid = start.call_sid
-        self.profile = profile = self.profiles.for_number(admission.called)
-        directory = self.services.recordings_dir
-        if profile.record and directory is not None:
-            started = datetime.fromtimestamp(self.core.started_wall, UTC)
-            path = recording_path(directory, start.call_sid, started)
-            self.recording = RecordingWriter(path, log=log)
-        trace = self.services.tracing.call(
-            start.call_sid,
-            start.stream_sid,
-            admission.called,
-            start.custom_parameters.get(TRACEPARENT_PARAM),
-            clock=self.clock,
-        )
-        call_log = CallLogger(
-            log,
-            call_sid=start.call_sid,
-            stream_sid=start.stream_sid,
-            number=profile.name,
-            trace_id=trace.trace_id,
-        )
-        config = call_config(
+        self.profile = profile = self.host.profiles.for_number(admission.called)
+        wiring = prepare_call(
+            start,
             profile,
-            self.settings,
-            tools=self.services.carrier_api is not None,
-            record=self.recording is not None,
+            admission.called,
+            settings=self.settings,
+            services=self.services,
+            started_wall=self.core.started_wall,
+            clock=self.clock,
+            log=log,
         )
+        self.recording = wiring.recording
         self.core.bound(
-            config,
+            wiring.config,
             called=admission.called,
             caller=admission.caller,
-            log=call_log,
-            trace=trace,
+            log=wiring.log,
+            trace=wiring.trace,
             now=self.clock(),
         )
 
@@ -318,8 +282,6 @@ class CallRunner:
                 await self._execute(core.carrier_error(exc, now))
                 continue
             await self._execute(core.carrier_message(msg, now))
-            if self.recording is not None and (samples := core.recording_due()) is not None:
-                self.recording.write(samples)
 
     async def _carrier_action(self, action: cc.HangUp | cc.Transfer) -> None:
         """Hang up or transfer through the carrier's REST API; the core decides what follows.
@@ -367,39 +329,28 @@ class CallRunner:
         assert self.profile is not None
         while not self._ended.is_set():
             self.core.session_opening()
-            self.session = session = self.upstream_factory(self.profile)
+            self.session = session = self.host.upstream(self.profile)
+            failure: UpstreamError | None = None
             try:
                 async with asyncio.timeout(max(0.0, self.core.setup_deadline - self.clock())):
                     await session.open()
-            except (UpstreamRefused, UpstreamTimeout, TimeoutError) as exc:
-                failure = (
-                    exc
-                    if isinstance(exc, UpstreamError)
-                    else UpstreamTimeout(
-                        f"Realtime session not ready within {self.core.config.setup_timeout_s:g} s"
-                    )
-                )
-                self._traced_setup(session, failure)
-                await self._close_session(session)
-                effects = self.core.setup_failed(failure, self.clock())
-                await self._execute(effects)
-                retry = next((e for e in effects if isinstance(e, RetrySetup)), None)
-                if retry is None:
-                    return False
-                await asyncio.sleep(retry.delay_s)
-                continue
-            self._traced_setup(session, None)
-            await self._execute(self.core.session_ready(session.call_id, self.clock()))
-            return True
+            except (UpstreamRefused, UpstreamTimeout) as exc:
+                failure = exc
+            except TimeoutError:
+                budget = self.core.config.setup_timeout_s
+                failure = UpstreamTimeout(f"Realtime session not ready within {budget:g} s")
+            self.core.session_phases(session.phase_spans, session.call_id, failure)
+            if failure is None:
+                await self._execute(self.core.session_ready(session.call_id, self.clock()))
+                return True
+            await self._close_session(session)
+            effects = self.core.setup_failed(failure, self.clock())
+            await self._execute(effects)
+            retry = next((e for e in effects if isinstance(e, RetrySetup)), None)
+            if retry is None:
+                return False
+            await asyncio.sleep(retry.delay_s)
         return False
-
-    def _traced_setup(self, session: UpstreamSession, error: UpstreamError | None) -> None:
-        code = None if error is None else setup_error_code(error)
-        self.core.trace.setup_phases(
-            session.phase_spans, upstream_call_id=session.call_id, error=code
-        )
-        if session.call_id:
-            self.core.log = self.core.log.bind(upstream_call_id=session.call_id)
 
     async def _pump(self, session: UpstreamSession) -> None:
         """Read the session's events and audio until it ends, fails (raises) or the core asks
@@ -469,21 +420,11 @@ class CallRunner:
                 reason = end.reason.encode()[:120].decode(errors="ignore")
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):  # a carrier that stopped reading
                     await self.socket.close(int(end.close_code), reason)
-        self.metrics.calls.labels(end.outcome).inc()
-        core.trace.end(end.outcome, end.reason, error=end.outcome not in GOOD_OUTCOMES)
         if core.start is None:
             return
-        if self.recent is not None:
-            self.recent.append(self.summary())
+        self.host.recent.append(self.summary())
         if self.services.save_record is not None:
             self.services.save_record(self.record())
-        self.log.info(
-            "call ended (%s): %s; %d barge-ins, %d responses",
-            end.outcome,
-            end.reason,
-            core.stats.barge_ins,
-            core.stats.turns,
-        )
 
     async def _finish_recording(self) -> None:
         writer, self.recording = self.recording, None

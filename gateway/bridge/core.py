@@ -475,15 +475,17 @@ class CallCore:
     def _on_media(self, msg: Media, now: float) -> list[Effect]:
         self.stats.frames_in += 1
         pcm8k = ulaw_to_array(msg.payload)  # the one μ-law decode of this caller frame
+        out: list[Effect] = []
         if self.recording is not None:
             self._record_caller(msg.payload, msg.timestamp_ms, now)
+            if (samples := self._recording_due()) is not None:
+                out.append(WriteRecording(samples))
         voiced = pcm8k.size > 0 and int(np.abs(pcm8k).max()) >= SILENCE_PEAK
         if voiced:
             self._caller_voiced_at = now
-        out: list[Effect] = []
         if self.vad is not None and self.ready and pcm8k.size == CARRIER_FRAME_SAMPLES:
             if self.vad.process(pcm8k.tobytes()) is VadEvent.SPEECH_STARTED:
-                out = self._speech(m.SpeechStarted("local"), now)
+                out += self._speech(m.SpeechStarted("local"), now)
         frames = self.transcoder.inbound_pcm(pcm8k)
         if self.ready:
             for frame in frames:
@@ -608,6 +610,18 @@ class CallCore:
         """The runner starts one more attempt."""
         self._attempt += 1
         self.stats.setup_attempts = self._attempt
+
+    def session_phases(
+        self,
+        spans: tuple[tuple[str, float, float], ...],
+        call_id: str | None,
+        error: UpstreamError | None,
+    ) -> None:
+        """What one attempt's setup phases took (for the trace), whatever its result."""
+        code = None if error is None else setup_error_code(error)
+        self.trace.setup_phases(spans, upstream_call_id=call_id, error=code)
+        if call_id:
+            self.log = self.log.bind(upstream_call_id=call_id)
 
     def setup_failed(self, exc: UpstreamError, now: float) -> list[Effect]:
         """One attempt failed. A refusal worth retrying (429, 5xx) or a timed-out phase is
@@ -1015,7 +1029,8 @@ class CallCore:
         return self._end("internal_error", "internal error", CloseCode.INTERNAL_ERROR)
 
     def close(self, now: float) -> list[Effect]:
-        """The runner is cleaning up: the last recorded audio, then the lifecycle ends."""
+        """The runner is cleaning up: the last recorded audio, then the lifecycle ends (the
+        outcome counted, the trace ended, one log line)."""
         if self.end is None:
             self._end_completed(None)
         self.machine.handle(m.Close())
@@ -1030,6 +1045,18 @@ class CallCore:
         self.recording = None
         if self.phase is not Phase.ENDED:
             self._goto(Phase.ENDED)
+            end = self.end
+            assert end is not None
+            self.metrics.calls.labels(end.outcome).inc()
+            self.trace.end(end.outcome, end.reason, error=end.outcome not in GOOD_OUTCOMES)
+            if self.start is not None:
+                self.log.info(
+                    "call ended (%s): %s; %d barge-ins, %d responses",
+                    end.outcome,
+                    end.reason,
+                    self.stats.barge_ins,
+                    self.stats.turns,
+                )
         return out
 
     @property
@@ -1061,7 +1088,7 @@ class CallCore:
         self._record(rec.caller, ulaw, timestamp_ms)
         self._rec_frames += 1
 
-    def recording_due(self) -> npt.NDArray[np.int16] | None:
+    def _recording_due(self) -> npt.NDArray[np.int16] | None:
         """Final samples to hand to the writer now and then (bounded memory, few hops)."""
         rec = self.recording
         if rec is None or self.recording_failed or self._rec_frames < RECORDING_TAKE_EVERY:

@@ -11,11 +11,14 @@ effects. The runner (:mod:`gateway.bridge.call`) is wired to one implementation 
   made by an :data:`UpstreamFactory` for the call's profile (the composition root maps the
   profile onto the client's own configuration);
 - :class:`CarrierApi` — the carrier's REST API for call control; its failures are
-  :class:`~gateway.errors.CarrierApiError`.
+  :class:`~gateway.errors.CarrierApiError`;
+- :class:`CallHost` — the process a call runs in: settings, profiles, admission, metrics, the
+  upstream factory, the registry of live calls (the app's ``GatewayState`` is one).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,9 +29,15 @@ from gateway.realtime import events as rt
 from gateway.telephony.messages import CarrierCodec
 
 if TYPE_CHECKING:
-    from gateway.numbers import Profile
+    from gateway.admission import Admissions
+    from gateway.bridge.adapters import CallServices
+    from gateway.bridge.call import CallRunner
+    from gateway.numbers import Profile, ProfileStore
+    from gateway.observability import Metrics
+    from gateway.settings import Settings
 
 __all__ = [
+    "CallHost",
     "CarrierApi",
     "CarrierCodec",
     "CarrierGone",
@@ -113,3 +122,32 @@ class CarrierApi(Protocol):
     async def hang_up(self, call_sid: str) -> object: ...
 
     async def transfer(self, call_sid: str, number: str) -> object: ...
+
+
+class CallHost(Protocol):
+    """The process a call runs in, read when the call starts (the app's ``GatewayState``)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def profiles(self) -> ProfileStore: ...
+    @property
+    def admissions(self) -> Admissions: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def upstream(self) -> UpstreamFactory: ...
+    @property
+    def services(self) -> CallServices: ...
+    @property
+    def calls(self) -> dict[str, CallRunner]:
+        """Live calls by call SID: a call registers once bound and removes itself at its end."""
+
+    @property
+    def recent(self) -> deque[dict[str, Any]]:
+        """Summaries of finished calls (bounded), for the admin API."""
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def wall_clock(self) -> Callable[[], float]: ...
