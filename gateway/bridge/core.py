@@ -1179,16 +1179,17 @@ def setup_error_code(exc: UpstreamError) -> str:
     return exc.code or type(exc).__name__
 
 
+_OUTCOMES: Final[tuple[tuple[type[GatewayError], str], ...]] = (
+    (Forbidden, "forbidden"),
+    (StartTimeout, "no_start"),
+    (CarrierError, "carrier_error"),
+    (UpstreamError, "upstream_error"),
+)
+"""The record's outcome for the error that ended a call: the first class that matches."""
+
+
 def _outcome_for(exc: GatewayError) -> str:
-    if isinstance(exc, Forbidden):
-        return "forbidden"
-    if isinstance(exc, StartTimeout):
-        return "no_start"
-    if isinstance(exc, CarrierError):
-        return "carrier_error"
-    if isinstance(exc, UpstreamError):
-        return "upstream_error"
-    return "error"
+    return next((outcome for kind, outcome in _OUTCOMES if isinstance(exc, kind)), "error")
 
 
 def _is_silent(frame: npt.NDArray[np.int16]) -> bool:

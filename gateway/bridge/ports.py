@@ -127,26 +127,19 @@ class CarrierApi(Protocol):
 class CallHost(Protocol):
     """The process a call runs in, read when the call starts (the app's ``GatewayState``)."""
 
-    @property
-    def settings(self) -> Settings: ...
-    @property
-    def profiles(self) -> ProfileStore: ...
-    @property
-    def admissions(self) -> Admissions: ...
-    @property
-    def metrics(self) -> Metrics: ...
+    settings: Settings
+    profiles: ProfileStore
+    admissions: Admissions
+    metrics: Metrics
+    services: CallServices
+    calls: dict[str, CallRunner]
+    """Live calls by call SID: a call registers once bound and removes itself at its end."""
+    recent: deque[dict[str, Any]]
+    """Summaries of finished calls (bounded), for the admin API."""
+
+    # Callables as read-only properties: a dataclass field holding a function is not a method.
     @property
     def upstream(self) -> UpstreamFactory: ...
-    @property
-    def services(self) -> CallServices: ...
-    @property
-    def calls(self) -> dict[str, CallRunner]:
-        """Live calls by call SID: a call registers once bound and removes itself at its end."""
-
-    @property
-    def recent(self) -> deque[dict[str, Any]]:
-        """Summaries of finished calls (bounded), for the admin API."""
-
     @property
     def clock(self) -> Callable[[], float]: ...
     @property
