@@ -29,6 +29,7 @@ OPERATOR_DOCS = [
     "twilio-quickstart.md",
     "load-testing.md",
     "reliability.md",
+    "going-live.md",
 ]
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
