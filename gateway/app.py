@@ -33,7 +33,7 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from gateway.admission import Admissions, is_loopback_host
+from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
@@ -152,6 +152,10 @@ def create_app(
         with state.services.tracing.webhook(call_sid, called) as traceparent:
             try:
                 admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
+            except Replayed as exc:
+                state.metrics.webhooks.labels("replayed").inc()
+                log.warning("webhook refused: %s", exc)
+                return PlainTextResponse("forbidden", status_code=403)
             except CapacityError as exc:
                 state.metrics.webhooks.labels("refused_capacity").inc()
                 log.warning("call %s refused: %s", call_sid, exc)

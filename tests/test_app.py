@@ -141,3 +141,31 @@ async def test_admin_off_without_token() -> None:
     app = create_app(_settings(), upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         assert (await client.post("/admin/reload")).status_code == 404
+
+
+def _metric(text: str, result: str) -> float:
+    line = f'gateway_webhooks_total{{result="{result}"}} '
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    return float(found[0][len(line) :]) if found else 0.0
+
+
+async def test_a_replayed_signed_webhook_is_refused_after_the_token_expires() -> None:
+    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    app = create_app(settings, upstream=_no_upstream)
+    state = gateway_state(app)
+    now = [1_000_000.0]
+    state.wall_clock = lambda: now[0]
+    form = _form("CAcaptured")
+    headers = {"X-Twilio-Signature": sign("s3cret", "https://gw.example.com/twilio/voice", form)}
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        first = await client.post("/twilio/voice", data=form, headers=headers)
+        assert first.status_code == 200 and CALL_TOKEN_PARAM in first.text
+        for later in (61.0, 3600.0, 23 * 3600.0):  # the token (60 s) is long gone
+            now[0] = 1_000_000.0 + later
+            replay = await client.post("/twilio/voice", data=form, headers=headers)
+            assert replay.status_code == 403, later
+            assert CALL_TOKEN_PARAM not in replay.text
+        metrics = (await client.get("/metrics")).text
+    assert _metric(metrics, "replayed") == 3.0
+    assert _metric(metrics, "admitted") == 1.0
+    assert state.admissions.load(now[0]) == 0
