@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -42,6 +43,7 @@ from gateway.records.pricing import Usage
 from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
 from gateway.settings import Settings
 from gateway.telephony import signature
+from gateway.telephony.signature import Params
 from gateway.tracing import TRACEPARENT_PARAM
 
 log = logging.getLogger("gateway.app")
@@ -135,10 +137,15 @@ def create_app(
 
     @app.post(VOICE_PATH)
     async def incoming_call(request: Request) -> Response:
-        form = await request.form()
-        params = {k: str(v) for k, v in form.multi_items()}
         try:
-            _authorize_carrier(request, state, params)
+            form = await _read_form(request, state.settings.max_webhook_bytes)
+        except _BadBody as exc:
+            state.metrics.webhooks.labels(exc.result).inc()
+            log.warning("webhook refused: %s", exc)
+            return PlainTextResponse(exc.result.replace("_", " "), status_code=exc.status)
+        params = {name: values[-1] for name, values in form.items()}
+        try:
+            _authorize_carrier(request, state, form)
         except Forbidden as exc:
             state.metrics.webhooks.labels("forbidden").inc()
             log.warning("webhook refused: %s", exc)
@@ -359,7 +366,47 @@ def _connect_twiml(
     return _fallback(resp, profile)
 
 
-def _authorize_carrier(request: Request, state: GatewayState, params: dict[str, str]) -> None:
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+class _BadBody(Exception):
+    """A webhook body refused before it is parsed: ``status`` to answer, ``result`` to count."""
+
+    def __init__(self, status: int, result: str, why: str) -> None:
+        super().__init__(why)
+        self.status, self.result = status, result
+
+
+async def _read_form(request: Request, limit: int) -> dict[str, list[str]]:
+    """The webhook's form fields, each name with its values in order; raise :class:`_BadBody`.
+
+    The body comes before the signature can be checked, so anyone can send one: it is read
+    only up to ``limit`` bytes (a declared ``Content-Length`` above it is refused unread) and
+    only as the urlencoded form Twilio sends, never multipart (files, spooling).
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != FORM_TYPE:
+        raise _BadBody(415, "unsupported_media_type", f"content type {ctype!r} is not {FORM_TYPE}")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _BadBody(413, "too_large", f"body of {declared} bytes (limit {limit})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BadBody(413, "too_large", f"body above {limit} bytes")
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _BadBody(400, "bad_request", f"unreadable form body: {exc}") from None
+    form: dict[str, list[str]] = {}
+    for name, value in pairs:
+        form.setdefault(name, []).append(value)
+    return form
+
+
+def _authorize_carrier(request: Request, state: GatewayState, params: Params) -> None:
     token = state.settings.twilio_auth_token
     if token is None:
         _unsigned_allowed(request.client.host if request.client else None, state)

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="End a call when the carrier sends nothing for this long"
     )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_webhook_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest webhook body read; a Twilio voice webhook is a few kB",
+    )
     setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin endpoints; unset turns them off"

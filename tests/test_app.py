@@ -169,3 +169,47 @@ async def test_a_replayed_signed_webhook_is_refused_after_the_token_expires() ->
     assert _metric(metrics, "replayed") == 3.0
     assert _metric(metrics, "admitted") == 1.0
     assert state.admissions.load(now[0]) == 0
+
+
+async def test_oversize_or_non_form_webhook_bodies_are_refused_before_parsing(
+    server: RunningServer,
+) -> None:
+    # Anyone can send a body before the signature is checked: it must be capped, not parsed.
+    big = {f"f{i}": "x" * 100_000 for i in range(3)}
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the cap still holds
+        yield b"CallSid=CAbig&To=%2B15551230001&"
+        for _ in range(40):
+            yield b"pad=" + b"x" * 1000 + b"&"
+
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        declared = await client.post("/twilio/voice", data=big)
+        streamed = await client.post(
+            "/twilio/voice",
+            content=chunked(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        multipart = await client.post(
+            "/twilio/voice", data=_form("CAm"), files={"f": ("a.bin", b"x" * 10)}
+        )
+        as_json = await client.post("/twilio/voice", json=_form("CAj"))
+        fine = await client.post("/twilio/voice", data={**_form("CAok"), "pad": "x" * 8000})
+        metrics = (await client.get("/metrics")).text
+    assert declared.status_code == 413 and streamed.status_code == 413
+    assert multipart.status_code == 415 and as_json.status_code == 415
+    assert fine.status_code == 200 and CALL_TOKEN_PARAM in fine.text
+    assert _metric(metrics, "too_large") == 2.0
+    assert _metric(metrics, "unsupported_media_type") == 2.0
+    assert _metric(metrics, "admitted") == 1.0
+
+
+async def test_repeated_form_fields_are_all_signed() -> None:
+    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    app = create_app(settings, upstream=_no_upstream)
+    form = {**_form("CArep"), "StirVerstat": ["a", "b"]}
+    url = "https://gw.example.com/twilio/voice"
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        ok = await client.post(
+            "/twilio/voice", data=form, headers={"X-Twilio-Signature": sign("s3cret", url, form)}
+        )
+    assert ok.status_code == 200
