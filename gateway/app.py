@@ -31,9 +31,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
+from gateway import proxies
 from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
@@ -69,6 +71,7 @@ class GatewayState:
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
+    trusted_proxies: tuple[proxies.Network, ...] = ()
     ready: bool = False
     streams: int = 0
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
@@ -98,6 +101,7 @@ def create_app(
         admissions=_admissions(settings),
         services=services or CallServices(),
         records=records,
+        trusted_proxies=settings.trusted_proxy_networks(),
     )
 
     @contextlib.asynccontextmanager
@@ -144,8 +148,9 @@ def create_app(
             log.warning("webhook refused: %s", exc)
             return PlainTextResponse(exc.result.replace("_", " "), status_code=exc.status)
         params = {name: values[-1] for name, values in form.items()}
+        origin = _origin(request, state)
         try:
-            _authorize_carrier(request, state, form)
+            _authorize_carrier(request, state, origin, form)
         except Forbidden as exc:
             state.metrics.webhooks.labels("forbidden").inc()
             log.warning("webhook refused: %s", exc)
@@ -175,14 +180,7 @@ def create_app(
             profile.name,
             mask_number(caller),
         )
-        stream_url = signature.public_url(
-            request_url=str(request.url),
-            headers=dict(request.headers),
-            public_base=state.settings.public_url,
-            trust_proxy_headers=state.settings.trust_proxy_headers,
-            path=MEDIA_PATH,
-            websocket=True,
-        )
+        stream_url = _carrier_url(state, origin, MEDIA_PATH, websocket=True)
         twiml = _connect_twiml(stream_url, admission.token, called, profile, traceparent)
         return _twiml(twiml)
 
@@ -202,7 +200,7 @@ def create_app(
             services=state.services,
         )
         try:
-            _authorize_carrier_ws(ws, state)
+            _authorize_carrier(ws, state, _origin(ws, state), None)
         except Forbidden as exc:
             await runner.refuse(exc)
             return
@@ -406,42 +404,58 @@ async def _read_form(request: Request, limit: int) -> dict[str, list[str]]:
     return form
 
 
-def _authorize_carrier(request: Request, state: GatewayState, params: Params) -> None:
-    token = state.settings.twilio_auth_token
-    if token is None:
-        _unsigned_allowed(request.client.host if request.client else None, state)
-        return
-    url = signature.public_url(
-        request_url=str(request.url),
-        headers=dict(request.headers),
-        public_base=state.settings.public_url,
-        trust_proxy_headers=state.settings.trust_proxy_headers,
-        path=request.url.path,
-        websocket=False,
-        query=request.url.query,
+def _origin(conn: HTTPConnection, state: GatewayState) -> proxies.Origin:
+    """Client, scheme and host of a request; proxy headers count from trusted proxies only."""
+    return proxies.resolve(
+        peer=conn.client.host if conn.client else None,
+        scheme=conn.url.scheme,
+        host=conn.headers.get("host") or conn.url.netloc,
+        headers=conn.headers.items(),
+        trusted=state.trusted_proxies,
     )
-    sig = request.headers.get("x-twilio-signature", "")
-    if not signature.validate_webhook(token.get_secret_value(), url, params, sig):
-        raise Forbidden("X-Twilio-Signature does not match the webhook request")
 
 
-def _authorize_carrier_ws(ws: WebSocket, state: GatewayState) -> None:
+def _carrier_url(
+    state: GatewayState, origin: proxies.Origin, path: str, *, websocket: bool, query: str = ""
+) -> str:
+    """The URL the carrier called (or is told to call): ``GATEWAY_PUBLIC_URL`` when set."""
+    return signature.public_url(
+        request_url=f"{origin.scheme}://{origin.host}{path}",
+        public_base=state.settings.public_url,
+        path=path,
+        websocket=websocket,
+        query=query,
+    )
+
+
+def _authorize_carrier(
+    conn: HTTPConnection, state: GatewayState, origin: proxies.Origin, params: Params | None
+) -> None:
+    """Raise :class:`Forbidden` unless this carrier request may go on: the webhook (form
+    ``params``) or, with ``params=None``, the media-stream upgrade."""
     token = state.settings.twilio_auth_token
     if token is None:
-        _unsigned_allowed(ws.client.host if ws.client else None, state)
+        _unsigned_allowed(origin.client, state)
         return
-    url = signature.public_url(
-        request_url=str(ws.url),
-        headers=dict(ws.headers),
-        public_base=state.settings.public_url,
-        trust_proxy_headers=state.settings.trust_proxy_headers,
-        path=ws.url.path,
-        websocket=True,
-        query=ws.url.query,
-    )
-    sig = ws.headers.get("x-twilio-signature", "")
-    if not signature.validate_websocket_upgrade(token.get_secret_value(), url, sig):
-        raise Forbidden("X-Twilio-Signature does not match the media stream upgrade")
+    if state.settings.public_url is None and not is_loopback_host(origin.hostname):
+        # Without a public URL the signature would be checked against whatever Host the
+        # request names, and the TwiML would send the stream there.
+        raise Forbidden(
+            f"Host {origin.host!r} is not accepted: with TWILIO_AUTH_TOKEN set, set "
+            "GATEWAY_PUBLIC_URL to the URL Twilio calls (only loopback hosts work without it)"
+        )
+    websocket = params is None
+    url = _carrier_url(state, origin, conn.url.path, websocket=websocket, query=conn.url.query)
+    sig = conn.headers.get("x-twilio-signature", "")
+    secret = token.get_secret_value()
+    if websocket:
+        valid = signature.validate_websocket_upgrade(secret, url, sig)
+    else:
+        assert params is not None
+        valid = signature.validate_webhook(secret, url, params, sig)
+    if not valid:
+        what = "media stream upgrade" if websocket else "webhook request"
+        raise Forbidden(f"X-Twilio-Signature does not match the {what} (checked against {url})")
 
 
 def _unsigned_allowed(host: str | None, state: GatewayState) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.proxies import Network
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -62,8 +65,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Public https base URL Twilio uses to reach the gateway"
     )
-    trust_proxy_headers: bool = Field(
-        default=False, description="Rebuild the public URL from X-Forwarded-Proto/Host"
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses/CIDR ranges of the proxies whose Forwarded/X-Forwarded-* "
+        "headers are believed; empty: nobody's",
     )
     call_token_secret: SecretStr | None = Field(
         default=None,
@@ -146,6 +151,19 @@ class Settings(BaseSettings):
         PriceTable.default(v)  # a ValueError names the model and the field
         return v
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        from gateway.proxies import parse_networks
+
+        parse_networks(v)  # a ValueError names the bad entry
+        return v
+
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        from gateway.proxies import parse_networks
+
+        return parse_networks(self.trusted_proxies)
+
     @field_validator("twilio_api_base_url")
     @classmethod
     def _strip_api_slash(cls, v: str) -> str:
@@ -220,8 +238,23 @@ def _http_base_url(v: str) -> str:
     return v.rstrip("/")
 
 
+REMOVED = {
+    "GATEWAY_TRUST_PROXY_HEADERS": "set GATEWAY_TRUSTED_PROXIES to your proxies' addresses "
+    "instead (and GATEWAY_PUBLIC_URL)",
+}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings once; raise :class:`ConfigError` listing *every* bad value."""
+    import os
+
+    gone = [
+        f"  - {name}: no longer a setting; {how}"
+        for name, how in REMOVED.items()
+        if os.environ.get(name)
+    ]
+    if gone:
+        raise ConfigError("\n".join([f"{len(gone)} invalid setting(s):", *gone]))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -213,3 +213,54 @@ async def test_repeated_form_fields_are_all_signed() -> None:
             "/twilio/voice", data=form, headers={"X-Twilio-Signature": sign("s3cret", url, form)}
         )
     assert ok.status_code == 200
+
+
+async def test_with_a_token_and_no_public_url_a_foreign_host_is_refused() -> None:
+    # Signed for the host the request names: without GATEWAY_PUBLIC_URL the gateway must not
+    # check against that host, nor point the stream at it.
+    app = create_app(_settings(twilio_auth_token="s3cret"), upstream=_no_upstream)
+    form = _form("CAhost")
+    evil = {
+        "Host": "evil.example.com",
+        "X-Twilio-Signature": sign("s3cret", "http://evil.example.com/twilio/voice", form),
+    }
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/twilio/voice", data=form, headers=evil)
+        assert r.status_code == 403 and "evil.example.com" not in r.text
+        local = f"http://127.0.0.1:{srv.port}/twilio/voice"
+        ok = await client.post(
+            "/twilio/voice", data=form, headers={"X-Twilio-Signature": sign("s3cret", local, form)}
+        )
+    assert ok.status_code == 200
+    assert f'url="ws://127.0.0.1:{srv.port}/twilio/media"' in ok.text
+
+
+async def test_proxy_headers_from_an_untrusted_peer_change_nothing(server: RunningServer) -> None:
+    spoofed = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example.com",
+        "X-Forwarded-For": "203.0.113.9",
+        "Forwarded": "for=203.0.113.9;proto=https;host=evil.example.com",
+    }
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        r = await client.post("/twilio/voice", data=_form("CAspoof"), headers=spoofed)
+    # still the loopback client it is (admitted unsigned), and the stream URL is unchanged
+    assert r.status_code == 200
+    assert f'url="ws://127.0.0.1:{server.port}/twilio/media"' in r.text
+
+
+async def test_a_trusted_proxy_speaks_for_its_client() -> None:
+    settings = _settings(trusted_proxies=["127.0.0.1"])
+    app = create_app(settings, upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        local = await client.post(
+            "/twilio/voice",
+            data=_form("CAlocal"),
+            headers={"X-Forwarded-For": "127.0.0.1", "X-Forwarded-Proto": "https"},
+        )
+        remote = await client.post(
+            "/twilio/voice", data=_form("CAremote"), headers={"X-Forwarded-For": "203.0.113.9"}
+        )
+    assert local.status_code == 200
+    assert f'url="wss://127.0.0.1:{srv.port}/twilio/media"' in local.text
+    assert remote.status_code == 403  # unsigned from outside loopback, as the proxy says
