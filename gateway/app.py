@@ -459,9 +459,15 @@ def _authorize_carrier(
 
 
 def _unsigned_allowed(host: str | None, state: GatewayState) -> None:
-    if state.settings.allow_unsigned:
+    mode = state.settings.carrier_auth
+    if mode == "unsigned":
         log.warning("accepting an UNSIGNED carrier request from %s (GATEWAY_ALLOW_UNSIGNED)", host)
         return
+    if mode == "refused":
+        raise Forbidden(
+            "OPENAI_API_KEY is set and TWILIO_AUTH_TOKEN is not, so unsigned carrier requests "
+            "are refused (set the token, or GATEWAY_ALLOW_UNSIGNED=true for development)"
+        )
     if not is_loopback_host(host):
         raise Forbidden(
             "no TWILIO_AUTH_TOKEN is configured, so only loopback clients are accepted "

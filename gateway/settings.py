@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
+CarrierAuth = Literal["signed", "unsigned", "loopback", "refused"]
+"""Which carrier requests are accepted:
+
+- ``signed``: ``TWILIO_AUTH_TOKEN`` is set; a valid ``X-Twilio-Signature`` is required;
+- ``refused``: a real ``OPENAI_API_KEY`` and no token: none (behind a reverse proxy on the same
+  host every request comes from loopback, so loopback proves nothing where calls cost money);
+- ``loopback``: neither key nor token (embedded emulator, demo, tests): unsigned, loopback only;
+- ``unsigned``: no token and ``GATEWAY_ALLOW_UNSIGNED=true``: unsigned from anywhere
+  (development, load tests), logged on every request.
+"""
+
 
 class Settings(BaseSettings):
     """The gateway's process-wide configuration. Build it with :func:`load_settings`."""
@@ -76,7 +87,8 @@ class Settings(BaseSettings):
     )
     allow_unsigned: bool = Field(
         default=False,
-        description="Development only: accept unsigned carrier requests from any address",
+        description="Development only: with no TWILIO_AUTH_TOKEN, accept unsigned carrier "
+        "requests from any address (logged on every request)",
     )
     twilio_account_sid: str | None = Field(
         default=None,
@@ -226,6 +238,51 @@ class Settings(BaseSettings):
                 b"call-token|" + self.twilio_auth_token.get_secret_value().encode()
             ).digest()
         return None
+
+    @property
+    def carrier_auth(self) -> CarrierAuth:
+        """Which carrier requests (webhook, media stream) are accepted; see :data:`CarrierAuth`."""
+        if self.twilio_auth_token is not None:
+            return "signed"
+        if self.allow_unsigned:
+            return "unsigned"
+        if self.openai_api_key is not None:
+            return "refused"
+        return "loopback"
+
+    def carrier_auth_report(self) -> tuple[str, list[str]]:
+        """What :attr:`carrier_auth` means for this configuration, in one line, and what is
+        wrong with it: ``check-config`` prints both, ``serve`` logs both at start-up."""
+        mode, warnings = self.carrier_auth, []
+        if mode == "signed":
+            if self.public_url is None:
+                summary = (
+                    "signed (X-Twilio-Signature), but only for requests addressed to a loopback "
+                    "host: GATEWAY_PUBLIC_URL is unset"
+                )
+                warnings.append(
+                    "TWILIO_AUTH_TOKEN is set without GATEWAY_PUBLIC_URL: requests addressed to "
+                    "any other host are refused; set GATEWAY_PUBLIC_URL to the URL Twilio calls"
+                )
+            else:
+                summary = f"signed (X-Twilio-Signature for {self.public_url})"
+            if self.allow_unsigned:
+                warnings.append("GATEWAY_ALLOW_UNSIGNED has no effect: TWILIO_AUTH_TOKEN is set")
+        elif mode == "unsigned":
+            summary = "UNSIGNED from any address (GATEWAY_ALLOW_UNSIGNED=true)"
+            warnings.append(
+                "GATEWAY_ALLOW_UNSIGNED=true: anyone who reaches this gateway can place calls; "
+                "development only, never on a gateway the internet can reach"
+            )
+        elif mode == "refused":
+            summary = "refused: OPENAI_API_KEY is set but TWILIO_AUTH_TOKEN is not"
+            warnings.append(
+                "no TWILIO_AUTH_TOKEN with a real OPENAI_API_KEY: every carrier request is "
+                "refused; set TWILIO_AUTH_TOKEN (GATEWAY_ALLOW_UNSIGNED=true for development)"
+            )
+        else:
+            summary = "unsigned from loopback clients only (no OPENAI_API_KEY: emulator, demo)"
+        return summary, warnings
 
     @property
     def effective_realtime_base_url(self) -> str:

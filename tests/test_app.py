@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.bridge.call import UpstreamSession
@@ -264,3 +266,37 @@ async def test_a_trusted_proxy_speaks_for_its_client() -> None:
     assert local.status_code == 200
     assert f'url="wss://127.0.0.1:{srv.port}/twilio/media"' in local.text
     assert remote.status_code == 403  # unsigned from outside loopback, as the proxy says
+
+
+async def test_a_real_key_without_a_carrier_token_refuses_unsigned_requests() -> None:
+    # Behind a reverse proxy on the same host every request comes from loopback: with calls
+    # that cost money, loopback alone must not let anyone in.
+    app = create_app(_settings(openai_api_key="sk-real"), upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/twilio/voice", data=_form("CAnokey"))
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(srv.ws_url + "/twilio/media"):
+                pass
+        metrics = (await client.get("/metrics")).text
+    assert r.status_code == 403 and CALL_TOKEN_PARAM not in r.text
+    assert refused.value.response.status_code == 403
+    assert _metric(metrics, "forbidden") == 1.0
+
+
+async def test_the_development_switch_lets_unsigned_requests_in() -> None:
+    settings = _settings(openai_api_key="sk-real", allow_unsigned=True)
+    app = create_app(settings, upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/twilio/voice", data=_form("CAdev"))
+    assert r.status_code == 200 and CALL_TOKEN_PARAM in r.text
+
+
+def test_the_carrier_mode_follows_key_token_and_switch() -> None:
+    assert _settings().carrier_auth == "loopback"
+    assert _settings(openai_api_key="k").carrier_auth == "refused"
+    assert _settings(openai_api_key="k", allow_unsigned=True).carrier_auth == "unsigned"
+    signed = _settings(openai_api_key="k", allow_unsigned=True, twilio_auth_token="tw-s3cret")
+    assert signed.carrier_auth == "signed"
+    summary, problems = signed.carrier_auth_report()
+    assert "GATEWAY_PUBLIC_URL is unset" in summary and len(problems) == 2
+    assert "tw-s3cret" not in " ".join([summary, *problems])
