@@ -71,7 +71,8 @@ class GatewayState:
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
-    trusted_proxies: tuple[proxies.Network, ...] = ()
+    # Whose Forwarded / X-Forwarded-* headers count (GATEWAY_TRUSTED_PROXIES), parsed once.
+    trusted_proxies: tuple[proxies.Network, ...] = field(init=False)
     ready: bool = False
     streams: int = 0
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
@@ -80,6 +81,7 @@ class GatewayState:
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.trusted_proxies = self.settings.trusted_proxy_networks()
 
 
 def create_app(
@@ -101,7 +103,6 @@ def create_app(
         admissions=_admissions(settings),
         services=services or CallServices(),
         records=records,
-        trusted_proxies=settings.trusted_proxy_networks(),
     )
 
     @contextlib.asynccontextmanager
