@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -300,3 +301,19 @@ def test_the_carrier_mode_follows_key_token_and_switch() -> None:
     summary, problems = signed.carrier_auth_report()
     assert "GATEWAY_PUBLIC_URL is unset" in summary and len(problems) == 2
     assert "tw-s3cret" not in " ".join([summary, *problems])
+
+
+async def test_a_signature_mismatch_logs_the_url_it_was_checked_against(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com/gw")
+    app = create_app(settings, upstream=_no_upstream)
+    form = _form("CAmismatch")
+    wrong = sign("s3cret", "https://gw.example.com/twilio/voice", form)  # the prefix is missing
+    with caplog.at_level(logging.WARNING, logger="gateway.app"):
+        async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            r = await client.post("/twilio/voice", data=form, headers={"X-Twilio-Signature": wrong})
+    assert r.status_code == 403
+    said = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "checked against https://gw.example.com/gw/twilio/voice" in said
+    assert "s3cret" not in said
