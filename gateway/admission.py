@@ -10,6 +10,15 @@ holding the same secret can verify it: behind a load balancer, Twilio's webhook 
 websocket are two connections that may reach different processes. ``now`` is wall-clock time
 (seconds since the epoch) for that reason — replicas share it, not their monotonic clocks.
 A call SID binds once per replica; its token expires after ``token_ttl_s``.
+
+A call SID is also *admitted* once per replica: every admitted SID is remembered for
+``replay_window_s`` (at most ``max_remembered`` of them, oldest forgotten first), and a webhook
+presenting one again is refused with :class:`Replayed`, whether that call is still waiting for
+its stream, live, or long over. The one exception is a retry while the first admission is still
+pending: it gets the same admission back (same token, same slot), which is what a carrier that
+timed out reading our answer needs and gives a replayer nothing new. The memory is per process:
+replicas behind one load balancer would need a shared store to refuse a replay sent to another
+replica (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -19,9 +28,17 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from gateway.errors import CapacityError, Forbidden
+
+REPLAY_WINDOW_S = 24 * 3600.0
+MAX_REMEMBERED_CALLS = 100_000
+
+
+class Replayed(Forbidden):
+    """The webhook names a call SID this replica already admitted: a replayed request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +63,14 @@ class Admissions:
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     token_ttl_s: float = 60.0
     max_setup_rate: float | None = None
+    replay_window_s: float = REPLAY_WINDOW_S
+    max_remembered: int = MAX_REMEMBERED_CALLS
     draining: bool = False
     _pending: dict[str, Admission] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
     _bound: dict[str, float] = field(default_factory=dict)  # call SID -> token expiry
+    # call SID -> when it was admitted, oldest first: what refuses a replayed webhook.
+    _admitted: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _bucket: float | None = None
     _bucket_at: float = 0.0
 
@@ -82,12 +103,17 @@ class Admissions:
         return self._refill(now) >= 1.0
 
     def admit(self, call_sid: str, called: str | None, caller: str | None, now: float) -> Admission:
-        """Reserve a slot for ``call_sid``; raise :class:`CapacityError` when full or draining."""
+        """Reserve a slot for ``call_sid``; raise :class:`Replayed` when this SID was admitted
+        before (answer 403), :class:`CapacityError` when full or draining (answer the fallback).
+        """
+        self._expire(now)
+        existing = self._pending.get(call_sid)
+        if existing is not None:
+            return existing  # the carrier retried the webhook: same call, same token, same slot
+        if call_sid in self._admitted:
+            raise Replayed(f"call {call_sid} was already admitted (a replayed webhook?)")
         if self.draining:
             raise CapacityError("the gateway is draining and takes no new calls")
-        existing = self._pending.get(call_sid)
-        if existing is not None and existing.expires_at > now:
-            return existing  # the carrier retried the webhook: same call, same token
         if self.load(now) >= self.max_calls:
             raise CapacityError(f"at capacity ({self.max_calls} calls)")
         if not self._rate_ok(now):
@@ -105,7 +131,15 @@ class Admissions:
             expires_at=expires_at,
         )
         self._pending[call_sid] = adm
+        self._remember(call_sid, now)
         return adm
+
+    def _remember(self, call_sid: str, now: float) -> None:
+        if call_sid in self._admitted:
+            return
+        self._admitted[call_sid] = now
+        while len(self._admitted) > self.max_remembered:
+            self._admitted.popitem(last=False)
 
     def _mac(self, call_sid: str, called: str | None, expires_at: float) -> str:
         msg = f"{call_sid}|{called or ''}|{int(expires_at)}".encode()
@@ -143,6 +177,7 @@ class Admissions:
             if self.draining or self.load(now) >= self.max_calls:
                 raise CapacityError(f"at capacity ({self.max_calls} calls)")
             adm = Admission(call_sid, token, called, None, expires_at)
+            self._remember(call_sid, now)  # a webhook replayed to this replica is refused too
         else:
             del self._pending[call_sid]
         self._live.add(call_sid)
@@ -161,6 +196,11 @@ class Admissions:
         spent = [sid for sid, exp in self._bound.items() if exp <= now]
         for sid in spent:
             del self._bound[sid]
+        while self._admitted:
+            sid, at = next(iter(self._admitted.items()))
+            if at + self.replay_window_s > now:
+                break
+            del self._admitted[sid]
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -28,12 +28,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from gateway.admission import Admissions, is_loopback_host
+from gateway import proxies
+from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
@@ -42,6 +45,7 @@ from gateway.records.pricing import Usage
 from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
 from gateway.settings import Settings
 from gateway.telephony import signature
+from gateway.telephony.signature import Params
 from gateway.tracing import TRACEPARENT_PARAM
 
 log = logging.getLogger("gateway.app")
@@ -67,6 +71,8 @@ class GatewayState:
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
+    # Whose Forwarded / X-Forwarded-* headers count (GATEWAY_TRUSTED_PROXIES), parsed once.
+    trusted_proxies: tuple[proxies.Network, ...] = field(init=False)
     ready: bool = False
     streams: int = 0
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
@@ -75,6 +81,7 @@ class GatewayState:
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.trusted_proxies = self.settings.trusted_proxy_networks()
 
 
 def create_app(
@@ -135,10 +142,16 @@ def create_app(
 
     @app.post(VOICE_PATH)
     async def incoming_call(request: Request) -> Response:
-        form = await request.form()
-        params = {k: str(v) for k, v in form.multi_items()}
         try:
-            _authorize_carrier(request, state, params)
+            form = await _read_form(request, state.settings.max_webhook_bytes)
+        except _BadBody as exc:
+            state.metrics.webhooks.labels(exc.result).inc()
+            log.warning("webhook refused: %s", exc)
+            return PlainTextResponse(exc.result.replace("_", " "), status_code=exc.status)
+        params = {name: values[-1] for name, values in form.items()}
+        origin = _origin(request, state)
+        try:
+            _authorize_carrier(request, state, origin, form)
         except Forbidden as exc:
             state.metrics.webhooks.labels("forbidden").inc()
             log.warning("webhook refused: %s", exc)
@@ -152,6 +165,10 @@ def create_app(
         with state.services.tracing.webhook(call_sid, called) as traceparent:
             try:
                 admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
+            except Replayed as exc:
+                state.metrics.webhooks.labels("replayed").inc()
+                log.warning("webhook refused: %s", exc)
+                return PlainTextResponse("forbidden", status_code=403)
             except CapacityError as exc:
                 state.metrics.webhooks.labels("refused_capacity").inc()
                 log.warning("call %s refused: %s", call_sid, exc)
@@ -164,14 +181,7 @@ def create_app(
             profile.name,
             mask_number(caller),
         )
-        stream_url = signature.public_url(
-            request_url=str(request.url),
-            headers=dict(request.headers),
-            public_base=state.settings.public_url,
-            trust_proxy_headers=state.settings.trust_proxy_headers,
-            path=MEDIA_PATH,
-            websocket=True,
-        )
+        stream_url = _carrier_url(state, origin, MEDIA_PATH, websocket=True)
         twiml = _connect_twiml(stream_url, admission.token, called, profile, traceparent)
         return _twiml(twiml)
 
@@ -179,7 +189,7 @@ def create_app(
     async def media_stream(ws: WebSocket) -> None:
         runner = CallRunner(ws, state)
         try:
-            _authorize_carrier_ws(ws, state)
+            _authorize_carrier(ws, state, _origin(ws, state), None)
         except Forbidden as exc:
             await runner.refuse(exc)
             return
@@ -343,48 +353,110 @@ def _connect_twiml(
     return _fallback(resp, profile)
 
 
-def _authorize_carrier(request: Request, state: GatewayState, params: dict[str, str]) -> None:
-    token = state.settings.twilio_auth_token
-    if token is None:
-        _unsigned_allowed(request.client.host if request.client else None, state)
-        return
-    url = signature.public_url(
-        request_url=str(request.url),
-        headers=dict(request.headers),
-        public_base=state.settings.public_url,
-        trust_proxy_headers=state.settings.trust_proxy_headers,
-        path=request.url.path,
-        websocket=False,
-        query=request.url.query,
-    )
-    sig = request.headers.get("x-twilio-signature", "")
-    if not signature.validate_webhook(token.get_secret_value(), url, params, sig):
-        raise Forbidden("X-Twilio-Signature does not match the webhook request")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-def _authorize_carrier_ws(ws: WebSocket, state: GatewayState) -> None:
+class _BadBody(Exception):
+    """A webhook body refused before it is parsed: ``status`` to answer, ``result`` to count."""
+
+    def __init__(self, status: int, result: str, why: str) -> None:
+        super().__init__(why)
+        self.status, self.result = status, result
+
+
+async def _read_form(request: Request, limit: int) -> dict[str, list[str]]:
+    """The webhook's form fields, each name with its values in order; raise :class:`_BadBody`.
+
+    The body comes before the signature can be checked, so anyone can send one: it is read
+    only up to ``limit`` bytes (a declared ``Content-Length`` above it is refused unread) and
+    only as the urlencoded form Twilio sends, never multipart (files, spooling).
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != FORM_TYPE:
+        raise _BadBody(415, "unsupported_media_type", f"content type {ctype!r} is not {FORM_TYPE}")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _BadBody(413, "too_large", f"body of {declared} bytes (limit {limit})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BadBody(413, "too_large", f"body above {limit} bytes")
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _BadBody(400, "bad_request", f"unreadable form body: {exc}") from None
+    form: dict[str, list[str]] = {}
+    for name, value in pairs:
+        form.setdefault(name, []).append(value)
+    return form
+
+
+def _origin(conn: HTTPConnection, state: GatewayState) -> proxies.Origin:
+    """Client, scheme and host of a request; proxy headers count from trusted proxies only."""
+    return proxies.resolve(
+        peer=conn.client.host if conn.client else None,
+        scheme=conn.url.scheme,
+        host=conn.headers.get("host") or conn.url.netloc,
+        headers=conn.headers.items(),
+        trusted=state.trusted_proxies,
+    )
+
+
+def _carrier_url(
+    state: GatewayState, origin: proxies.Origin, path: str, *, websocket: bool, query: str = ""
+) -> str:
+    """The URL the carrier called (or is told to call): ``GATEWAY_PUBLIC_URL`` when set."""
+    return signature.public_url(
+        request_url=f"{origin.scheme}://{origin.host}{path}",
+        public_base=state.settings.public_url,
+        path=path,
+        websocket=websocket,
+        query=query,
+    )
+
+
+def _authorize_carrier(
+    conn: HTTPConnection, state: GatewayState, origin: proxies.Origin, params: Params | None
+) -> None:
+    """Raise :class:`Forbidden` unless this carrier request may go on: the webhook (form
+    ``params``) or, with ``params=None``, the media-stream upgrade."""
     token = state.settings.twilio_auth_token
     if token is None:
-        _unsigned_allowed(ws.client.host if ws.client else None, state)
+        _unsigned_allowed(origin.client, state)
         return
-    url = signature.public_url(
-        request_url=str(ws.url),
-        headers=dict(ws.headers),
-        public_base=state.settings.public_url,
-        trust_proxy_headers=state.settings.trust_proxy_headers,
-        path=ws.url.path,
-        websocket=True,
-        query=ws.url.query,
-    )
-    sig = ws.headers.get("x-twilio-signature", "")
-    if not signature.validate_websocket_upgrade(token.get_secret_value(), url, sig):
-        raise Forbidden("X-Twilio-Signature does not match the media stream upgrade")
+    if state.settings.public_url is None and not is_loopback_host(origin.hostname):
+        # Without a public URL the signature would be checked against whatever Host the
+        # request names, and the TwiML would send the stream there.
+        raise Forbidden(
+            f"Host {origin.host!r} is not accepted: with TWILIO_AUTH_TOKEN set, set "
+            "GATEWAY_PUBLIC_URL to the URL Twilio calls (only loopback hosts work without it)"
+        )
+    websocket = params is None
+    url = _carrier_url(state, origin, conn.url.path, websocket=websocket, query=conn.url.query)
+    sig = conn.headers.get("x-twilio-signature", "")
+    secret = token.get_secret_value()
+    if websocket:
+        valid = signature.validate_websocket_upgrade(secret, url, sig)
+    else:
+        assert params is not None
+        valid = signature.validate_webhook(secret, url, params, sig)
+    if not valid:
+        what = "media stream upgrade" if websocket else "webhook request"
+        raise Forbidden(f"X-Twilio-Signature does not match the {what} (checked against {url})")
 
 
 def _unsigned_allowed(host: str | None, state: GatewayState) -> None:
-    if state.settings.allow_unsigned:
+    mode = state.settings.carrier_auth
+    if mode == "unsigned":
         log.warning("accepting an UNSIGNED carrier request from %s (GATEWAY_ALLOW_UNSIGNED)", host)
         return
+    if mode == "refused":
+        raise Forbidden(
+            "OPENAI_API_KEY is set and TWILIO_AUTH_TOKEN is not, so unsigned carrier requests "
+            "are refused (set the token, or GATEWAY_ALLOW_UNSIGNED=true for development)"
+        )
     if not is_loopback_host(host):
         raise Forbidden(
             "no TWILIO_AUTH_TOKEN is configured, so only loopback clients are accepted "

@@ -99,7 +99,11 @@ def check_config(
         records = mask_url(settings.records_url)
     else:
         records = f"SQLite at {settings.records_path}"
+    carrier_auth, problems = settings.carrier_auth_report()
+    for problem in problems:
+        typer.echo(f"warning: {problem}")
     typer.echo(f"settings ok; upstream: {upstream}; call records: {records}")
+    typer.echo(f"carrier requests: {carrier_auth}")
 
 
 @app.command()

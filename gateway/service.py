@@ -85,6 +85,10 @@ async def running_gateway(
     """
     profiles = profiles or ProfileStore(settings.profiles_file)
     metrics = Metrics()
+    carrier_auth, problems = settings.carrier_auth_report()
+    log.info("carrier requests: %s", carrier_auth)
+    for problem in problems:
+        log.warning(problem)
     async with contextlib.AsyncExitStack() as stack:
         emulator: RunningServer | None = None
         base_url, api_key = settings.effective_realtime_base_url, None

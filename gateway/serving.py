@@ -71,6 +71,10 @@ async def serve_app(
         lifespan="on",
         access_log=False,
         log_config=None,  # uvicorn's lines go through our handlers (JSON when configured)
+        # uvicorn would rewrite the client address and scheme from X-Forwarded-* sent by any
+        # loopback peer (FORWARDED_ALLOW_IPS); the gateway decides whom to believe itself
+        # (gateway.proxies, GATEWAY_TRUSTED_PROXIES).
+        proxy_headers=uvicorn_options.pop("proxy_headers", False),
         **uvicorn_options,
     )
     server = _Server(config)

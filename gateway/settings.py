@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigError
 
+if TYPE_CHECKING:
+    from gateway.proxies import Network
+
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+CarrierAuth = Literal["signed", "unsigned", "loopback", "refused"]
+"""Which carrier requests are accepted:
+
+- ``signed``: ``TWILIO_AUTH_TOKEN`` is set; a valid ``X-Twilio-Signature`` is required;
+- ``refused``: a real ``OPENAI_API_KEY`` and no token: none (behind a reverse proxy on the same
+  host every request comes from loopback, so loopback proves nothing where calls cost money);
+- ``loopback``: neither key nor token (embedded emulator, demo, tests): unsigned, loopback only;
+- ``unsigned``: no token and ``GATEWAY_ALLOW_UNSIGNED=true``: unsigned from anywhere
+  (development, load tests), logged on every request.
+"""
 
 
 class Settings(BaseSettings):
@@ -62,8 +76,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Public https base URL Twilio uses to reach the gateway"
     )
-    trust_proxy_headers: bool = Field(
-        default=False, description="Rebuild the public URL from X-Forwarded-Proto/Host"
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses/CIDR ranges of the proxies whose Forwarded/X-Forwarded-* "
+        "headers are believed; empty: nobody's",
     )
     call_token_secret: SecretStr | None = Field(
         default=None,
@@ -71,7 +87,8 @@ class Settings(BaseSettings):
     )
     allow_unsigned: bool = Field(
         default=False,
-        description="Development only: accept unsigned carrier requests from any address",
+        description="Development only: with no TWILIO_AUTH_TOKEN, accept unsigned carrier "
+        "requests from any address (logged on every request)",
     )
     twilio_account_sid: str | None = Field(
         default=None,
@@ -110,6 +127,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="End a call when the carrier sends nothing for this long"
     )
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_webhook_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest webhook body read; a Twilio voice webhook is a few kB",
+    )
     setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin endpoints; unset turns them off"
@@ -139,6 +162,19 @@ class Settings(BaseSettings):
 
         PriceTable.default(v)  # a ValueError names the model and the field
         return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        from gateway.proxies import parse_networks
+
+        parse_networks(v)  # a ValueError names the bad entry
+        return v
+
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        from gateway.proxies import parse_networks
+
+        return parse_networks(self.trusted_proxies)
 
     @field_validator("twilio_api_base_url")
     @classmethod
@@ -204,6 +240,51 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def carrier_auth(self) -> CarrierAuth:
+        """Which carrier requests (webhook, media stream) are accepted; see :data:`CarrierAuth`."""
+        if self.twilio_auth_token is not None:
+            return "signed"
+        if self.allow_unsigned:
+            return "unsigned"
+        if self.openai_api_key is not None:
+            return "refused"
+        return "loopback"
+
+    def carrier_auth_report(self) -> tuple[str, list[str]]:
+        """What :attr:`carrier_auth` means for this configuration, in one line, and what is
+        wrong with it: ``check-config`` prints both, ``serve`` logs both at start-up."""
+        mode, warnings = self.carrier_auth, []
+        if mode == "signed":
+            if self.public_url is None:
+                summary = (
+                    "signed (X-Twilio-Signature), but only for requests addressed to a loopback "
+                    "host: GATEWAY_PUBLIC_URL is unset"
+                )
+                warnings.append(
+                    "TWILIO_AUTH_TOKEN is set without GATEWAY_PUBLIC_URL: requests addressed to "
+                    "any other host are refused; set GATEWAY_PUBLIC_URL to the URL Twilio calls"
+                )
+            else:
+                summary = f"signed (X-Twilio-Signature for {self.public_url})"
+            if self.allow_unsigned:
+                warnings.append("GATEWAY_ALLOW_UNSIGNED has no effect: TWILIO_AUTH_TOKEN is set")
+        elif mode == "unsigned":
+            summary = "UNSIGNED from any address (GATEWAY_ALLOW_UNSIGNED=true)"
+            warnings.append(
+                "GATEWAY_ALLOW_UNSIGNED=true: anyone who reaches this gateway can place calls; "
+                "development only, never on a gateway the internet can reach"
+            )
+        elif mode == "refused":
+            summary = "refused: OPENAI_API_KEY is set but TWILIO_AUTH_TOKEN is not"
+            warnings.append(
+                "no TWILIO_AUTH_TOKEN with a real OPENAI_API_KEY: every carrier request is "
+                "refused; set TWILIO_AUTH_TOKEN (GATEWAY_ALLOW_UNSIGNED=true for development)"
+            )
+        else:
+            summary = "unsigned from loopback clients only (no OPENAI_API_KEY: emulator, demo)"
+        return summary, warnings
+
+    @property
     def effective_realtime_base_url(self) -> str:
         return self.realtime_base_url or OPENAI_DEFAULT_BASE_URL
 
@@ -214,8 +295,23 @@ def _http_base_url(v: str) -> str:
     return v.rstrip("/")
 
 
+REMOVED = {
+    "GATEWAY_TRUST_PROXY_HEADERS": "set GATEWAY_TRUSTED_PROXIES to your proxies' addresses "
+    "instead (and GATEWAY_PUBLIC_URL)",
+}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings once; raise :class:`ConfigError` listing *every* bad value."""
+    import os
+
+    gone = [
+        f"  - {name}: no longer a setting; {how}"
+        for name, how in REMOVED.items()
+        if os.environ.get(name)
+    ]
+    if gone:
+        raise ConfigError("\n".join([f"{len(gone)} invalid setting(s):", *gone]))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.admission import Admissions
+from gateway.admission import Admissions, Replayed
 from gateway.errors import CapacityError, Forbidden
 
 
@@ -101,3 +101,37 @@ def test_no_setup_rate_means_no_limit() -> None:
     for i in range(500):
         a.admit(f"CA{i}", None, None, 0.0)
     assert a.load(0.0) == 500
+
+
+def test_an_admitted_call_sid_is_never_admitted_again_within_the_window() -> None:
+    a = Admissions(max_calls=5, token_ttl_s=60, replay_window_s=3600)
+    adm = a.admit("CA1", None, None, 0.0)
+    assert a.admit("CA1", None, None, 30.0) == adm  # a retry while pending: same slot
+    with pytest.raises(Replayed):
+        a.admit("CA1", None, None, 61.0)  # the token expired: not a fresh call
+    a.bind("CA2", a.admit("CA2", None, None, 100.0).token, 101.0)
+    with pytest.raises(Replayed):
+        a.admit("CA2", None, None, 102.0)  # live: no second token, no second slot
+    assert a.load(102.0) == 1
+    a.release("CA2")
+    with pytest.raises(Replayed):
+        a.admit("CA2", None, None, 3000.0)
+    assert a.admit("CA1", None, None, 3601.0).call_sid == "CA1"  # past the window
+
+
+def test_the_replay_memory_is_bounded_oldest_first() -> None:
+    a = Admissions(max_calls=10, max_remembered=2)
+    for i, sid in enumerate(("CA1", "CA2", "CA3")):
+        a.release(a.bind(sid, a.admit(sid, None, None, float(i)).token, float(i)).call_sid)
+    for sid in ("CA2", "CA3"):
+        with pytest.raises(Replayed):
+            a.admit(sid, None, None, 100.0)
+    assert a.admit("CA1", None, None, 100.0).call_sid == "CA1"  # forgotten: the oldest
+
+
+def test_a_call_bound_here_but_admitted_elsewhere_is_remembered() -> None:
+    admitting = Admissions(max_calls=5, secret=b"k" * 32)
+    other = Admissions(max_calls=5, secret=b"k" * 32)
+    other.bind("CA1", admitting.admit("CA1", None, None, 0.0).token, 1.0)
+    with pytest.raises(Replayed):
+        other.admit("CA1", None, None, 2.0)

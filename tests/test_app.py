@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.bridge.call import UpstreamSession
@@ -141,3 +144,176 @@ async def test_admin_off_without_token() -> None:
     app = create_app(_settings(), upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         assert (await client.post("/admin/reload")).status_code == 404
+
+
+def _metric(text: str, result: str) -> float:
+    line = f'gateway_webhooks_total{{result="{result}"}} '
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    return float(found[0][len(line) :]) if found else 0.0
+
+
+async def test_a_replayed_signed_webhook_is_refused_after_the_token_expires() -> None:
+    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    app = create_app(settings, upstream=_no_upstream)
+    state = gateway_state(app)
+    now = [1_000_000.0]
+    state.wall_clock = lambda: now[0]
+    form = _form("CAcaptured")
+    headers = {"X-Twilio-Signature": sign("s3cret", "https://gw.example.com/twilio/voice", form)}
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        first = await client.post("/twilio/voice", data=form, headers=headers)
+        assert first.status_code == 200 and CALL_TOKEN_PARAM in first.text
+        for later in (61.0, 3600.0, 23 * 3600.0):  # the token (60 s) is long gone
+            now[0] = 1_000_000.0 + later
+            replay = await client.post("/twilio/voice", data=form, headers=headers)
+            assert replay.status_code == 403, later
+            assert CALL_TOKEN_PARAM not in replay.text
+        metrics = (await client.get("/metrics")).text
+    assert _metric(metrics, "replayed") == 3.0
+    assert _metric(metrics, "admitted") == 1.0
+    assert state.admissions.load(now[0]) == 0
+
+
+async def test_oversize_or_non_form_webhook_bodies_are_refused_before_parsing(
+    server: RunningServer,
+) -> None:
+    # Anyone can send a body before the signature is checked: it must be capped, not parsed.
+    big = {f"f{i}": "x" * 100_000 for i in range(3)}
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the cap still holds
+        yield b"CallSid=CAbig&To=%2B15551230001&"
+        for _ in range(40):
+            yield b"pad=" + b"x" * 1000 + b"&"
+
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        declared = await client.post("/twilio/voice", data=big)
+        streamed = await client.post(
+            "/twilio/voice",
+            content=chunked(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        multipart = await client.post(
+            "/twilio/voice", data=_form("CAm"), files={"f": ("a.bin", b"x" * 10)}
+        )
+        as_json = await client.post("/twilio/voice", json=_form("CAj"))
+        fine = await client.post("/twilio/voice", data={**_form("CAok"), "pad": "x" * 8000})
+        metrics = (await client.get("/metrics")).text
+    assert declared.status_code == 413 and streamed.status_code == 413
+    assert multipart.status_code == 415 and as_json.status_code == 415
+    assert fine.status_code == 200 and CALL_TOKEN_PARAM in fine.text
+    assert _metric(metrics, "too_large") == 2.0
+    assert _metric(metrics, "unsupported_media_type") == 2.0
+    assert _metric(metrics, "admitted") == 1.0
+
+
+async def test_repeated_form_fields_are_all_signed() -> None:
+    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    app = create_app(settings, upstream=_no_upstream)
+    form = {**_form("CArep"), "StirVerstat": ["a", "b"]}
+    url = "https://gw.example.com/twilio/voice"
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        ok = await client.post(
+            "/twilio/voice", data=form, headers={"X-Twilio-Signature": sign("s3cret", url, form)}
+        )
+    assert ok.status_code == 200
+
+
+async def test_with_a_token_and_no_public_url_a_foreign_host_is_refused() -> None:
+    # Signed for the host the request names: without GATEWAY_PUBLIC_URL the gateway must not
+    # check against that host, nor point the stream at it.
+    app = create_app(_settings(twilio_auth_token="s3cret"), upstream=_no_upstream)
+    form = _form("CAhost")
+    evil = {
+        "Host": "evil.example.com",
+        "X-Twilio-Signature": sign("s3cret", "http://evil.example.com/twilio/voice", form),
+    }
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/twilio/voice", data=form, headers=evil)
+        assert r.status_code == 403 and "evil.example.com" not in r.text
+        local = f"http://127.0.0.1:{srv.port}/twilio/voice"
+        ok = await client.post(
+            "/twilio/voice", data=form, headers={"X-Twilio-Signature": sign("s3cret", local, form)}
+        )
+    assert ok.status_code == 200
+    assert f'url="ws://127.0.0.1:{srv.port}/twilio/media"' in ok.text
+
+
+async def test_proxy_headers_from_an_untrusted_peer_change_nothing(server: RunningServer) -> None:
+    spoofed = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example.com",
+        "X-Forwarded-For": "203.0.113.9",
+        "Forwarded": "for=203.0.113.9;proto=https;host=evil.example.com",
+    }
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        r = await client.post("/twilio/voice", data=_form("CAspoof"), headers=spoofed)
+    # still the loopback client it is (admitted unsigned), and the stream URL is unchanged
+    assert r.status_code == 200
+    assert f'url="ws://127.0.0.1:{server.port}/twilio/media"' in r.text
+
+
+async def test_a_trusted_proxy_speaks_for_its_client() -> None:
+    settings = _settings(trusted_proxies=["127.0.0.1"])
+    app = create_app(settings, upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        local = await client.post(
+            "/twilio/voice",
+            data=_form("CAlocal"),
+            headers={"X-Forwarded-For": "127.0.0.1", "X-Forwarded-Proto": "https"},
+        )
+        remote = await client.post(
+            "/twilio/voice", data=_form("CAremote"), headers={"X-Forwarded-For": "203.0.113.9"}
+        )
+    assert local.status_code == 200
+    assert f'url="wss://127.0.0.1:{srv.port}/twilio/media"' in local.text
+    assert remote.status_code == 403  # unsigned from outside loopback, as the proxy says
+
+
+async def test_a_real_key_without_a_carrier_token_refuses_unsigned_requests() -> None:
+    # Behind a reverse proxy on the same host every request comes from loopback: with calls
+    # that cost money, loopback alone must not let anyone in.
+    app = create_app(_settings(openai_api_key="sk-real"), upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/twilio/voice", data=_form("CAnokey"))
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(srv.ws_url + "/twilio/media"):
+                pass
+        metrics = (await client.get("/metrics")).text
+    assert r.status_code == 403 and CALL_TOKEN_PARAM not in r.text
+    assert refused.value.response.status_code == 403
+    assert _metric(metrics, "forbidden") == 1.0
+
+
+async def test_the_development_switch_lets_unsigned_requests_in() -> None:
+    settings = _settings(openai_api_key="sk-real", allow_unsigned=True)
+    app = create_app(settings, upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/twilio/voice", data=_form("CAdev"))
+    assert r.status_code == 200 and CALL_TOKEN_PARAM in r.text
+
+
+def test_the_carrier_mode_follows_key_token_and_switch() -> None:
+    assert _settings().carrier_auth == "loopback"
+    assert _settings(openai_api_key="k").carrier_auth == "refused"
+    assert _settings(openai_api_key="k", allow_unsigned=True).carrier_auth == "unsigned"
+    signed = _settings(openai_api_key="k", allow_unsigned=True, twilio_auth_token="tw-s3cret")
+    assert signed.carrier_auth == "signed"
+    summary, problems = signed.carrier_auth_report()
+    assert "GATEWAY_PUBLIC_URL is unset" in summary and len(problems) == 2
+    assert "tw-s3cret" not in " ".join([summary, *problems])
+
+
+async def test_a_signature_mismatch_logs_the_url_it_was_checked_against(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com/gw")
+    app = create_app(settings, upstream=_no_upstream)
+    form = _form("CAmismatch")
+    wrong = sign("s3cret", "https://gw.example.com/twilio/voice", form)  # the prefix is missing
+    with caplog.at_level(logging.WARNING, logger="gateway.app"):
+        async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
+            r = await client.post("/twilio/voice", data=form, headers={"X-Twilio-Signature": wrong})
+    assert r.status_code == 403
+    said = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "checked against https://gw.example.com/gw/twilio/voice" in said
+    assert "s3cret" not in said

@@ -70,8 +70,34 @@ def test_check_config_warns_about_tools_without_rest_credentials_and_masks_the_d
     assert "hunter2" not in result.output and "postgresql://gw:***@db:5432/calls" in result.output
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "0" * 32)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
+    monkeypatch.setenv("GATEWAY_PUBLIC_URL", "https://gw.example.com")
     result = runner.invoke(app, ["check-config", str(profiles)])
     assert result.exit_code == 0 and "warning" not in result.output
+
+
+SIGNED = {"TWILIO_AUTH_TOKEN": "tw-s3cret", "GATEWAY_PUBLIC_URL": "https://gw.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("env", "says", "warns"),
+    [
+        ({}, "carrier requests: unsigned from loopback clients only", False),
+        ({"OPENAI_API_KEY": "sk-x"}, "carrier requests: refused", True),
+        ({"OPENAI_API_KEY": "sk-x", "GATEWAY_ALLOW_UNSIGNED": "true"}, "UNSIGNED from any", True),
+        ({"TWILIO_AUTH_TOKEN": "tw-s3cret"}, "only for requests addressed to a loopback", True),
+        (SIGNED, "carrier requests: signed (X-Twilio-Signature for https://gw.example.com)", False),
+    ],
+)
+def test_check_config_says_which_carrier_requests_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str, warns: bool
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["check-config"])
+    assert result.exit_code == 0, result.output
+    assert says in result.output
+    assert ("warning:" in result.output) == warns
+    assert "tw-s3cret" not in result.output
 
 
 def test_bad_settings_exit_2_with_every_problem(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,14 @@ from gateway.service import RunningGateway, running_gateway
 from gateway.settings import Settings
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec
-from tests.support import CONNECTED, admit, emulator_sessions, start_frame, wait_all_ended
+from tests.support import (
+    CONNECTED,
+    admit,
+    emulator_sessions,
+    start_frame,
+    wait_all_ended,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -247,3 +254,30 @@ async def test_forged_requests_cost_nothing_and_do_not_disturb_a_live_call(
     assert result.ok, (result.failure, result.failure_detail)
     assert len(result.response_latencies_ms) == 1
     assert len(sessions) == 1  # only the genuine call reached the upstream
+
+
+async def test_replaying_a_live_calls_webhook_gets_no_token_and_no_slot(
+    gateway: RunningGateway,
+) -> None:
+    # A captured webhook replayed while its call is live must not mint a second token (which
+    # would let a second stream bind as that call) nor hold a second capacity slot.
+    state = gateway_state(gateway.app)
+    heard = asyncio.Event()
+    options = _options(gateway, "+15551230001", call_sid="CAreplayed")
+    call = asyncio.create_task(
+        SimulatedCall(
+            [WaitForAnswer(), Pause(1000), HangUp()], options, on_event=lambda _e: heard.set()
+        ).run()
+    )
+    async with asyncio.timeout(20):
+        await heard.wait()
+    await wait_until(lambda: state.admissions.live == 1, what="the call is live")
+    form = {"CallSid": "CAreplayed", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+    async with httpx.AsyncClient() as client:
+        replay = await client.post(f"{gateway.url}/twilio/voice", data=form)
+    assert replay.status_code == 403
+    assert "gateway_call_token" not in replay.text
+    assert state.admissions.load(state.wall_clock()) == 1
+    result = await call
+    assert result.ok, (result.failure, result.failure_detail)
+    await wait_all_ended(gateway)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -202,3 +203,17 @@ async def test_second_sigterm_hangs_up_live_calls_cleanly_and_exits(tmp_path: Pa
     assert "shutting down" in result.close_reason
     assert proc.returncode == 0, out
     assert "second stop signal: hanging up 1 call(s)" in out
+
+
+async def test_start_up_says_which_carrier_requests_are_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = _settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
+    with caplog.at_level(logging.INFO, logger="gateway.service"):
+        async with running_gateway(settings, port=0) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as client:
+                form = {"CallSid": "CA1", "AccountSid": "AC1", "From": "+1", "To": "+1555"}
+                assert (await client.post("/twilio/voice", data=form)).status_code == 403
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("carrier requests: refused") for m in said), said
+    assert any("every carrier request is refused" in m for m in said), said

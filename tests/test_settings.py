@@ -53,3 +53,17 @@ def test_dotenv_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) 
 
     Path(str(tmp_path), ".env").write_text("GATEWAY_MAX_CALLS=7\n")
     assert load_settings().max_calls == 7
+
+
+def test_trusted_proxies_are_checked_and_the_old_switch_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_TRUSTED_PROXIES", '["10.0.0.0/8", "::1"]')
+    assert [str(n) for n in load_settings().trusted_proxy_networks()] == ["10.0.0.0/8", "::1/128"]
+    monkeypatch.setenv("GATEWAY_TRUSTED_PROXIES", '["10.0.0.0/33"]')
+    with pytest.raises(ConfigError, match="GATEWAY_TRUSTED_PROXIES"):
+        load_settings()
+    monkeypatch.delenv("GATEWAY_TRUSTED_PROXIES")
+    monkeypatch.setenv("GATEWAY_TRUST_PROXY_HEADERS", "true")
+    with pytest.raises(ConfigError, match="GATEWAY_TRUST_PROXY_HEADERS: no longer a setting"):
+        load_settings()

@@ -6,9 +6,9 @@ the ``twilio`` library's :class:`~twilio.request_validator.RequestValidator`; th
 decides *which* URL to check, which is where deployments go wrong:
 
 - behind a TLS-terminating proxy the app sees ``http://10.0.0.5:8080/...`` while Twilio signed
-  ``https://gw.example.com/...``: configure the public base URL (preferred), or let
-  :func:`public_url` trust ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` when the proxy sets them
-  and clients cannot;
+  ``https://gw.example.com/...``: configure the public base URL (required with an auth token,
+  except for loopback hosts); a trusted proxy's ``X-Forwarded-*`` headers are otherwise the
+  only way the request URL changes (:mod:`gateway.proxies`);
 - the media stream is signed as the ``wss://`` URL Twilio connected to, with no parameters;
 - Twilio may or may not include the default port; both forms are accepted (the library does
   this for ``https`` only, so the ``wss``/``ws`` variants are tried here too).
@@ -131,20 +131,18 @@ def sign(auth_token: str, url: str, params: Params | None = None) -> str:
 def public_url(
     *,
     request_url: str,
-    headers: Mapping[str, str] | None = None,
     public_base: str | None = None,
-    trust_proxy_headers: bool = False,
     path: str | None = None,
     websocket: bool = False,
     query: str = "",
 ) -> str:
     """The URL as the carrier sees it, for signature checks and for the TwiML stream URL.
 
-    Scheme and host come from ``public_base`` (``https://gw.example.com[/prefix]``) when set;
-    otherwise from ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` (first value) when
-    ``trust_proxy_headers``; otherwise from ``request_url``. ``path`` (default: the request's)
-    is appended to the base's path prefix, ``query`` (no ``?``) is appended if not empty, and
-    the scheme maps to ``ws``/``wss`` when ``websocket`` is true, to ``http``/``https`` when not.
+    Scheme and host come from ``public_base`` (``https://gw.example.com[/prefix]``) when set,
+    otherwise from ``request_url`` (build it from :func:`gateway.proxies.resolve`, which decides
+    whether proxy headers count). ``path`` (default: the request's) is appended to the base's
+    path prefix, ``query`` (no ``?``) is appended if not empty, and the scheme maps to
+    ``ws``/``wss`` when ``websocket`` is true, to ``http``/``https`` when not.
     """
     request = urlsplit(request_url)
     scheme, netloc, prefix = request.scheme, request.netloc, ""
@@ -155,16 +153,6 @@ def public_url(
                 f"public base URL {public_base!r} must be absolute http(s):// or ws(s)://"
             )
         scheme, netloc, prefix = base.scheme, base.netloc, base.path.rstrip("/")
-    elif trust_proxy_headers and headers:
-        lower = {k.lower(): v for k, v in headers.items()}
-        proto = lower.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-        host = lower.get("x-forwarded-host", "").split(",")[0].strip()
-        if proto in _TO_WS:
-            scheme = proto
-        if host:
-            netloc = host
-        elif lower.get("host"):
-            netloc = lower["host"].strip()
     scheme = (_TO_WS if websocket else _TO_HTTP).get(scheme, scheme)
     full_path = prefix + (request.path if path is None else path)
     return urlunsplit((scheme, netloc, full_path or "/", query, ""))
