@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway.app import create_app, gateway_state
+from gateway.aio import cancel_and_wait
+from gateway.app import VOICE_PATH, create_app, gateway_state
 from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
@@ -243,11 +244,14 @@ async def drain(app: FastAPI, timeout_s: float) -> int:
     """
     state = gateway_state(app)
     state.admissions.draining = True
-    log.warning(
-        "draining: no new calls; waiting up to %.0f s for %d live call(s)",
-        timeout_s,
-        state.streams,
-    )
+    if state.streams:
+        log.warning(
+            "draining: no new calls; waiting up to %.0f s for %d live call(s)",
+            timeout_s,
+            state.streams,
+        )
+    else:
+        log.info("draining: no new calls, no live calls")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(state.idle.wait(), timeout_s)
     return state.streams
@@ -307,12 +311,17 @@ async def serve_forever(
             loop.add_signal_handler(signal.SIGHUP, reload_profiles, gw.app)
             installed.append(signal.SIGHUP)
         log.info(
-            "gateway %s listening on %s (webhook %s/twilio/voice); upstream %s",
-            _version(),
-            gw.url,
-            gw.url,
-            gw.upstream_base_url,
+            "gateway %s listening on %s; upstream %s", _version(), gw.url, gw.upstream_base_url
         )
+        if settings.public_url:
+            log.info("Twilio voice webhook URL: %s%s", settings.public_url, VOICE_PATH)
+        else:
+            log.info(
+                "Twilio voice webhook URL: set GATEWAY_PUBLIC_URL to the https:// origin Twilio "
+                "calls (a proxy or tunnel in front of %s), then use <that origin>%s",
+                gw.url,
+                VOICE_PATH,
+            )
         if on_ready is not None:
             on_ready(gw)
         try:
@@ -320,14 +329,13 @@ async def serve_forever(
             draining = asyncio.ensure_future(drain(gw.app, settings.drain_timeout_s))
             hard = asyncio.ensure_future(hard_stop.wait())
             await asyncio.wait({draining, hard}, return_when=asyncio.FIRST_COMPLETED)
-            hard.cancel()
             if draining.done():
                 left = draining.result()
                 why = "drain deadline reached"
             else:
-                draining.cancel()
                 left = len(gateway_state(gw.app).calls)
                 why = "second stop signal"
+            await cancel_and_wait(draining, hard)
             if left:
                 log.warning("%s: hanging up %d call(s)", why, left)
                 await hang_up_all(gw.app, f"gateway shutting down ({why})")

@@ -163,7 +163,9 @@ async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigter
     out = "".join(lines) + rest.decode()
     assert proc.returncode == 0, out
     assert "EMBEDDED REALTIME EMULATOR" in out
-    assert "draining" in out
+    assert "draining: no new calls, no live calls" in out
+    assert "WARNING" not in out.split("draining", 1)[1]  # a quiet stop is not a warning
+    assert "set GATEWAY_PUBLIC_URL" in out  # what to paste into Twilio, and what is missing
     assert "gateway stopped" in out
 
 
