@@ -20,6 +20,7 @@ The file is validated as a whole (pydantic); an error names the number and the f
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -326,11 +327,15 @@ def parse_profiles(data: Any, *, source: str) -> Profiles:
         if fields is not None and not isinstance(fields, dict):
             problems.append(f"numbers.{number}: expected a mapping of profile fields")
             continue
-        merged = {**base, "name": number, **(fields or {})}
+        own = fields or {}
+        merged = {**base, "name": number, **own}
         try:
             numbers[number] = Profile.model_validate(merged)
         except ValidationError as exc:
-            problems.extend(_describe(f"numbers.{number}", exc))
+            # A field inherited from a default that is itself invalid was reported there: say
+            # it once, not again under every number.
+            inherited = set(base) - set(own) if default is None else set()
+            problems.extend(_describe(f"numbers.{number}", exc, skip=inherited))
     if problems or default is None:
         raise ConfigError(
             f"{source}: invalid profiles:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -351,9 +356,11 @@ def load_profiles(path: Path) -> Profiles:
     return parse_profiles(data, source=str(path))
 
 
-def _describe(where: str, exc: ValidationError) -> list[str]:
+def _describe(where: str, exc: ValidationError, skip: AbstractSet[str] = frozenset()) -> list[str]:
     out = []
     for err in exc.errors():
+        if err["loc"] and str(err["loc"][0]) in skip:
+            continue
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         out.append(f"{where}.{loc}: {err['msg']}" if loc else f"{where}: {err['msg']}")
     return out

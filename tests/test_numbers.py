@@ -95,3 +95,17 @@ def test_store_without_file_uses_builtin_default() -> None:
     store = ProfileStore(None)
     assert store.current.source == "built-in default"
     assert not store.changed_on_disk()
+
+
+def test_an_error_in_the_default_is_reported_once_not_under_every_number() -> None:
+    data = {
+        "default": {"voise": "ash"},
+        "numbers": {"+15551230001": {"greeting": "hi"}, "+15551230002": {"colour": "red"}},
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_profiles(data, source="x")
+    lines = str(err.value).splitlines()[1:]
+    assert lines == [
+        "  - default.voise: Extra inputs are not permitted",
+        "  - numbers.+15551230002.colour: Extra inputs are not permitted",  # its own, still said
+    ]
