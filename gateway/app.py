@@ -177,7 +177,7 @@ def create_app(
         log.info(
             "call %s admitted for %s (profile %s) from %s",
             call_sid,
-            called,
+            called or "an unnamed number (no 'To' in the webhook)",
             profile.name,
             mask_number(caller),
         )

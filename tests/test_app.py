@@ -317,3 +317,14 @@ async def test_a_signature_mismatch_logs_the_url_it_was_checked_against(
     said = " ".join(rec.getMessage() for rec in caplog.records)
     assert "checked against https://gw.example.com/gw/twilio/voice" in said
     assert "s3cret" not in said
+
+
+async def test_a_webhook_without_to_is_admitted_on_the_default_and_logged_in_words(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.app"):
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            r = await client.post("/twilio/voice", data={"CallSid": "CAnoto", "From": "+1555"})
+    assert r.status_code == 200 and "<Stream" in r.text
+    said = " ".join(rec.getMessage() for rec in caplog.records if "CAnoto" in rec.getMessage())
+    assert "admitted for an unnamed number" in said and "None" not in said
