@@ -17,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Paragraphs of the docstrings are reflowed to the terminal, not broken at source lines.
+    rich_markup_mode="markdown",
 )
 
 EXIT_CONFIG = 2

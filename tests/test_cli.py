@@ -43,6 +43,15 @@ def test_every_subcommand_has_help() -> None:
         assert "Usage" in result.output
 
 
+def test_help_paragraphs_reflow_to_a_narrow_terminal() -> None:
+    result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    text = " ".join(result.output.split())  # rich's line breaks become spaces
+    # a paragraph broken at the docstring's source lines leaves a short line in the middle
+    assert "runs embedded on loopback. SIGTERM/SIGINT drain" in text
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert "loopback. SIGTERM/SIGINT drain (live calls finish, up to" not in lines
+
+
 def test_check_config_good_and_bad(tmp_path: Path) -> None:
     good = tmp_path / "p.yaml"
     good.write_text('numbers:\n  "+15551230001": {voice: cedar}\n')
