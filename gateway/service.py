@@ -29,7 +29,7 @@ from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics
-from gateway.realtime.session import RealtimeConfig, open_peer_connections, session_factory
+from gateway.realtime.session import open_peer_connections
 from gateway.records import (
     PriceTable,
     RecordStoreError,
@@ -42,6 +42,7 @@ from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
 from gateway.telephony.rest import TwilioRestClient
 from gateway.tracing import Tracing
+from gateway.upstream import realtime_config, session_factory
 
 log = logging.getLogger("gateway.service")
 
@@ -106,8 +107,7 @@ async def running_gateway(
             )
         # One pooled HTTP client for every call's SDP exchange (TLS set up once, not per call).
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=settings.setup_timeout_s))
-        realtime = RealtimeConfig.from_settings(settings, base_url=base_url, api_key=api_key)
-        realtime = _with_client(realtime, http)
+        realtime = realtime_config(settings, base_url=base_url, api_key=api_key, http_client=http)
         loop = asyncio.get_running_loop()
         metrics.peer_connections.set_function(open_peer_connections)
         metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
@@ -223,12 +223,6 @@ async def _open_records(
     stack.push_async_callback(writer.close)
     log.info("call records go to %s", store.url)
     return store, writer
-
-
-def _with_client(config: RealtimeConfig, client: httpx.AsyncClient) -> RealtimeConfig:
-    from dataclasses import replace
-
-    return replace(config, http_client=client)
 
 
 async def drain(app: FastAPI, timeout_s: float) -> int:

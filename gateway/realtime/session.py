@@ -41,7 +41,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,10 +69,6 @@ from gateway.errors import (
 from gateway.realtime import events as rt
 from gateway.realtime.tracks import InboundAudioReader, InboundStats, OutboundAudioTrack
 
-if TYPE_CHECKING:
-    from gateway.numbers import Profile
-    from gateway.settings import Settings
-
 __all__ = [
     "DATA_CHANNEL_LABEL",
     "IceServer",
@@ -80,7 +76,6 @@ __all__ = [
     "RealtimeSession",
     "SetupTimeouts",
     "call_id_from_location",
-    "session_factory",
 ]
 
 log = logging.getLogger("gateway.realtime")
@@ -161,45 +156,6 @@ class RealtimeConfig:
         if not 10 <= self.client_secret_ttl_s <= 7200:
             raise ValueError("client_secret_ttl_s must be within 10..7200 seconds")
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, base_url: str | None = None, api_key: str | None = None
-    ) -> RealtimeConfig:
-        """The config ``gateway serve`` uses: URL, key, auth mode, ICE servers, setup budget.
-
-        ``base_url`` and ``api_key`` override the settings (the embedded emulator's address and
-        a placeholder key). Every phase timeout is capped at ``setup_timeout_s``; the caller
-        still enforces that budget for the whole of :meth:`RealtimeSession.open`.
-        """
-        if api_key is None:
-            secret = settings.openai_api_key
-            api_key = secret.get_secret_value() if secret is not None else ""
-        ice: tuple[IceServer, ...] = ()
-        if settings.ice_servers:
-            credential = settings.ice_credential
-            ice = (
-                IceServer(
-                    urls=tuple(settings.ice_servers),
-                    username=settings.ice_username,
-                    credential=credential.get_secret_value() if credential is not None else None,
-                ),
-            )
-        budget = settings.setup_timeout_s
-        d = SetupTimeouts()
-        return cls(
-            base_url=base_url or settings.effective_realtime_base_url,
-            api_key=api_key,
-            auth=settings.realtime_auth,
-            ice_servers=ice,
-            timeouts=SetupTimeouts(
-                sdp_exchange=min(d.sdp_exchange, budget),
-                ice_dtls=min(d.ice_dtls, budget),
-                data_channel=min(d.data_channel, budget),
-                session_created=min(d.session_created, budget),
-                session_updated=min(d.session_updated, budget),
-            ),
-        )
-
 
 _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
@@ -207,30 +163,6 @@ _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 def open_peer_connections() -> int:
     """Peer connections this process created that are not closed yet (a leak shows here)."""
     return sum(1 for pc in list(_PEERS) if pc.connectionState != "closed")
-
-
-def session_factory(
-    config: RealtimeConfig,
-    *,
-    on_outbound_handoff: Callable[[float], None] | None = None,
-    on_outbound_drop: Callable[[], None] | None = None,
-    call_control: bool = False,
-) -> Callable[[Profile], RealtimeSession]:
-    """A per-call constructor for the bridge: the profile's GA session on the shared config.
-
-    ``call_control``: the gateway can act on calls (carrier REST API configured), so profiles'
-    built-in tools are declared to the model.
-    """
-
-    def create(profile: Profile) -> RealtimeSession:
-        return RealtimeSession(
-            config,
-            profile.session_config(call_control=call_control),
-            on_outbound_handoff=on_outbound_handoff,
-            on_outbound_drop=on_outbound_drop,
-        )
-
-    return create
 
 
 def call_id_from_location(location: str | None) -> str | None:

@@ -24,7 +24,6 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamTrack
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
 
 from gateway.errors import (
     UpstreamError,
@@ -34,15 +33,12 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from gateway.numbers import Profile
 from gateway.realtime import events as rt
 from gateway.realtime.session import (
-    IceServer,
     RealtimeConfig,
     RealtimeSession,
     SetupTimeouts,
     call_id_from_location,
-    session_factory,
 )
 from gateway.realtime.tracks import (
     FRAME_SAMPLES,
@@ -51,7 +47,6 @@ from gateway.realtime.tracks import (
     OutboundAudioTrack,
 )
 from gateway.serving import serve_app
-from gateway.settings import Settings
 
 KEY = "sk-test-SECRET-0123456789"
 SESSION: dict[str, Any] = {
@@ -300,40 +295,6 @@ def test_config_refuses_nonsense_and_hides_the_key() -> None:
     assert KEY not in repr(RealtimeConfig(base_url="http://x", api_key=KEY))
 
 
-def test_config_from_settings() -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        openai_api_key=SecretStr("sk-from-env"),
-        realtime_base_url="https://rt.example.com/v1",
-        realtime_auth="ephemeral",
-        ice_servers=["stun:stun.example.net:3478", "turn:turn.example.net:3478"],
-        ice_username="u",
-        ice_credential=SecretStr("p"),
-        setup_timeout_s=4,
-    )
-    cfg = RealtimeConfig.from_settings(settings)
-    assert (cfg.base_url, cfg.api_key, cfg.auth) == (
-        "https://rt.example.com/v1",
-        "sk-from-env",
-        "ephemeral",
-    )
-    assert cfg.ice_servers == (
-        IceServer(("stun:stun.example.net:3478", "turn:turn.example.net:3478"), "u", "p"),
-    )
-    assert cfg.timeouts == SetupTimeouts(4, 4, 4, 4, 4)
-    local = RealtimeConfig.from_settings(
-        Settings(_env_file=None),  # type: ignore[call-arg]
-        base_url="http://127.0.0.1:9/v1",
-        api_key="emulator",
-    )
-    assert (local.base_url, local.api_key, local.ice_servers) == (
-        "http://127.0.0.1:9/v1",
-        "emulator",
-        (),
-    )
-    assert local.timeouts == SetupTimeouts()
-
-
 def test_session_without_ga_type_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="type"):
         RealtimeSession(RealtimeConfig(base_url="http://x", api_key="k"), {"voice": "marin"})
@@ -510,18 +471,6 @@ async def test_cancelling_open_cleans_up(fake: FakeRealtime) -> None:
         await opening
     assert session.state == "closed"
     assert session.connection_state == "closed"
-
-
-async def test_session_factory_applies_the_profile(fake: FakeRealtime) -> None:
-    profile = Profile(name="sales", voice="cedar", instructions="Sell kindly.")
-    session = session_factory(config(fake))(profile)
-    try:
-        await session.open()
-    finally:
-        await session.close()
-    [update] = fake.client_events
-    assert update["session"] == profile.session_config()
-    assert json.loads(fake.requests[0].parts["session"][1]) == profile.session_config()
 
 
 async def test_open_twice_is_a_bug(fake: FakeRealtime) -> None:
