@@ -13,7 +13,8 @@ from collections.abc import Callable
 import httpx
 
 from gateway.numbers import Profile
-from gateway.realtime.session import IceServer, RealtimeConfig, RealtimeSession, SetupTimeouts
+from gateway.realtime.config import IceServer, RealtimeConfig, SetupTimeouts
+from gateway.realtime.session import RealtimeSession
 from gateway.settings import Settings
 
 __all__ = ["realtime_config", "session_factory"]

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from gateway.errors import UpstreamRefused
 from gateway.numbers import Profile
-from gateway.realtime.session import IceServer, RealtimeConfig, SetupTimeouts
+from gateway.realtime.config import IceServer, RealtimeConfig, SetupTimeouts
 from gateway.settings import Settings
 from gateway.upstream import realtime_config, session_factory
 

@@ -1,6 +1,10 @@
-"""One upstream Realtime call over WebRTC: :class:`RealtimeSession`.
+"""One upstream Realtime call over WebRTC: :class:`RealtimeSession`, the peer's lifecycle.
 
-Setup, in order, each phase with its own timeout (:class:`SetupTimeouts`), its duration
+The HTTP requests are :mod:`gateway.realtime.signalling`'s, the values this takes are
+:mod:`gateway.realtime.config`'s; this module owns the aiortc peer connection, the data
+channel, the audio tracks, the setup phases and the close.
+
+Setup, in order, each phase with its own timeout (:class:`~.config.SetupTimeouts`), its duration
 recorded in :attr:`RealtimeSession.setup_timings` (seconds) and its start and end in
 :attr:`RealtimeSession.phase_spans` (the session's clock, for tracing):
 
@@ -9,11 +13,11 @@ recorded in :attr:`RealtimeSession.setup_timings` (seconds) and its start and en
     the ``oai-events`` data channel — created *before* the offer so the SDP carries it — and
     ``setLocalDescription``, which gathers every candidate (no trickle ICE).
 ``client_secret`` (ephemeral auth only)
-    ``POST {base_url}/realtime/client_secrets`` with the session, server key -> ``ek_...``.
+    :meth:`Signalling.client_secret <gateway.realtime.signalling.Signalling.client_secret>`
+    mints an ``ek_...`` key for the session.
 ``sdp_exchange``
-    ``POST {base_url}/realtime/calls``: unified auth sends multipart ``sdp`` + ``session`` with
-    the server key; ephemeral auth sends the raw SDP with the ephemeral key. 201 + answer SDP;
-    the call id is the ``rtc_...`` segment of ``Location``. An HTTP error raises
+    :meth:`Signalling.post_offer <gateway.realtime.signalling.Signalling.post_offer>`: the
+    offer out, the answer SDP and the ``rtc_...`` call id back. An HTTP error raises
     :class:`~gateway.errors.UpstreamRefused` with the server's code and message.
 ``ice_dtls``, ``data_channel``, ``session_created``
     the peer connects, the channel opens, the server says ``session.created``.
@@ -34,15 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -62,21 +62,15 @@ from gateway.errors import (
     UpstreamError,
     UpstreamLost,
     UpstreamProtocolError,
-    UpstreamRefused,
     UpstreamRejected,
     UpstreamTimeout,
 )
 from gateway.realtime import events as rt
+from gateway.realtime.config import RealtimeConfig
+from gateway.realtime.signalling import Signalling, http_client
 from gateway.realtime.tracks import InboundAudioReader, InboundStats, OutboundAudioTrack
 
-__all__ = [
-    "DATA_CHANNEL_LABEL",
-    "IceServer",
-    "RealtimeConfig",
-    "RealtimeSession",
-    "SetupTimeouts",
-    "call_id_from_location",
-]
+__all__ = ["DATA_CHANNEL_LABEL", "RealtimeSession", "open_peer_connections"]
 
 log = logging.getLogger("gateway.realtime")
 
@@ -92,70 +86,7 @@ _PHASE_NAMES: Final = {
     "session_updated": "session.updated",
 }
 _CLOSE_TIMEOUT_S: Final = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class IceServer:
-    """One STUN/TURN server for the peer connection (``urls`` like ``stun:host:3478``)."""
-
-    urls: tuple[str, ...]
-    username: str | None = None
-    credential: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class SetupTimeouts:
-    """Seconds each setup phase may take before :class:`UpstreamTimeout` names it.
-
-    ``sdp_exchange`` also bounds the ephemeral ``client_secret`` request. The sum is the worst
-    case of :meth:`RealtimeSession.open`; a caller with an overall budget should cancel
-    ``open()`` at its own deadline (cancellation cleans up too).
-    """
-
-    sdp_exchange: float = 10.0
-    ice_dtls: float = 10.0
-    data_channel: float = 5.0
-    session_created: float = 5.0
-    session_updated: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class RealtimeConfig:
-    """How to reach the Realtime API; one value shared by every call of a process.
-
-    ``auth="unified"`` posts the offer and the session together with the server key (the
-    default, server to server); ``"ephemeral"`` first mints an ``ek_...`` key. ``ice_servers``
-    empty means host candidates only (loopback, the emulator). ``audio_codecs`` restricts and
-    orders what the offer proposes, e.g. ``("audio/opus",)`` or ``("audio/PCMU",)``; empty keeps
-    aiortc's list (Opus first). ``http_client`` (shared, pooled; not closed by the session) or
-    ``transport`` (wrapped in a per-request client) replace the default HTTP stack.
-    The ``outbound_*`` values bound the caller-audio queue (see
-    :class:`~gateway.realtime.tracks.OutboundAudioTrack`); ``outbound_catch_up=1`` never sends
-    faster than real time, at the price of keeping a setup backlog as added latency.
-    """
-
-    base_url: str
-    api_key: str = field(repr=False)
-    auth: Literal["unified", "ephemeral"] = "unified"
-    ice_servers: tuple[IceServer, ...] = ()
-    timeouts: SetupTimeouts = field(default_factory=SetupTimeouts)
-    audio_codecs: tuple[str, ...] = ()
-    client_secret_ttl_s: int = 600
-    safety_identifier: str | None = None
-    outbound_max_frames: int = 50
-    outbound_target_frames: int = 2
-    outbound_catch_up: float = 2.0
-    http_client: httpx.AsyncClient | None = field(default=None, compare=False, repr=False)
-    transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.auth not in ("unified", "ephemeral"):
-            raise ValueError(f"auth must be 'unified' or 'ephemeral', got {self.auth!r}")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
-        if not 10 <= self.client_secret_ttl_s <= 7200:
-            raise ValueError("client_secret_ttl_s must be within 10..7200 seconds")
-
+_T = TypeVar("_T")
 
 _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
@@ -163,19 +94,6 @@ _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 def open_peer_connections() -> int:
     """Peer connections this process created that are not closed yet (a leak shows here)."""
     return sum(1 for pc in list(_PEERS) if pc.connectionState != "closed")
-
-
-def call_id_from_location(location: str | None) -> str | None:
-    """The call id in a ``Location`` header: its last path segment starting with ``rtc_``.
-
-    Query and fragment are ignored; a relative or absolute URL both work. None if absent.
-    """
-    if not location:
-        return None
-    for segment in reversed(urlsplit(location).path.split("/")):
-        if segment.startswith("rtc_"):
-            return segment
-    return None
 
 
 class _End:
@@ -233,6 +151,9 @@ class RealtimeSession:
         # Validate now: a session without a GA type is our bug, not the upstream's.
         self._session_body: dict[str, Any] = rt.session_update(session)["session"]
         self._config = config
+        self._signalling = Signalling(
+            config.base_url, config.api_key, safety_identifier=config.safety_identifier
+        )
         self._clock = clock
         self._outbound = OutboundAudioTrack(
             max_frames=config.outbound_max_frames,
@@ -399,16 +320,25 @@ class RealtimeSession:
         offer_sdp = pc.localDescription.sdp
         # One client for both requests: the ephemeral flow reuses the connection (and its TLS
         # session) for the SDP post.
+        signalling = self._signalling
         async with self._client() as client:
             if cfg.auth == "ephemeral":
-                secret = await self._http_phase("client_secret", self._mint_client_secret(client))
-                answer_sdp = await self._http_phase(
-                    "sdp_exchange", self._post_offer(client, offer_sdp, ephemeral_key=secret)
+                secret = await self._http_phase(
+                    "client_secret",
+                    signalling.client_secret(client, self._session_body, cfg.client_secret_ttl_s),
+                )
+                answer = await self._http_phase(
+                    "sdp_exchange", signalling.post_offer(client, offer_sdp, ephemeral_key=secret)
                 )
             else:
-                answer_sdp = await self._http_phase(
-                    "sdp_exchange", self._post_offer(client, offer_sdp)
+                answer = await self._http_phase(
+                    "sdp_exchange",
+                    signalling.post_offer(client, offer_sdp, session=self._session_body),
                 )
+        self._call_id = answer.call_id
+        if self._call_id is None:
+            log.warning("Realtime answer has no rtc_ call id in Location; hangup() is disabled")
+        answer_sdp = answer.sdp
 
         try:
             self._audio_codec = _answer_audio_codec(answer_sdp)
@@ -468,7 +398,7 @@ class RealtimeSession:
         self._timings[name] = ended - started
         self._phase_spans.append((name, started, ended))
 
-    async def _http_phase(self, name: str, request: Awaitable[str]) -> str:
+    async def _http_phase(self, name: str, request: Awaitable[_T]) -> _T:
         timeout = self._config.timeouts.sdp_exchange
         t0 = self._clock()
         try:
@@ -480,121 +410,14 @@ class RealtimeSession:
                 f"from {self._config.base_url}",
                 code=f"timeout_{name}",
             ) from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"cannot reach the Realtime API at {self._config.base_url}: "
-                f"{type(exc).__name__}: {exc}",
-                code="unreachable",
-            ) from None
         finally:
             self._record_phase(name, t0)
 
-    # ------------------------------------------------------------------ HTTP
-
-    @contextlib.asynccontextmanager
-    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+    def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         cfg = self._config
-        if cfg.http_client is not None:
-            yield cfg.http_client
-            return
-        async with httpx.AsyncClient(
-            transport=cfg.transport,
-            verify=_ssl_context(),
-            timeout=httpx.Timeout(cfg.timeouts.sdp_exchange),
-            follow_redirects=False,
-        ) as client:
-            yield client
-
-    def _headers(self, bearer: str) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {bearer}"}
-        if self._config.safety_identifier:
-            headers["OpenAI-Safety-Identifier"] = self._config.safety_identifier
-        return headers
-
-    def _url(self, path: str) -> str:
-        return f"{self._config.base_url.rstrip('/')}{path}"
-
-    async def _mint_client_secret(self, client: httpx.AsyncClient) -> str:
-        body = {
-            "expires_after": {"anchor": "created_at", "seconds": self._config.client_secret_ttl_s},
-            "session": self._session_body,
-        }
-        resp = await client.post(
-            self._url("/realtime/client_secrets"),
-            json=body,
-            headers=self._headers(self._config.api_key),
+        return http_client(
+            cfg.http_client, transport=cfg.transport, timeout_s=cfg.timeouts.sdp_exchange
         )
-        if resp.status_code != 200:
-            raise self._refusal(resp, "the client secret request")
-        try:
-            value = resp.json()["value"]
-        except (ValueError, KeyError, TypeError):
-            value = None
-        if not isinstance(value, str) or not value:
-            raise UpstreamProtocolError("Realtime client_secrets answer has no string 'value'")
-        return value
-
-    async def _post_offer(
-        self, client: httpx.AsyncClient, offer_sdp: str, *, ephemeral_key: str | None = None
-    ) -> str:
-        url = self._url("/realtime/calls")
-        if ephemeral_key is not None:
-            headers = self._headers(ephemeral_key)
-            headers["Content-Type"] = "application/sdp"
-            headers["Accept"] = "application/sdp"
-            resp = await client.post(url, content=offer_sdp.encode(), headers=headers)
-        else:
-            headers = self._headers(self._config.api_key)
-            headers["Accept"] = "application/sdp"
-            resp = await client.post(
-                url,
-                files={
-                    "sdp": (None, offer_sdp, "application/sdp"),
-                    "session": (None, rt.encode(self._session_body), "application/json"),
-                },
-                headers=headers,
-            )
-        if resp.status_code not in (200, 201):
-            raise self._refusal(resp, "the call")
-        answer = resp.text
-        if not answer.lstrip().startswith("v=0"):
-            raise UpstreamProtocolError(
-                f"Realtime answered HTTP {resp.status_code} without an SDP body "
-                f"(content-type {resp.headers.get('content-type')!r})"
-            )
-        self._call_id = call_id_from_location(resp.headers.get("location"))
-        if self._call_id is None:
-            log.warning("Realtime answer has no rtc_ call id in Location; hangup() is disabled")
-        return answer
-
-    def _refusal(self, resp: httpx.Response, what: str) -> UpstreamRefused:
-        status = resp.status_code
-        code: str | None = None
-        detail = ""
-        try:
-            err = resp.json().get("error")
-        except (ValueError, AttributeError):
-            err = None
-        if isinstance(err, dict):
-            code = err.get("code") if isinstance(err.get("code"), str) else None
-            etype = err.get("type") if isinstance(err.get("type"), str) else None
-            code = code or etype
-            detail = str(err.get("message") or "")
-        else:
-            detail = resp.text[:200].strip()
-        hint = _HINTS.get(status) or ("retry later" if status >= 500 else "")
-        message = f"Realtime API refused {what}: HTTP {status}"
-        if code:
-            message += f" {code}"
-        if detail:
-            message += f": {detail}"
-        if hint:
-            message += f" ({hint})"
-        return UpstreamRefused(self._scrub(message), status=status, code=code)
-
-    def _scrub(self, text: str) -> str:
-        key = self._config.api_key
-        return text.replace(key, "[redacted]") if key else text
 
     async def hangup(self) -> bool:
         """Ask the service to end the call (``POST /realtime/calls/{id}/hangup``), then close.
@@ -607,14 +430,11 @@ class RealtimeSession:
             try:
                 async with asyncio.timeout(self._config.timeouts.sdp_exchange):
                     async with self._client() as client:
-                        resp = await client.post(
-                            self._url(f"/realtime/calls/{self._call_id}/hangup"),
-                            headers=self._headers(self._config.api_key),
-                        )
-                acknowledged = resp.status_code < 300
+                        status = await self._signalling.hangup(client, self._call_id)
+                acknowledged = status < 300
                 if not acknowledged:
-                    log.warning("hangup of %s refused: HTTP %d", self._call_id, resp.status_code)
-            except (TimeoutError, httpx.HTTPError) as exc:
+                    log.warning("hangup of %s refused: HTTP %d", self._call_id, status)
+            except (TimeoutError, httpx.TimeoutException, UpstreamError) as exc:
                 log.warning("hangup of %s failed: %s", self._call_id, type(exc).__name__)
         await self.close("hung up by the gateway")
         return acknowledged
@@ -769,21 +589,6 @@ class RealtimeSession:
             self._events.put_nowait(_END)
             self._closed.set()
             log.debug("realtime call %s closed: %s", self._call_id, self._close_reason)
-
-
-_HINTS: Final = {
-    400: "the request or session configuration is invalid",
-    401: "check OPENAI_API_KEY",
-    403: "the key's project may not use this model or endpoint",
-    404: "check GATEWAY_REALTIME_BASE_URL",
-    429: "rate limit or quota reached; retry later",
-}
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # httpx builds a fresh context (loading the CA bundle, ~20 ms) for every client otherwise.
-    return httpx.create_ssl_context()
 
 
 def _answer_audio_codec(sdp: str) -> str | None:

@@ -27,7 +27,8 @@ from pydantic import BaseModel, TypeAdapter
 from gateway.audio.tts import CALLER_VOICE, synthesizer
 from gateway.emulator.app import EmulatorConfig, EmulatorState, create_app
 from gateway.errors import UpstreamLost
-from gateway.realtime.session import RealtimeConfig, RealtimeSession
+from gateway.realtime.config import RealtimeConfig
+from gateway.realtime.session import RealtimeSession
 from gateway.serving import RunningServer, serve_app
 
 KEY = "sk-emulator-test-key"

@@ -24,7 +24,8 @@ from gateway.emulator.app import EmulatorConfig
 from gateway.emulator.peer import opus_packets, opus_silence
 from gateway.errors import UpstreamTimeout
 from gateway.realtime import events as rt
-from gateway.realtime.session import RealtimeSession, SetupTimeouts
+from gateway.realtime.config import SetupTimeouts
+from gateway.realtime.session import RealtimeSession
 from gateway.realtime.tracks import OutboundAudioTrack
 from tests.emulator.emulator_support import (
     KEY,

@@ -34,12 +34,8 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.realtime import events as rt
-from gateway.realtime.session import (
-    RealtimeConfig,
-    RealtimeSession,
-    SetupTimeouts,
-    call_id_from_location,
-)
+from gateway.realtime.config import RealtimeConfig, SetupTimeouts
+from gateway.realtime.session import RealtimeSession
 from gateway.realtime.tracks import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -269,22 +265,6 @@ async def opened(cfg: RealtimeConfig) -> AsyncIterator[RealtimeSession]:
 
 
 # ------------------------------------------------------------------ pure helpers
-
-
-@pytest.mark.parametrize(
-    ("location", "call_id"),
-    [
-        ("/v1/realtime/calls/rtc_test", "rtc_test"),
-        ("https://api.openai.com/v1/realtime/calls/rtc_u1_9c65ab?x=rtc_no", "rtc_u1_9c65ab"),
-        ("/v1/realtime/calls/rtc_abc/", "rtc_abc"),
-        ("/v1/realtime/calls/rtc_abc#frag", "rtc_abc"),
-        ("/v1/realtime/calls/12345", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_call_id_from_location(location: str | None, call_id: str | None) -> None:
-    assert call_id_from_location(location) == call_id
 
 
 def test_config_refuses_nonsense_and_hides_the_key() -> None:
