@@ -131,14 +131,15 @@ async def running_gateway(
                 name="recordings-retention",
             )
             stack.callback(sweeper.cancel)
-        inbound_latency = metrics.added_latency.labels("inbound")
-        queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
+        # label "inbound" is caller -> model (docs/metrics.md)
+        caller_latency = metrics.added_latency.labels("inbound")
+        caller_queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
         app = create_app(
             settings,
             upstream=session_factory(
                 realtime,
-                on_outbound_handoff=inbound_latency.observe,
-                on_outbound_drop=queue_full.inc,
+                on_caller_audio_handoff=caller_latency.observe,
+                on_caller_audio_drop=caller_queue_full.inc,
                 call_control=services.carrier_api is not None,
             ),
             profiles=profiles,

@@ -68,8 +68,8 @@ def realtime_config(
 def session_factory(
     config: RealtimeConfig,
     *,
-    on_outbound_handoff: Callable[[float], None] | None = None,
-    on_outbound_drop: Callable[[], None] | None = None,
+    on_caller_audio_handoff: Callable[[float], None] | None = None,
+    on_caller_audio_drop: Callable[[], None] | None = None,
     call_control: bool = False,
 ) -> Callable[[Profile], RealtimeSession]:
     """A per-call constructor for the bridge: the profile's GA session on the shared config.
@@ -82,8 +82,8 @@ def session_factory(
         return RealtimeSession(
             config,
             profile.session_config(call_control=call_control),
-            on_outbound_handoff=on_outbound_handoff,
-            on_outbound_drop=on_outbound_drop,
+            on_caller_audio_handoff=on_caller_audio_handoff,
+            on_caller_audio_drop=on_caller_audio_drop,
         )
 
     return create

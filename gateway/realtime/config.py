@@ -52,8 +52,8 @@ class RealtimeConfig:
     orders what the offer proposes, e.g. ``("audio/opus",)`` or ``("audio/PCMU",)``; empty keeps
     aiortc's list (Opus first). ``http_client`` (shared, pooled; not closed by the session) or
     ``transport`` (wrapped in a per-request client) replace the default HTTP stack.
-    The ``outbound_*`` values bound the caller-audio queue (see
-    :class:`~gateway.realtime.tracks.OutboundAudioTrack`); ``outbound_catch_up=1`` never sends
+    The ``caller_*`` values bound the caller-audio queue (see
+    :class:`~gateway.realtime.tracks.CallerAudioTrack`); ``caller_catch_up=1`` never sends
     faster than real time, at the price of keeping a setup backlog as added latency.
     """
 
@@ -65,9 +65,9 @@ class RealtimeConfig:
     audio_codecs: tuple[str, ...] = ()
     client_secret_ttl_s: int = 600
     safety_identifier: str | None = None
-    outbound_max_frames: int = 50
-    outbound_target_frames: int = 2
-    outbound_catch_up: float = 2.0
+    caller_max_frames: int = 50
+    caller_target_frames: int = 2
+    caller_catch_up: float = 2.0
     http_client: httpx.AsyncClient | None = field(default=None, compare=False, repr=False)
     transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False, repr=False)
 

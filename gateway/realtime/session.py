@@ -9,7 +9,7 @@ recorded in :attr:`RealtimeSession.setup_timings` (seconds) and its start and en
 :attr:`RealtimeSession.phase_spans` (the session's clock, for tracing):
 
 ``offer``
-    aiortc peer (explicit ICE servers, never aiortc's public-STUN default), the outbound track,
+    aiortc peer (explicit ICE servers, never aiortc's public-STUN default), the caller-audio track,
     the ``oai-events`` data channel — created *before* the offer so the SDP carries it — and
     ``setLocalDescription``, which gathers every candidate (no trickle ICE).
 ``client_secret`` (ephemeral auth only)
@@ -68,7 +68,7 @@ from gateway.errors import (
 from gateway.realtime import events as rt
 from gateway.realtime.config import RealtimeConfig
 from gateway.realtime.signalling import Signalling, http_client
-from gateway.realtime.tracks import InboundAudioReader, InboundStats, OutboundAudioTrack
+from gateway.realtime.tracks import CallerAudioTrack, RemoteAudioReader, RemoteAudioStats
 
 __all__ = ["DATA_CHANNEL_LABEL", "RealtimeSession", "open_peer_connections"]
 
@@ -133,10 +133,10 @@ class RealtimeSession:
 
     ``session`` is the GA session object applied at setup (``type`` required). The session
     object is single use: ``open()`` once; ``close()`` any number of times, from any task.
-    ``on_outbound_handoff(seconds)`` reports, per caller frame, the time from
+    ``on_caller_audio_handoff(seconds)`` reports, per caller frame, the time from
     :meth:`push_audio` (or its ``received_at``) until aiortc takes the frame;
-    ``on_outbound_drop()`` is called for each caller frame dropped because the outbound queue
-    was full (a carrier flooding faster than real time).
+    ``on_caller_audio_drop()`` is called for each caller frame dropped because the caller-audio
+    queue was full (a carrier flooding faster than real time).
     """
 
     def __init__(
@@ -144,8 +144,8 @@ class RealtimeSession:
         config: RealtimeConfig,
         session: Mapping[str, Any],
         *,
-        on_outbound_handoff: Callable[[float], None] | None = None,
-        on_outbound_drop: Callable[[], None] | None = None,
+        on_caller_audio_handoff: Callable[[float], None] | None = None,
+        on_caller_audio_drop: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Validate now: a session without a GA type is our bug, not the upstream's.
@@ -155,19 +155,19 @@ class RealtimeSession:
             config.base_url, config.api_key, safety_identifier=config.safety_identifier
         )
         self._clock = clock
-        self._outbound = OutboundAudioTrack(
-            max_frames=config.outbound_max_frames,
-            target_frames=config.outbound_target_frames,
-            catch_up=config.outbound_catch_up,
+        self._caller_track = CallerAudioTrack(
+            max_frames=config.caller_max_frames,
+            target_frames=config.caller_target_frames,
+            catch_up=config.caller_catch_up,
             clock=clock,
-            on_handoff=on_outbound_handoff,
-            on_drop=on_outbound_drop,
+            on_handoff=on_caller_audio_handoff,
+            on_drop=on_caller_audio_drop,
         )
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._state: Literal["new", "opening", "open", "closed"] = "new"
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
-        self._reader: InboundAudioReader | None = None
+        self._reader: RemoteAudioReader | None = None
         self._call_id: str | None = None
         self._audio_codec: str | None = None
         self._timings: dict[str, float] = {}
@@ -235,13 +235,13 @@ class RealtimeSession:
         return self._lost
 
     @property
-    def outbound(self) -> OutboundAudioTrack:
-        """The outbound track (read its ``stats`` and ``queued_frames``)."""
-        return self._outbound
+    def caller_track(self) -> CallerAudioTrack:
+        """The caller's audio on its way to the model (read its ``stats`` and ``queued_frames``)."""
+        return self._caller_track
 
     @property
-    def inbound_stats(self) -> InboundStats | None:
-        """Counters of the inbound reader, once :meth:`audio_frames` has started."""
+    def model_audio_stats(self) -> RemoteAudioStats | None:
+        """Counters of the model-audio reader, once :meth:`audio_frames` has started."""
         return None if self._reader is None else self._reader.stats
 
     # ------------------------------------------------------------------ setup
@@ -297,7 +297,7 @@ class RealtimeSession:
         _PEERS.add(pc)
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("track", self._on_track)
-        transceiver = pc.addTransceiver(self._outbound, direction="sendrecv")
+        transceiver = pc.addTransceiver(self._caller_track, direction="sendrecv")
         if cfg.audio_codecs:
             available = RTCRtpSender.getCapabilities("audio").codecs
             wanted = [
@@ -526,16 +526,16 @@ class RealtimeSession:
         return _EventStream(self)
 
     def push_audio(self, frame: npt.NDArray[np.int16], received_at: float | None = None) -> None:
-        """Queue one caller frame (480 int16 samples, 24 kHz mono) for the outbound track.
+        """Queue one caller frame (480 int16 samples, 24 kHz mono) for the caller-audio track.
 
         ``received_at`` is when the carrier frame arrived (monotonic); frames after close are
-        ignored. See :class:`~gateway.realtime.tracks.OutboundAudioTrack` for pacing and bounds.
+        ignored. See :class:`~gateway.realtime.tracks.CallerAudioTrack` for pacing and bounds.
         """
-        self._outbound.push(frame, received_at)
+        self._caller_track.push(frame, received_at)
 
     def clear_audio(self) -> int:
         """Drop caller audio queued but not yet sent; returns how many frames."""
-        return self._outbound.clear()
+        return self._caller_track.clear()
 
     async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
         """Assistant audio as ``(480-sample 24 kHz mono int16 frame, received_at)``.
@@ -546,7 +546,7 @@ class RealtimeSession:
             raise RuntimeError("audio_frames() needs an open session")
         if self._reader is not None:
             raise RuntimeError("audio_frames() is already being consumed")
-        self._reader = InboundAudioReader(self._remote.result(), clock=self._clock)
+        self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
         async for item in self._reader:
             yield item
 
@@ -570,7 +570,7 @@ class RealtimeSession:
 
     async def _teardown(self) -> None:
         try:
-            self._outbound.stop()
+            self._caller_track.stop()
             if self._channel is not None:
                 self._channel.close()
             if self._pc is not None:

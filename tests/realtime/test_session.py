@@ -39,8 +39,8 @@ from gateway.realtime.session import RealtimeSession
 from gateway.realtime.tracks import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
-    InboundAudioReader,
-    OutboundAudioTrack,
+    CallerAudioTrack,
+    RemoteAudioReader,
 )
 from gateway.serving import serve_app
 
@@ -175,7 +175,7 @@ class FakeRealtime:
     async def _answer(self, offer: str) -> str:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.peers.append(pc)
-        voice = OutboundAudioTrack()
+        voice = CallerAudioTrack()
         for frame in tone(25, self.behaviour.tone_hz):
             voice.push(frame)
         pc.addTrack(voice)
@@ -197,7 +197,7 @@ class FakeRealtime:
         return str(pc.localDescription.sdp)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        async for frame, _ in InboundAudioReader(track):
+        async for frame, _ in RemoteAudioReader(track):
             if np.abs(frame).max() > 2000:
                 self.heard.append(frame)
                 await self._notify()
@@ -482,8 +482,8 @@ async def test_events_and_audio_flow_both_ways(fake: FakeRealtime) -> None:
                     if len(heard) == 10:
                         break
         assert dominant_hz(heard) == pytest.approx(660, abs=10)
-        assert session.inbound_stats is not None and session.inbound_stats.frames_out >= 10
-        assert session.outbound.stats.dropped == 0
+        assert session.model_audio_stats is not None and session.model_audio_stats.frames_out >= 10
+        assert session.caller_track.stats.dropped == 0
 
 
 async def test_pcmu_negotiation(fake: FakeRealtime) -> None:
@@ -563,7 +563,7 @@ async def test_close_leaves_no_tasks_peers_or_sockets(fake: FakeRealtime) -> Non
     await session.close()
     assert session.state == "closed"
     assert session.connection_state == "closed"
-    assert session.outbound.readyState == "ended"
+    assert session.caller_track.readyState == "ended"
     assert not session.lost
     assert await asyncio.wait_for(consumer, 10) >= 2  # events ended cleanly, not by error
     await fake.drop_calls()
