@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email
 import json
 
 import httpx
@@ -64,19 +63,17 @@ async def test_session_factory_offers_the_profiles_session() -> None:
         posted.append(request)
         return httpx.Response(503, json={"error": {"code": "busy", "message": "later"}})
 
+    # Ephemeral auth: the session goes out first, as plain JSON with the client-secret request.
     config = RealtimeConfig(
-        base_url="http://rt.test/v1", api_key="k", transport=httpx.MockTransport(refuse)
+        base_url="http://rt.test/v1",
+        api_key="k",
+        auth="ephemeral",
+        transport=httpx.MockTransport(refuse),
     )
     profile = Profile(name="sales", voice="cedar", instructions="Sell kindly.")
     session = session_factory(config)(profile)
     with pytest.raises(UpstreamRefused):
         await session.open()
     [request] = posted
-    body = email.message_from_bytes(
-        b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.content
-    )
-    parts = {p.get_param("name", header="content-disposition"): p for p in body.walk()}
-    session_part = parts["session"].get_payload(decode=True)
-    assert isinstance(session_part, bytes)
-    assert json.loads(session_part) == profile.session_config()
+    assert json.loads(request.content)["session"] == profile.session_config()
     assert session.state == "closed"
