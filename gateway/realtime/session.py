@@ -4,8 +4,9 @@ The HTTP requests are :mod:`gateway.realtime.signalling`'s, the values this take
 :mod:`gateway.realtime.config`'s; this module owns the aiortc peer connection, the data
 channel, the audio tracks, the setup phases and the close.
 
-Setup, in order, each phase with its own timeout (:class:`~.config.SetupTimeouts`), its duration
-recorded in :attr:`RealtimeSession.setup_timings` (seconds) and its start and end in
+Setup, in order, each phase with its own timeout
+(:class:`~gateway.realtime.config.SetupTimeouts`), its duration recorded in
+:attr:`RealtimeSession.setup_timings` (seconds) and its start and end in
 :attr:`RealtimeSession.phase_spans` (the session's clock, for tracing):
 
 ``offer``
