@@ -29,7 +29,7 @@ from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics
-from gateway.realtime.session import RealtimeConfig, open_peer_connections, session_factory
+from gateway.realtime.session import open_peer_connections
 from gateway.recordings import sweep_recordings
 from gateway.records import (
     PriceTable,
@@ -43,6 +43,7 @@ from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
 from gateway.telephony.rest import TwilioRestClient
 from gateway.tracing import Tracing
+from gateway.upstream import realtime_config, session_factory
 
 log = logging.getLogger("gateway.service")
 
@@ -111,8 +112,7 @@ async def running_gateway(
             )
         # One pooled HTTP client for every call's SDP exchange (TLS set up once, not per call).
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=settings.setup_timeout_s))
-        realtime = RealtimeConfig.from_settings(settings, base_url=base_url, api_key=api_key)
-        realtime = _with_client(realtime, http)
+        realtime = realtime_config(settings, base_url=base_url, api_key=api_key, http_client=http)
         loop = asyncio.get_running_loop()
         metrics.peer_connections.set_function(open_peer_connections)
         metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
@@ -136,14 +136,15 @@ async def running_gateway(
                 name="recordings-retention",
             )
             stack.callback(sweeper.cancel)
-        inbound_latency = metrics.added_latency.labels("inbound")
-        queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
+        # label "inbound" is caller -> model (docs/metrics.md)
+        caller_latency = metrics.added_latency.labels("inbound")
+        caller_queue_full = metrics.dropped_frames.labels("inbound", "queue_full")
         app = create_app(
             settings,
             upstream=session_factory(
                 realtime,
-                on_outbound_handoff=inbound_latency.observe,
-                on_outbound_drop=queue_full.inc,
+                on_caller_audio_handoff=caller_latency.observe,
+                on_caller_audio_drop=caller_queue_full.inc,
                 call_control=services.carrier_api is not None,
             ),
             profiles=profiles,
@@ -228,12 +229,6 @@ async def _open_records(
     stack.push_async_callback(writer.close)
     log.info("call records go to %s", store.url)
     return store, writer
-
-
-def _with_client(config: RealtimeConfig, client: httpx.AsyncClient) -> RealtimeConfig:
-    from dataclasses import replace
-
-    return replace(config, http_client=client)
 
 
 async def drain(app: FastAPI, timeout_s: float) -> int:

@@ -11,7 +11,7 @@ sinc) written in numpy:
   is kept in the state, so nothing is lost or invented over any run length.
 * **Low delay.** Filters are at most 4 ms long, so the group delay is <= 2 ms
   (:attr:`StreamResampler.delay_ms`): 2.0 ms for 8 <-> 24 kHz and 48 -> 8 kHz, 0.54 ms for
-  48 -> 24 kHz (the chained 48 -> 24 -> 8 kHz outbound path totals 2.54 ms). soxr's
+  48 -> 24 kHz (the chained 48 -> 24 -> 8 kHz model -> caller path totals 2.54 ms). soxr's
   ``ResampleStream`` is not usable here: fed 20 ms chunks it withholds 40-157 ms of output.
 * **Quality.** Around 8 kHz audio the pass band ends at 3.4 kHz and the stop band starts at
   4.6 kHz with about 77 dB rejection, so whatever aliases lands only in the 3.4-4 kHz transition

@@ -2,13 +2,15 @@
 
 :class:`CallTranscoder` owns both directions of one call and all of their state, and does no I/O:
 
-* **inbound** (caller -> model): μ-law payloads of any length become complete 20 ms frames of
-  24 kHz PCM16 (480 samples). A 160-byte carrier frame yields exactly one model frame, from the
-  first frame on; other lengths are held until a frame is complete.
-* **outbound** (model -> caller): 24 kHz PCM16 of any length becomes complete 160-byte μ-law
-  frames; the remainder is held. At the end of a response :meth:`CallTranscoder.flush_outbound`
-  pads the remainder with silence; on barge-in :meth:`CallTranscoder.reset_outbound` drops it.
-  :meth:`CallTranscoder.outbound_48k` takes aiortc's decoded 48 kHz audio (mono or interleaved
+* **from the caller** (caller -> model, :meth:`CallTranscoder.from_caller`): μ-law payloads of
+  any length become complete 20 ms frames of 24 kHz PCM16 (480 samples). A 160-byte carrier
+  frame yields exactly one model frame, from the first frame on; other lengths are held until a
+  frame is complete.
+* **to the caller** (model -> caller, :meth:`CallTranscoder.to_caller`): 24 kHz PCM16 of any
+  length becomes complete 160-byte μ-law frames; the remainder is held. At the end of a response
+  :meth:`CallTranscoder.flush_to_caller` pads the remainder with silence; on barge-in
+  :meth:`CallTranscoder.reset_to_caller` drops it.
+  :meth:`CallTranscoder.to_caller_48k` takes aiortc's decoded 48 kHz audio (mono or interleaved
   stereo) straight to 8 kHz: 2.0 ms instead of 2.54 ms of delay and about half the CPU of going
   through 24 kHz first.
 
@@ -49,28 +51,28 @@ class CallTranscoder:
         self._in_pending = np.zeros(0, dtype=np.int16)
         self._out_pending = bytearray()
 
-    # ------------------------------------------------------------------ inbound
+    # ------------------------------------------------------------- from the caller
 
     @property
-    def inbound_delay_ms(self) -> float:
-        """Algorithmic delay of the inbound resampling."""
+    def from_caller_delay_ms(self) -> float:
+        """Algorithmic delay of the caller -> model resampling."""
         return self._up.delay_ms
 
     @property
-    def pending_inbound_samples(self) -> int:
+    def pending_from_caller_samples(self) -> int:
         """24 kHz samples held until they complete a 480-sample frame."""
         return int(self._in_pending.size)
 
-    def inbound(self, ulaw: bytes | bytearray | memoryview) -> list[npt.NDArray[np.int16]]:
+    def from_caller(self, ulaw: bytes | bytearray | memoryview) -> list[npt.NDArray[np.int16]]:
         """Decode and upsample a carrier payload; return the 24 kHz frames it completes.
 
         Every returned array has exactly 480 samples. A 160-byte payload returns one frame
         (unless earlier odd-sized payloads left a remainder, which shifts the framing).
         """
-        return self.inbound_pcm(ulaw_to_array(ulaw))
+        return self.from_caller_pcm(ulaw_to_array(ulaw))
 
-    def inbound_pcm(self, pcm8k: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
-        """Like :meth:`inbound` for caller audio already decoded to 8 kHz PCM16, so a caller
+    def from_caller_pcm(self, pcm8k: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
+        """Like :meth:`from_caller` for caller audio already decoded to 8 kHz PCM16, so a caller
         frame is decoded once however many parts (VAD, recording, transcoding) look at it."""
         pcm = self._up.process(pcm8k)
         size = self.MODEL_FRAME_SAMPLES
@@ -82,58 +84,58 @@ class CallTranscoder:
         self._in_pending = pcm[whole:].copy()
         return [pcm[i : i + size].copy() for i in range(0, whole, size)]
 
-    def reset_inbound(self) -> None:
-        """Drop held inbound audio and resampler history (e.g. when the model session is
+    def reset_from_caller(self) -> None:
+        """Drop held caller audio and resampler history (e.g. when the model session is
         replaced); the next payload is transcoded as the start of a new stream."""
         self._up.reset()
         self._in_pending = np.zeros(0, dtype=np.int16)
 
-    # ----------------------------------------------------------------- outbound
+    # --------------------------------------------------------------- to the caller
 
     @property
-    def outbound_delay_ms(self) -> float:
-        """Algorithmic delay of the 24 kHz outbound resampling."""
+    def to_caller_delay_ms(self) -> float:
+        """Algorithmic delay of the 24 kHz model -> caller resampling."""
         return self._down.delay_ms
 
     @property
-    def pending_outbound_samples(self) -> int:
+    def pending_to_caller_samples(self) -> int:
         """8 kHz samples (= μ-law bytes) held until they complete a 160-byte frame."""
         return len(self._out_pending)
 
-    def outbound(self, pcm24k: npt.NDArray[np.int16]) -> list[bytes]:
+    def to_caller(self, pcm24k: npt.NDArray[np.int16]) -> list[bytes]:
         """Downsample and encode model audio; return the 160-byte μ-law frames it completes.
 
         ``pcm24k`` is 1-D int16 mono at 24 kHz, any length. Raises
         :class:`~gateway.errors.AudioFormatError` for another dtype or shape. Send the frames
-        in order; call :meth:`flush_outbound` when the response ends, or
-        :meth:`reset_outbound` when it is interrupted.
+        in order; call :meth:`flush_to_caller` when the response ends, or
+        :meth:`reset_to_caller` when it is interrupted.
         """
         return self._emit(self._down, pcm24k)
 
-    def outbound_48k(self, pcm: npt.NDArray[np.int16], channels: int) -> list[bytes]:
-        """Like :meth:`outbound` for 48 kHz audio, mono or interleaved stereo (``channels=2``).
+    def to_caller_48k(self, pcm: npt.NDArray[np.int16], channels: int) -> list[bytes]:
+        """Like :meth:`to_caller` for 48 kHz audio, mono or interleaved stereo (``channels=2``).
 
         This is the shortest path from aiortc's Opus decoder (48 kHz stereo) to the carrier.
-        Use one outbound path per response: each keeps its own filter history, so switching
-        mid-response would drop or repeat up to 2 ms; :meth:`flush_outbound` and
-        :meth:`reset_outbound` end either one.
+        Use one model -> caller path per response: each keeps its own filter history, so switching
+        mid-response would drop or repeat up to 2 ms; :meth:`flush_to_caller` and
+        :meth:`reset_to_caller` end either one.
         """
         if self._down48 is None or self._down48.channels != channels:
             self._down48 = StreamResampler(DECODER_RATE, CARRIER_RATE, channels=channels)
         return self._emit(self._down48, pcm)
 
-    def flush_outbound(self) -> bytes | None:
+    def flush_to_caller(self) -> bytes | None:
         """End the current response: return its last frame, padded with silence, or None.
 
         The frame holds the held remainder plus what the filter still holds (its last ~2 ms,
         then silence), so the response ends as it would have with silence appended. Returns
-        None when nothing is pending. Afterwards the outbound state is clean, as after
-        :meth:`reset_outbound`.
+        None when nothing is pending. Afterwards the model -> caller state is clean, as after
+        :meth:`reset_to_caller`.
         """
         source = self._active_out
         has_tail = source is not None and source.has_tail
         if not self._out_pending and not has_tail:
-            self.reset_outbound()
+            self.reset_to_caller()
             return None
         missing = self.CARRIER_FRAME_BYTES - len(self._out_pending)
         if source is not None and has_tail:
@@ -142,11 +144,11 @@ class CallTranscoder:
         else:
             self._out_pending += bytes([ULAW_SILENCE]) * missing
         frame = bytes(self._out_pending)
-        self.reset_outbound()  # anything the filter still rings with past the frame is dropped
+        self.reset_to_caller()  # anything the filter still rings with past the frame is dropped
         return frame
 
-    def reset_outbound(self) -> None:
-        """Barge-in: drop held outbound audio and the resamplers' history.
+    def reset_to_caller(self) -> None:
+        """Barge-in: drop held model audio and the resamplers' history.
 
         The next response then starts from silence, exactly as on a fresh transcoder, so no
         fragment of the interrupted one can click at its start.

@@ -486,7 +486,7 @@ class CallCore:
         if self.vad is not None and self.ready and pcm8k.size == CARRIER_FRAME_SAMPLES:
             if self.vad.process(pcm8k.tobytes()) is VadEvent.SPEECH_STARTED:
                 out += self._speech(m.SpeechStarted("local"), now)
-        frames = self.transcoder.inbound_pcm(pcm8k)
+        frames = self.transcoder.from_caller_pcm(pcm8k)
         if self.ready:
             for frame in frames:
                 out.append(PushAudio(frame, now))
@@ -717,7 +717,7 @@ class CallCore:
         out: list[Effect] = []
         if self.machine.assistant_audible and not rotating:
             out += self._clear_carrier(now)
-        self.transcoder.reset_outbound()
+        self.transcoder.reset_to_caller()
         self.machine = m.TurnMachine(truncate_to_heard=self.config.truncate_to_heard)
         self._keypad_response, self._keypad_waiting = None, 0
         self._begin_setup(now)
@@ -844,7 +844,7 @@ class CallCore:
             if isinstance(action, m.ClearCarrier):
                 out += self._clear_carrier(now)
             elif isinstance(action, m.DropOutboundAudio):
-                self.transcoder.reset_outbound()
+                self.transcoder.reset_to_caller()
             elif isinstance(action, m.CancelResponse):
                 out.append(ToUpstream(rt.response_cancel(action.response_id)))
             elif isinstance(action, m.ClearUpstreamAudio):
@@ -886,7 +886,7 @@ class CallCore:
         if not machine.forwards_silence and _is_silent(frame):
             return _NONE
         out: list[Effect] = []
-        for chunk in self.transcoder.outbound(frame):
+        for chunk in self.transcoder.to_caller(frame):
             self._play(chunk, machine.audible_response, received_at, now, out)
         return out
 
@@ -922,7 +922,7 @@ class CallCore:
     def _audio_stopped(self, response_id: str | None, now: float) -> list[Effect]:
         """Upstream finished sending: send the resampler's tail and a mark covering it."""
         out: list[Effect] = []
-        tail = self.transcoder.flush_outbound()
+        tail = self.transcoder.flush_to_caller()
         if tail is not None and self.machine.forwards_audio():
             self._play(tail, response_id, now, now, out)
         mark = self.ledger.flush()

@@ -48,7 +48,7 @@ from av import AudioFrame
 
 from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
 from gateway.emulator.voice import SAMPLE_RATE, VoiceRenderer
-from gateway.realtime.tracks import InboundAudioReader
+from gateway.realtime.tracks import RemoteAudioReader
 
 if TYPE_CHECKING:
     from gateway.emulator.app import EventLog, Faults
@@ -383,7 +383,7 @@ class EmulatorCall:
     async def _listen(self, track: MediaStreamTrack) -> None:
         if self.engine.config.reply == "echo":
             # the caller's audio is played back: convert it with the quality resampler
-            async for frame, received_at in InboundAudioReader(track):
+            async for frame, received_at in RemoteAudioReader(track):
                 self._heard(frame, received_at)
             return
         # Otherwise only its energy matters (turn detection): a cheap conversion will do.
@@ -576,7 +576,7 @@ class _EnergyFrames:
 
     def __init__(self, track: MediaStreamTrack) -> None:
         self._track = track
-        self._fallback: InboundAudioReader | None = None
+        self._fallback: RemoteAudioReader | None = None
 
     def __call__(self, frame: AudioFrame) -> list[Pcm]:
         rate, channels = int(frame.sample_rate), len(frame.layout.channels)
@@ -586,5 +586,5 @@ class _EnergyFrames:
         if (rate, channels) == (8000, 1) and pcm.size * 3 == FRAME_SAMPLES:
             return [np.repeat(pcm, 3)]
         if self._fallback is None:
-            self._fallback = InboundAudioReader(self._track)  # used for its converter only
+            self._fallback = RemoteAudioReader(self._track)  # used for its converter only
         return self._fallback.convert(frame)

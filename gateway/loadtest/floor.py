@@ -12,8 +12,9 @@ channel (the protocol requires it; nothing is sent on it, since the default sess
 has server VAD that answers); one outbound track of caller speech alternating with silence,
 as 48 kHz mono s16 20 ms frames paced on a monotonic clock by their timestamps, the way
 aiortc's ``AudioStreamTrack`` paces; and one task that consumes the remote track (aiortc
-queues decoded frames without bound otherwise). The offer goes out as ``POST
-{base_url}/realtime/calls`` multipart ``sdp`` + ``session`` with the server key, as
+queues decoded frames without bound otherwise). The offer goes out through the gateway's own
+:class:`~gateway.realtime.signalling.Signalling` (``POST {base_url}/realtime/calls``,
+multipart ``sdp`` + ``session`` with the server key), as
 :class:`~gateway.realtime.session.RealtimeSession` does in its default (unified) mode.
 
 CPU is this process's user + system time (every thread: aiortc encodes in the default
@@ -58,7 +59,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from gateway.audio.tts import CALLER_VOICE, resample_buffer, synthesizer
-from gateway.realtime.session import DATA_CHANNEL_LABEL, call_id_from_location
+from gateway.errors import UpstreamError
+from gateway.realtime.session import DATA_CHANNEL_LABEL
+from gateway.realtime.signalling import Signalling
 
 __all__ = ["FloorResult", "caller_audio", "main", "run_floor"]
 
@@ -212,7 +215,7 @@ class _Call:
         self._channel_open = asyncio.Event()
         self._lost = asyncio.Event()
 
-    async def open(self, http: httpx.AsyncClient, url: str, api_key: str) -> None:
+    async def open(self, http: httpx.AsyncClient, signalling: Signalling) -> None:
         """Offer, POST, answer, then wait for ICE connected and the data channel open.
 
         Raises :class:`_SetupFailed` with the endpoint's refusal or the loss; the caller
@@ -232,20 +235,11 @@ class _Call:
         channel.on("message", self._on_message)
         await pc.setLocalDescription(await pc.createOffer())
         try:
-            resp = await http.post(
-                f"{url.rstrip('/')}/realtime/calls",
-                files={
-                    "sdp": (None, pc.localDescription.sdp, "application/sdp"),
-                    "session": (None, json.dumps(SESSION), "application/json"),
-                },
-                headers={"Authorization": f"Bearer {api_key}", "Accept": "application/sdp"},
-            )
-        except httpx.HTTPError as exc:
-            raise _SetupFailed(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code not in (200, 201):
-            raise _SetupFailed(_refusal(resp).replace(api_key, "[redacted]"))
-        self.call_id = call_id_from_location(resp.headers.get("location"))
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=resp.text, type="answer"))
+            answer = await signalling.post_offer(http, pc.localDescription.sdp, session=SESSION)
+        except UpstreamError as exc:
+            raise _SetupFailed(str(exc)) from None
+        self.call_id = answer.call_id
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
         for phase, event in (
             ("ICE connected", self._connected),
             ("data channel", self._channel_open),
@@ -299,22 +293,19 @@ class _Call:
     def lost(self) -> bool:
         return self._lost.is_set()
 
-    def close(self, http: httpx.AsyncClient, url: str, api_key: str) -> asyncio.Task[None]:
+    def close(self, http: httpx.AsyncClient, signalling: Signalling) -> asyncio.Task[None]:
         """Hang up (once) and close the peer; await the task to wait for the teardown."""
         if self._close_task is None:
             self._closing = True
-            self._close_task = asyncio.ensure_future(self._teardown(http, url, api_key))
+            self._close_task = asyncio.ensure_future(self._teardown(http, signalling))
         return self._close_task
 
-    async def _teardown(self, http: httpx.AsyncClient, url: str, api_key: str) -> None:
+    async def _teardown(self, http: httpx.AsyncClient, signalling: Signalling) -> None:
         if self.call_id is not None and self.up and not self.lost:
             # As the gateway does: tell the service, then drop the peer. Best effort.
-            with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            with contextlib.suppress(UpstreamError, httpx.TimeoutException, TimeoutError):
                 async with asyncio.timeout(5):
-                    await http.post(
-                        f"{url.rstrip('/')}/realtime/calls/{self.call_id}/hangup",
-                        headers={"Authorization": f"Bearer {api_key}"},
-                    )
+                    await signalling.hangup(http, self.call_id)
         self.track.stop()
         if self.channel is not None:
             self.channel.close()
@@ -326,18 +317,6 @@ class _Call:
             # the remote track ends with the peer; cancel in case it did not
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
-
-
-def _refusal(resp: httpx.Response) -> str:
-    """``HTTP 401 invalid_api_key: message`` from the API's ``{"error": {...}}`` body."""
-    try:
-        err = resp.json().get("error")
-    except (ValueError, AttributeError):
-        err = None
-    if isinstance(err, dict):
-        code = err.get("code") or err.get("type") or ""
-        return f"HTTP {resp.status_code} {code}: {err.get('message') or ''}".strip()
-    return f"HTTP {resp.status_code}: {resp.text[:200].strip()}"
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -384,13 +363,14 @@ async def run_floor(
     meter = _Meter()
     peers = [_Call(i, audio, meter) for i in range(calls)]
 
+    signalling = Signalling(base_url, api_key)
     async with httpx.AsyncClient(timeout=setup_timeout_s) as http:
 
         async def start(call: _Call) -> None:
             await asyncio.sleep(call.index * ramp_s / calls)
             try:
                 async with asyncio.timeout(setup_timeout_s):
-                    await call.open(http, base_url, api_key)
+                    await call.open(http, signalling)
             except _SetupFailed as exc:
                 call.failure = str(exc)
             except TimeoutError:
@@ -398,7 +378,7 @@ async def run_floor(
             except Exception as exc:  # aiortc raises assorted errors for unusable answers
                 call.failure = f"{type(exc).__name__}: {exc}"
             if not call.up:
-                await call.close(http, base_url, api_key)
+                await call.close(http, signalling)
 
         try:
             await asyncio.gather(*(start(c) for c in peers))
@@ -424,7 +404,7 @@ async def run_floor(
             failures = [f"call {c.index}: {c.failure}" for c in peers if c.failure is not None]
         finally:
             meter.measuring = False
-            await asyncio.gather(*(c.close(http, base_url, api_key) for c in peers))
+            await asyncio.gather(*(c.close(http, signalling) for c in peers))
 
     window_s = t1 - t0
     cpu = cpu1 - cpu0

@@ -1,19 +1,24 @@
-"""One upstream Realtime call over WebRTC: :class:`RealtimeSession`.
+"""One upstream Realtime call over WebRTC: :class:`RealtimeSession`, the peer's lifecycle.
 
-Setup, in order, each phase with its own timeout (:class:`SetupTimeouts`), its duration
-recorded in :attr:`RealtimeSession.setup_timings` (seconds) and its start and end in
+The HTTP requests are :mod:`gateway.realtime.signalling`'s, the values this takes are
+:mod:`gateway.realtime.config`'s; this module owns the aiortc peer connection, the data
+channel, the audio tracks, the setup phases and the close.
+
+Setup, in order, each phase with its own timeout
+(:class:`~gateway.realtime.config.SetupTimeouts`), its duration recorded in
+:attr:`RealtimeSession.setup_timings` (seconds) and its start and end in
 :attr:`RealtimeSession.phase_spans` (the session's clock, for tracing):
 
 ``offer``
-    aiortc peer (explicit ICE servers, never aiortc's public-STUN default), the outbound track,
+    aiortc peer (explicit ICE servers, never aiortc's public-STUN default), the caller-audio track,
     the ``oai-events`` data channel — created *before* the offer so the SDP carries it — and
     ``setLocalDescription``, which gathers every candidate (no trickle ICE).
 ``client_secret`` (ephemeral auth only)
-    ``POST {base_url}/realtime/client_secrets`` with the session, server key -> ``ek_...``.
+    :meth:`Signalling.client_secret <gateway.realtime.signalling.Signalling.client_secret>`
+    mints an ``ek_...`` key for the session.
 ``sdp_exchange``
-    ``POST {base_url}/realtime/calls``: unified auth sends multipart ``sdp`` + ``session`` with
-    the server key; ephemeral auth sends the raw SDP with the ephemeral key. 201 + answer SDP;
-    the call id is the ``rtc_...`` segment of ``Location``. An HTTP error raises
+    :meth:`Signalling.post_offer <gateway.realtime.signalling.Signalling.post_offer>`: the
+    offer out, the answer SDP and the ``rtc_...`` call id back. An HTTP error raises
     :class:`~gateway.errors.UpstreamRefused` with the server's code and message.
 ``ice_dtls``, ``data_channel``, ``session_created``
     the peer connects, the channel opens, the server says ``session.created``.
@@ -34,15 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -62,26 +63,15 @@ from gateway.errors import (
     UpstreamError,
     UpstreamLost,
     UpstreamProtocolError,
-    UpstreamRefused,
     UpstreamRejected,
     UpstreamTimeout,
 )
 from gateway.realtime import events as rt
-from gateway.realtime.tracks import InboundAudioReader, InboundStats, OutboundAudioTrack
+from gateway.realtime.config import RealtimeConfig
+from gateway.realtime.signalling import Signalling, http_client
+from gateway.realtime.tracks import CallerAudioTrack, RemoteAudioReader, RemoteAudioStats
 
-if TYPE_CHECKING:
-    from gateway.numbers import Profile
-    from gateway.settings import Settings
-
-__all__ = [
-    "DATA_CHANNEL_LABEL",
-    "IceServer",
-    "RealtimeConfig",
-    "RealtimeSession",
-    "SetupTimeouts",
-    "call_id_from_location",
-    "session_factory",
-]
+__all__ = ["DATA_CHANNEL_LABEL", "RealtimeSession", "open_peer_connections"]
 
 log = logging.getLogger("gateway.realtime")
 
@@ -97,109 +87,7 @@ _PHASE_NAMES: Final = {
     "session_updated": "session.updated",
 }
 _CLOSE_TIMEOUT_S: Final = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class IceServer:
-    """One STUN/TURN server for the peer connection (``urls`` like ``stun:host:3478``)."""
-
-    urls: tuple[str, ...]
-    username: str | None = None
-    credential: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class SetupTimeouts:
-    """Seconds each setup phase may take before :class:`UpstreamTimeout` names it.
-
-    ``sdp_exchange`` also bounds the ephemeral ``client_secret`` request. The sum is the worst
-    case of :meth:`RealtimeSession.open`; a caller with an overall budget should cancel
-    ``open()`` at its own deadline (cancellation cleans up too).
-    """
-
-    sdp_exchange: float = 10.0
-    ice_dtls: float = 10.0
-    data_channel: float = 5.0
-    session_created: float = 5.0
-    session_updated: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class RealtimeConfig:
-    """How to reach the Realtime API; one value shared by every call of a process.
-
-    ``auth="unified"`` posts the offer and the session together with the server key (the
-    default, server to server); ``"ephemeral"`` first mints an ``ek_...`` key. ``ice_servers``
-    empty means host candidates only (loopback, the emulator). ``audio_codecs`` restricts and
-    orders what the offer proposes, e.g. ``("audio/opus",)`` or ``("audio/PCMU",)``; empty keeps
-    aiortc's list (Opus first). ``http_client`` (shared, pooled; not closed by the session) or
-    ``transport`` (wrapped in a per-request client) replace the default HTTP stack.
-    The ``outbound_*`` values bound the caller-audio queue (see
-    :class:`~gateway.realtime.tracks.OutboundAudioTrack`); ``outbound_catch_up=1`` never sends
-    faster than real time, at the price of keeping a setup backlog as added latency.
-    """
-
-    base_url: str
-    api_key: str = field(repr=False)
-    auth: Literal["unified", "ephemeral"] = "unified"
-    ice_servers: tuple[IceServer, ...] = ()
-    timeouts: SetupTimeouts = field(default_factory=SetupTimeouts)
-    audio_codecs: tuple[str, ...] = ()
-    client_secret_ttl_s: int = 600
-    safety_identifier: str | None = None
-    outbound_max_frames: int = 50
-    outbound_target_frames: int = 2
-    outbound_catch_up: float = 2.0
-    http_client: httpx.AsyncClient | None = field(default=None, compare=False, repr=False)
-    transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.auth not in ("unified", "ephemeral"):
-            raise ValueError(f"auth must be 'unified' or 'ephemeral', got {self.auth!r}")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
-        if not 10 <= self.client_secret_ttl_s <= 7200:
-            raise ValueError("client_secret_ttl_s must be within 10..7200 seconds")
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, base_url: str | None = None, api_key: str | None = None
-    ) -> RealtimeConfig:
-        """The config ``gateway serve`` uses: URL, key, auth mode, ICE servers, setup budget.
-
-        ``base_url`` and ``api_key`` override the settings (the embedded emulator's address and
-        a placeholder key). Every phase timeout is capped at ``setup_timeout_s``; the caller
-        still enforces that budget for the whole of :meth:`RealtimeSession.open`.
-        """
-        if api_key is None:
-            secret = settings.openai_api_key
-            api_key = secret.get_secret_value() if secret is not None else ""
-        ice: tuple[IceServer, ...] = ()
-        if settings.ice_servers:
-            credential = settings.ice_credential
-            ice = (
-                IceServer(
-                    urls=tuple(settings.ice_servers),
-                    username=settings.ice_username,
-                    credential=credential.get_secret_value() if credential is not None else None,
-                ),
-            )
-        budget = settings.setup_timeout_s
-        d = SetupTimeouts()
-        return cls(
-            base_url=base_url or settings.effective_realtime_base_url,
-            api_key=api_key,
-            auth=settings.realtime_auth,
-            ice_servers=ice,
-            timeouts=SetupTimeouts(
-                sdp_exchange=min(d.sdp_exchange, budget),
-                ice_dtls=min(d.ice_dtls, budget),
-                data_channel=min(d.data_channel, budget),
-                session_created=min(d.session_created, budget),
-                session_updated=min(d.session_updated, budget),
-            ),
-        )
-
+_T = TypeVar("_T")
 
 _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
@@ -207,43 +95,6 @@ _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 def open_peer_connections() -> int:
     """Peer connections this process created that are not closed yet (a leak shows here)."""
     return sum(1 for pc in list(_PEERS) if pc.connectionState != "closed")
-
-
-def session_factory(
-    config: RealtimeConfig,
-    *,
-    on_outbound_handoff: Callable[[float], None] | None = None,
-    on_outbound_drop: Callable[[], None] | None = None,
-    call_control: bool = False,
-) -> Callable[[Profile], RealtimeSession]:
-    """A per-call constructor for the bridge: the profile's GA session on the shared config.
-
-    ``call_control``: the gateway can act on calls (carrier REST API configured), so profiles'
-    built-in tools are declared to the model.
-    """
-
-    def create(profile: Profile) -> RealtimeSession:
-        return RealtimeSession(
-            config,
-            profile.session_config(call_control=call_control),
-            on_outbound_handoff=on_outbound_handoff,
-            on_outbound_drop=on_outbound_drop,
-        )
-
-    return create
-
-
-def call_id_from_location(location: str | None) -> str | None:
-    """The call id in a ``Location`` header: its last path segment starting with ``rtc_``.
-
-    Query and fragment are ignored; a relative or absolute URL both work. None if absent.
-    """
-    if not location:
-        return None
-    for segment in reversed(urlsplit(location).path.split("/")):
-        if segment.startswith("rtc_"):
-            return segment
-    return None
 
 
 class _End:
@@ -283,10 +134,10 @@ class RealtimeSession:
 
     ``session`` is the GA session object applied at setup (``type`` required). The session
     object is single use: ``open()`` once; ``close()`` any number of times, from any task.
-    ``on_outbound_handoff(seconds)`` reports, per caller frame, the time from
+    ``on_caller_audio_handoff(seconds)`` reports, per caller frame, the time from
     :meth:`push_audio` (or its ``received_at``) until aiortc takes the frame;
-    ``on_outbound_drop()`` is called for each caller frame dropped because the outbound queue
-    was full (a carrier flooding faster than real time).
+    ``on_caller_audio_drop()`` is called for each caller frame dropped because the caller-audio
+    queue was full (a carrier flooding faster than real time).
     """
 
     def __init__(
@@ -294,27 +145,30 @@ class RealtimeSession:
         config: RealtimeConfig,
         session: Mapping[str, Any],
         *,
-        on_outbound_handoff: Callable[[float], None] | None = None,
-        on_outbound_drop: Callable[[], None] | None = None,
+        on_caller_audio_handoff: Callable[[float], None] | None = None,
+        on_caller_audio_drop: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Validate now: a session without a GA type is our bug, not the upstream's.
         self._session_body: dict[str, Any] = rt.session_update(session)["session"]
         self._config = config
+        self._signalling = Signalling(
+            config.base_url, config.api_key, safety_identifier=config.safety_identifier
+        )
         self._clock = clock
-        self._outbound = OutboundAudioTrack(
-            max_frames=config.outbound_max_frames,
-            target_frames=config.outbound_target_frames,
-            catch_up=config.outbound_catch_up,
+        self._caller_track = CallerAudioTrack(
+            max_frames=config.caller_max_frames,
+            target_frames=config.caller_target_frames,
+            catch_up=config.caller_catch_up,
             clock=clock,
-            on_handoff=on_outbound_handoff,
-            on_drop=on_outbound_drop,
+            on_handoff=on_caller_audio_handoff,
+            on_drop=on_caller_audio_drop,
         )
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._state: Literal["new", "opening", "open", "closed"] = "new"
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
-        self._reader: InboundAudioReader | None = None
+        self._reader: RemoteAudioReader | None = None
         self._call_id: str | None = None
         self._audio_codec: str | None = None
         self._timings: dict[str, float] = {}
@@ -382,13 +236,13 @@ class RealtimeSession:
         return self._lost
 
     @property
-    def outbound(self) -> OutboundAudioTrack:
-        """The outbound track (read its ``stats`` and ``queued_frames``)."""
-        return self._outbound
+    def caller_track(self) -> CallerAudioTrack:
+        """The caller's audio on its way to the model (read its ``stats`` and ``queued_frames``)."""
+        return self._caller_track
 
     @property
-    def inbound_stats(self) -> InboundStats | None:
-        """Counters of the inbound reader, once :meth:`audio_frames` has started."""
+    def model_audio_stats(self) -> RemoteAudioStats | None:
+        """Counters of the model-audio reader, once :meth:`audio_frames` has started."""
         return None if self._reader is None else self._reader.stats
 
     # ------------------------------------------------------------------ setup
@@ -444,7 +298,7 @@ class RealtimeSession:
         _PEERS.add(pc)
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("track", self._on_track)
-        transceiver = pc.addTransceiver(self._outbound, direction="sendrecv")
+        transceiver = pc.addTransceiver(self._caller_track, direction="sendrecv")
         if cfg.audio_codecs:
             available = RTCRtpSender.getCapabilities("audio").codecs
             wanted = [
@@ -467,16 +321,25 @@ class RealtimeSession:
         offer_sdp = pc.localDescription.sdp
         # One client for both requests: the ephemeral flow reuses the connection (and its TLS
         # session) for the SDP post.
+        signalling = self._signalling
         async with self._client() as client:
             if cfg.auth == "ephemeral":
-                secret = await self._http_phase("client_secret", self._mint_client_secret(client))
-                answer_sdp = await self._http_phase(
-                    "sdp_exchange", self._post_offer(client, offer_sdp, ephemeral_key=secret)
+                secret = await self._http_phase(
+                    "client_secret",
+                    signalling.client_secret(client, self._session_body, cfg.client_secret_ttl_s),
+                )
+                answer = await self._http_phase(
+                    "sdp_exchange", signalling.post_offer(client, offer_sdp, ephemeral_key=secret)
                 )
             else:
-                answer_sdp = await self._http_phase(
-                    "sdp_exchange", self._post_offer(client, offer_sdp)
+                answer = await self._http_phase(
+                    "sdp_exchange",
+                    signalling.post_offer(client, offer_sdp, session=self._session_body),
                 )
+        self._call_id = answer.call_id
+        if self._call_id is None:
+            log.warning("Realtime answer has no rtc_ call id in Location; hangup() is disabled")
+        answer_sdp = answer.sdp
 
         try:
             self._audio_codec = _answer_audio_codec(answer_sdp)
@@ -536,7 +399,7 @@ class RealtimeSession:
         self._timings[name] = ended - started
         self._phase_spans.append((name, started, ended))
 
-    async def _http_phase(self, name: str, request: Awaitable[str]) -> str:
+    async def _http_phase(self, name: str, request: Awaitable[_T]) -> _T:
         timeout = self._config.timeouts.sdp_exchange
         t0 = self._clock()
         try:
@@ -548,121 +411,14 @@ class RealtimeSession:
                 f"from {self._config.base_url}",
                 code=f"timeout_{name}",
             ) from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"cannot reach the Realtime API at {self._config.base_url}: "
-                f"{type(exc).__name__}: {exc}",
-                code="unreachable",
-            ) from None
         finally:
             self._record_phase(name, t0)
 
-    # ------------------------------------------------------------------ HTTP
-
-    @contextlib.asynccontextmanager
-    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+    def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         cfg = self._config
-        if cfg.http_client is not None:
-            yield cfg.http_client
-            return
-        async with httpx.AsyncClient(
-            transport=cfg.transport,
-            verify=_ssl_context(),
-            timeout=httpx.Timeout(cfg.timeouts.sdp_exchange),
-            follow_redirects=False,
-        ) as client:
-            yield client
-
-    def _headers(self, bearer: str) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {bearer}"}
-        if self._config.safety_identifier:
-            headers["OpenAI-Safety-Identifier"] = self._config.safety_identifier
-        return headers
-
-    def _url(self, path: str) -> str:
-        return f"{self._config.base_url.rstrip('/')}{path}"
-
-    async def _mint_client_secret(self, client: httpx.AsyncClient) -> str:
-        body = {
-            "expires_after": {"anchor": "created_at", "seconds": self._config.client_secret_ttl_s},
-            "session": self._session_body,
-        }
-        resp = await client.post(
-            self._url("/realtime/client_secrets"),
-            json=body,
-            headers=self._headers(self._config.api_key),
+        return http_client(
+            cfg.http_client, transport=cfg.transport, timeout_s=cfg.timeouts.sdp_exchange
         )
-        if resp.status_code != 200:
-            raise self._refusal(resp, "the client secret request")
-        try:
-            value = resp.json()["value"]
-        except (ValueError, KeyError, TypeError):
-            value = None
-        if not isinstance(value, str) or not value:
-            raise UpstreamProtocolError("Realtime client_secrets answer has no string 'value'")
-        return value
-
-    async def _post_offer(
-        self, client: httpx.AsyncClient, offer_sdp: str, *, ephemeral_key: str | None = None
-    ) -> str:
-        url = self._url("/realtime/calls")
-        if ephemeral_key is not None:
-            headers = self._headers(ephemeral_key)
-            headers["Content-Type"] = "application/sdp"
-            headers["Accept"] = "application/sdp"
-            resp = await client.post(url, content=offer_sdp.encode(), headers=headers)
-        else:
-            headers = self._headers(self._config.api_key)
-            headers["Accept"] = "application/sdp"
-            resp = await client.post(
-                url,
-                files={
-                    "sdp": (None, offer_sdp, "application/sdp"),
-                    "session": (None, rt.encode(self._session_body), "application/json"),
-                },
-                headers=headers,
-            )
-        if resp.status_code not in (200, 201):
-            raise self._refusal(resp, "the call")
-        answer = resp.text
-        if not answer.lstrip().startswith("v=0"):
-            raise UpstreamProtocolError(
-                f"Realtime answered HTTP {resp.status_code} without an SDP body "
-                f"(content-type {resp.headers.get('content-type')!r})"
-            )
-        self._call_id = call_id_from_location(resp.headers.get("location"))
-        if self._call_id is None:
-            log.warning("Realtime answer has no rtc_ call id in Location; hangup() is disabled")
-        return answer
-
-    def _refusal(self, resp: httpx.Response, what: str) -> UpstreamRefused:
-        status = resp.status_code
-        code: str | None = None
-        detail = ""
-        try:
-            err = resp.json().get("error")
-        except (ValueError, AttributeError):
-            err = None
-        if isinstance(err, dict):
-            code = err.get("code") if isinstance(err.get("code"), str) else None
-            etype = err.get("type") if isinstance(err.get("type"), str) else None
-            code = code or etype
-            detail = str(err.get("message") or "")
-        else:
-            detail = resp.text[:200].strip()
-        hint = _HINTS.get(status) or ("retry later" if status >= 500 else "")
-        message = f"Realtime API refused {what}: HTTP {status}"
-        if code:
-            message += f" {code}"
-        if detail:
-            message += f": {detail}"
-        if hint:
-            message += f" ({hint})"
-        return UpstreamRefused(self._scrub(message), status=status, code=code)
-
-    def _scrub(self, text: str) -> str:
-        key = self._config.api_key
-        return text.replace(key, "[redacted]") if key else text
 
     async def hangup(self) -> bool:
         """Ask the service to end the call (``POST /realtime/calls/{id}/hangup``), then close.
@@ -675,14 +431,11 @@ class RealtimeSession:
             try:
                 async with asyncio.timeout(self._config.timeouts.sdp_exchange):
                     async with self._client() as client:
-                        resp = await client.post(
-                            self._url(f"/realtime/calls/{self._call_id}/hangup"),
-                            headers=self._headers(self._config.api_key),
-                        )
-                acknowledged = resp.status_code < 300
+                        status = await self._signalling.hangup(client, self._call_id)
+                acknowledged = status < 300
                 if not acknowledged:
-                    log.warning("hangup of %s refused: HTTP %d", self._call_id, resp.status_code)
-            except (TimeoutError, httpx.HTTPError) as exc:
+                    log.warning("hangup of %s refused: HTTP %d", self._call_id, status)
+            except (TimeoutError, httpx.TimeoutException, UpstreamError) as exc:
                 log.warning("hangup of %s failed: %s", self._call_id, type(exc).__name__)
         await self.close("hung up by the gateway")
         return acknowledged
@@ -774,16 +527,16 @@ class RealtimeSession:
         return _EventStream(self)
 
     def push_audio(self, frame: npt.NDArray[np.int16], received_at: float | None = None) -> None:
-        """Queue one caller frame (480 int16 samples, 24 kHz mono) for the outbound track.
+        """Queue one caller frame (480 int16 samples, 24 kHz mono) for the caller-audio track.
 
         ``received_at`` is when the carrier frame arrived (monotonic); frames after close are
-        ignored. See :class:`~gateway.realtime.tracks.OutboundAudioTrack` for pacing and bounds.
+        ignored. See :class:`~gateway.realtime.tracks.CallerAudioTrack` for pacing and bounds.
         """
-        self._outbound.push(frame, received_at)
+        self._caller_track.push(frame, received_at)
 
     def clear_audio(self) -> int:
         """Drop caller audio queued but not yet sent; returns how many frames."""
-        return self._outbound.clear()
+        return self._caller_track.clear()
 
     async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
         """Assistant audio as ``(480-sample 24 kHz mono int16 frame, received_at)``.
@@ -794,7 +547,7 @@ class RealtimeSession:
             raise RuntimeError("audio_frames() needs an open session")
         if self._reader is not None:
             raise RuntimeError("audio_frames() is already being consumed")
-        self._reader = InboundAudioReader(self._remote.result(), clock=self._clock)
+        self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
         async for item in self._reader:
             yield item
 
@@ -818,7 +571,7 @@ class RealtimeSession:
 
     async def _teardown(self) -> None:
         try:
-            self._outbound.stop()
+            self._caller_track.stop()
             if self._channel is not None:
                 self._channel.close()
             if self._pc is not None:
@@ -837,21 +590,6 @@ class RealtimeSession:
             self._events.put_nowait(_END)
             self._closed.set()
             log.debug("realtime call %s closed: %s", self._call_id, self._close_reason)
-
-
-_HINTS: Final = {
-    400: "the request or session configuration is invalid",
-    401: "check OPENAI_API_KEY",
-    403: "the key's project may not use this model or endpoint",
-    404: "check GATEWAY_REALTIME_BASE_URL",
-    429: "rate limit or quota reached; retry later",
-}
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # httpx builds a fresh context (loading the CA bundle, ~20 ms) for every client otherwise.
-    return httpx.create_ssl_context()
 
 
 def _answer_audio_codec(sdp: str) -> str | None:

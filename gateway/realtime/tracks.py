@@ -1,10 +1,10 @@
-"""Audio at the aiortc edge: a paced outbound track and an inbound frame reader.
+"""Audio at the aiortc edge: a paced track for the caller's audio and a remote-track reader.
 
 The gateway's canonical audio is 24 kHz PCM16 mono in 20 ms frames (480 samples). aiortc pulls
-outbound audio from a track (``await track.recv()``), so the track sets the pace;
-:class:`OutboundAudioTrack` paces itself on a monotonic clock by frame timestamps, as aiortc's
+the audio it sends from a track (``await track.recv()``), so the track sets the pace;
+:class:`CallerAudioTrack` paces itself on a monotonic clock by frame timestamps, as aiortc's
 ``AudioStreamTrack`` does, and plays silence — never stale audio — when the carrier stalls.
-:class:`InboundAudioReader` turns the remote track's decoded frames (Opus: 48 kHz stereo; PCMU:
+:class:`RemoteAudioReader` turns the remote track's decoded frames (Opus: 48 kHz stereo; PCMU:
 8 kHz mono) back into 480-sample 24 kHz mono frames with one resampler per call.
 """
 
@@ -29,10 +29,10 @@ from gateway.errors import AudioFormatError
 __all__ = [
     "FRAME_SAMPLES",
     "SAMPLE_RATE",
-    "InboundAudioReader",
-    "InboundStats",
-    "OutboundAudioTrack",
-    "OutboundStats",
+    "CallerAudioStats",
+    "CallerAudioTrack",
+    "RemoteAudioReader",
+    "RemoteAudioStats",
 ]
 
 SAMPLE_RATE: Final = 24000
@@ -50,8 +50,8 @@ class _Cancellable(Protocol):
 
 
 @dataclass(slots=True)
-class OutboundStats:
-    """Counters of one outbound track (read them; do not write)."""
+class CallerAudioStats:
+    """Counters of one caller-audio track (read them; do not write)."""
 
     frames_sent: int = 0  # every frame handed to aiortc, audio or silence
     audio_frames: int = 0  # frames that carried pushed audio
@@ -63,8 +63,8 @@ class OutboundStats:
     quiet_skipped: int = 0  # quiet frames left out to win back time given to inserted silence
 
 
-class OutboundAudioTrack(MediaStreamTrack):
-    """The gateway's outbound audio: 24 kHz mono PCM16 frames in, paced 20 ms frames out.
+class CallerAudioTrack(MediaStreamTrack):
+    """The caller's audio to the model: 24 kHz mono PCM16 frames in, paced 20 ms frames out.
 
     Push frames with :meth:`push` as the carrier delivers them; aiortc's sender pulls them with
     :meth:`recv`, one per 20 ms of monotonic time. The queue is bounded: beyond ``max_frames``
@@ -96,7 +96,7 @@ class OutboundAudioTrack(MediaStreamTrack):
     default is the event loop's).
     ``on_drop()`` is called for each frame dropped because the queue was full.
     ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
-    ``received_at``) to the moment aiortc takes it — the gateway-added inbound latency.
+    ``received_at``) to the moment aiortc takes it — the gateway-added caller -> model latency.
     """
 
     kind = "audio"
@@ -143,7 +143,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._on_drop = on_drop
         self._pts = -FRAME_SAMPLES  # the first frame gets pts 0
         self._due: float | None = None  # monotonic time the next frame is due
-        self.stats = OutboundStats()
+        self.stats = CallerAudioStats()
 
     @property
     def queued_frames(self) -> int:
@@ -159,7 +159,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         """
         if frame.dtype != np.int16 or frame.shape != (FRAME_SAMPLES,):
             raise AudioFormatError(
-                f"outbound frames must be {FRAME_SAMPLES} int16 samples (20 ms at 24 kHz), "
+                f"caller frames must be {FRAME_SAMPLES} int16 samples (20 ms at 24 kHz), "
                 f"got dtype {frame.dtype} shape {frame.shape}"
             )
         if self.readyState != "live":
@@ -272,22 +272,23 @@ class OutboundAudioTrack(MediaStreamTrack):
 
 
 @dataclass(slots=True)
-class InboundStats:
-    """Counters of one inbound reader."""
+class RemoteAudioStats:
+    """Counters of one remote-track reader."""
 
     frames_decoded: int = 0  # frames aiortc handed us (any rate and layout)
     frames_out: int = 0  # 480-sample 24 kHz frames yielded
     format_changes: int = 0  # times the decoded rate/layout changed (codec renegotiated)
 
 
-class InboundAudioReader:
+class RemoteAudioReader:
     """Iterate the remote track as 480-sample 24 kHz mono int16 frames: ``(frame, received_at)``.
 
     ``received_at`` is the monotonic time aiortc handed over the decoded frame that completed
     this one. Opus arrives as 48 kHz interleaved stereo, PCMU/PCMA as 8 kHz mono; each is
     resampled by a :class:`~gateway.audio.resample.StreamResampler` kept for the whole call.
     Iteration ends when the remote track ends (the peer connection closed). Use one reader per
-    track; it is not safe to iterate it from two tasks.
+    track; it is not safe to iterate it from two tasks. Named for the track, not a direction:
+    the gateway reads the model's audio with it, the emulator the caller's.
     """
 
     def __init__(
@@ -300,7 +301,7 @@ class InboundAudioReader:
         self._resampler: StreamResampler | None = None
         self._format: tuple[int, int] | None = None  # (rate, channels)
         self._pending = np.zeros(0, dtype=np.int16)
-        self.stats = InboundStats()
+        self.stats = RemoteAudioStats()
 
     @property
     def decoded_format(self) -> tuple[int, int] | None:

@@ -122,15 +122,15 @@ def phone_path(name: str) -> PhonePath:
         t = CallTranscoder()
 
         def inbound(ulaw: bytes) -> Int16Array:
-            frames = t.inbound(ulaw)
+            frames = t.from_caller(ulaw)
             return (
                 frames[0] if len(frames) == 1 else np.concatenate([np.zeros(0, np.int16), *frames])
             )
 
         def finish() -> bytes:
-            return t.flush_outbound() or b""
+            return t.flush_to_caller() or b""
 
-        return PhonePath(inbound, lambda pcm: b"".join(t.outbound(pcm)), finish)
+        return PhonePath(inbound, lambda pcm: b"".join(t.to_caller(pcm)), finish)
     up, down = STREAMS[name](8000, 24000), STREAMS[name](24000, 8000)
     return PhonePath(
         lambda ulaw: up(ulaw_to_array(ulaw)),
@@ -334,13 +334,13 @@ def extras(m: Material) -> dict[str, float]:
     def direct() -> int:
         t = CallTranscoder()
         for f in frames:
-            t.outbound_48k(f, 2)
+            t.to_caller_48k(f, 2)
         return len(frames)
 
     def chained() -> int:
         t, to24 = CallTranscoder(), StreamResampler(48000, 24000, channels=2)
         for f in frames:
-            t.outbound(to24.process(f))
+            t.to_caller(to24.process(f))
         return len(frames)
 
     out["us_48k_direct"] = cpu_us_per_frame(direct)

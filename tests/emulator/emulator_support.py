@@ -27,7 +27,8 @@ from pydantic import BaseModel, TypeAdapter
 from gateway.audio.tts import CALLER_VOICE, synthesizer
 from gateway.emulator.app import EmulatorConfig, EmulatorState, create_app
 from gateway.errors import UpstreamLost
-from gateway.realtime.session import RealtimeConfig, RealtimeSession
+from gateway.realtime.config import RealtimeConfig
+from gateway.realtime.session import RealtimeSession
 from gateway.serving import RunningServer, serve_app
 
 KEY = "sk-emulator-test-key"
@@ -229,6 +230,6 @@ async def say(
     for i in range(0, pcm.size - FRAME + 1, FRAME):
         # The track's queue has nothing to wait on; poll it. Two frames queued at most: more
         # would make the track catch up faster than real time.
-        while session.outbound.queued_frames >= 2:  # noqa: ASYNC110
+        while session.caller_track.queued_frames >= 2:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         session.push_audio(np.ascontiguousarray(pcm[i : i + FRAME]))

@@ -24,8 +24,9 @@ from gateway.emulator.app import EmulatorConfig
 from gateway.emulator.peer import opus_packets, opus_silence
 from gateway.errors import UpstreamTimeout
 from gateway.realtime import events as rt
-from gateway.realtime.session import RealtimeSession, SetupTimeouts
-from gateway.realtime.tracks import OutboundAudioTrack
+from gateway.realtime.config import SetupTimeouts
+from gateway.realtime.session import RealtimeSession
+from gateway.realtime.tracks import CallerAudioTrack
 from tests.emulator.emulator_support import (
     KEY,
     SESSION,
@@ -246,7 +247,7 @@ async def test_a_raw_aiortc_client_offering_only_pcmu_gets_pcmu() -> None:
     async with running() as emu:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:
-            transceiver = pc.addTransceiver(OutboundAudioTrack(), direction="sendrecv")
+            transceiver = pc.addTransceiver(CallerAudioTrack(), direction="sendrecv")
             pcmu = [
                 c
                 for c in RTCRtpSender.getCapabilities("audio").codecs

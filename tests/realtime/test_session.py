@@ -24,7 +24,6 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamTrack
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
 
 from gateway.errors import (
     UpstreamError,
@@ -34,24 +33,16 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from gateway.numbers import Profile
 from gateway.realtime import events as rt
-from gateway.realtime.session import (
-    IceServer,
-    RealtimeConfig,
-    RealtimeSession,
-    SetupTimeouts,
-    call_id_from_location,
-    session_factory,
-)
+from gateway.realtime.config import RealtimeConfig, SetupTimeouts
+from gateway.realtime.session import RealtimeSession
 from gateway.realtime.tracks import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
-    InboundAudioReader,
-    OutboundAudioTrack,
+    CallerAudioTrack,
+    RemoteAudioReader,
 )
 from gateway.serving import serve_app
-from gateway.settings import Settings
 
 KEY = "sk-test-SECRET-0123456789"
 SESSION: dict[str, Any] = {
@@ -184,7 +175,7 @@ class FakeRealtime:
     async def _answer(self, offer: str) -> str:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.peers.append(pc)
-        voice = OutboundAudioTrack()
+        voice = CallerAudioTrack()
         for frame in tone(25, self.behaviour.tone_hz):
             voice.push(frame)
         pc.addTrack(voice)
@@ -206,7 +197,7 @@ class FakeRealtime:
         return str(pc.localDescription.sdp)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        async for frame, _ in InboundAudioReader(track):
+        async for frame, _ in RemoteAudioReader(track):
             if np.abs(frame).max() > 2000:
                 self.heard.append(frame)
                 await self._notify()
@@ -276,62 +267,12 @@ async def opened(cfg: RealtimeConfig) -> AsyncIterator[RealtimeSession]:
 # ------------------------------------------------------------------ pure helpers
 
 
-@pytest.mark.parametrize(
-    ("location", "call_id"),
-    [
-        ("/v1/realtime/calls/rtc_test", "rtc_test"),
-        ("https://api.openai.com/v1/realtime/calls/rtc_u1_9c65ab?x=rtc_no", "rtc_u1_9c65ab"),
-        ("/v1/realtime/calls/rtc_abc/", "rtc_abc"),
-        ("/v1/realtime/calls/rtc_abc#frag", "rtc_abc"),
-        ("/v1/realtime/calls/12345", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_call_id_from_location(location: str | None, call_id: str | None) -> None:
-    assert call_id_from_location(location) == call_id
-
-
 def test_config_refuses_nonsense_and_hides_the_key() -> None:
     with pytest.raises(ValueError, match="auth"):
         RealtimeConfig(base_url="http://x", api_key="k", auth="magic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="base_url"):
         RealtimeConfig(base_url="api.openai.com", api_key="k")
     assert KEY not in repr(RealtimeConfig(base_url="http://x", api_key=KEY))
-
-
-def test_config_from_settings() -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        openai_api_key=SecretStr("sk-from-env"),
-        realtime_base_url="https://rt.example.com/v1",
-        realtime_auth="ephemeral",
-        ice_servers=["stun:stun.example.net:3478", "turn:turn.example.net:3478"],
-        ice_username="u",
-        ice_credential=SecretStr("p"),
-        setup_timeout_s=4,
-    )
-    cfg = RealtimeConfig.from_settings(settings)
-    assert (cfg.base_url, cfg.api_key, cfg.auth) == (
-        "https://rt.example.com/v1",
-        "sk-from-env",
-        "ephemeral",
-    )
-    assert cfg.ice_servers == (
-        IceServer(("stun:stun.example.net:3478", "turn:turn.example.net:3478"), "u", "p"),
-    )
-    assert cfg.timeouts == SetupTimeouts(4, 4, 4, 4, 4)
-    local = RealtimeConfig.from_settings(
-        Settings(_env_file=None),  # type: ignore[call-arg]
-        base_url="http://127.0.0.1:9/v1",
-        api_key="emulator",
-    )
-    assert (local.base_url, local.api_key, local.ice_servers) == (
-        "http://127.0.0.1:9/v1",
-        "emulator",
-        (),
-    )
-    assert local.timeouts == SetupTimeouts()
 
 
 def test_session_without_ga_type_is_refused_up_front() -> None:
@@ -512,18 +453,6 @@ async def test_cancelling_open_cleans_up(fake: FakeRealtime) -> None:
     assert session.connection_state == "closed"
 
 
-async def test_session_factory_applies_the_profile(fake: FakeRealtime) -> None:
-    profile = Profile(name="sales", voice="cedar", instructions="Sell kindly.")
-    session = session_factory(config(fake))(profile)
-    try:
-        await session.open()
-    finally:
-        await session.close()
-    [update] = fake.client_events
-    assert update["session"] == profile.session_config()
-    assert json.loads(fake.requests[0].parts["session"][1]) == profile.session_config()
-
-
 async def test_open_twice_is_a_bug(fake: FakeRealtime) -> None:
     async with opened(config(fake)) as session:
         with pytest.raises(RuntimeError, match="once"):
@@ -553,8 +482,8 @@ async def test_events_and_audio_flow_both_ways(fake: FakeRealtime) -> None:
                     if len(heard) == 10:
                         break
         assert dominant_hz(heard) == pytest.approx(660, abs=10)
-        assert session.inbound_stats is not None and session.inbound_stats.frames_out >= 10
-        assert session.outbound.stats.dropped == 0
+        assert session.model_audio_stats is not None and session.model_audio_stats.frames_out >= 10
+        assert session.caller_track.stats.dropped == 0
 
 
 async def test_pcmu_negotiation(fake: FakeRealtime) -> None:
@@ -634,7 +563,7 @@ async def test_close_leaves_no_tasks_peers_or_sockets(fake: FakeRealtime) -> Non
     await session.close()
     assert session.state == "closed"
     assert session.connection_state == "closed"
-    assert session.outbound.readyState == "ended"
+    assert session.caller_track.readyState == "ended"
     assert not session.lost
     assert await asyncio.wait_for(consumer, 10) >= 2  # events ended cleanly, not by error
     await fake.drop_calls()

@@ -1,4 +1,4 @@
-"""OutboundAudioTrack pacing and queueing, InboundAudioReader conversion, and both over a real
+"""CallerAudioTrack pacing and queueing, RemoteAudioReader conversion, and both over a real
 aiortc peer pair on loopback (Opus and PCMU)."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from gateway.errors import AudioFormatError
 from gateway.realtime.tracks import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
-    InboundAudioReader,
-    OutboundAudioTrack,
+    CallerAudioTrack,
+    RemoteAudioReader,
 )
 
 
@@ -66,14 +66,14 @@ def samples_of(frame: AudioFrame) -> npt.NDArray[np.int16]:
     return frame.to_ndarray().reshape(-1).astype(np.int16)
 
 
-def paced_track(ft: FakeTime, **kwargs: object) -> OutboundAudioTrack:
+def paced_track(ft: FakeTime, **kwargs: object) -> CallerAudioTrack:
     """A track on the fake clock; ``grace=0`` unless a test says otherwise, so that silence goes
     out exactly at each due time and the pacing arithmetic stays readable."""
     kwargs.setdefault("grace", 0.0)
-    return OutboundAudioTrack(clock=ft.clock, call_later=ft.call_later, **kwargs)  # type: ignore[arg-type]
+    return CallerAudioTrack(clock=ft.clock, call_later=ft.call_later, **kwargs)  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------------------ outbound, unit
+# ------------------------------------------------------------------ caller track, unit
 
 
 async def test_frames_come_out_in_order_with_contiguous_timestamps() -> None:
@@ -141,7 +141,7 @@ class _StoppedClock:
 
 async def test_a_waiting_recv_wakes_when_a_frame_is_pushed() -> None:
     clock = _StoppedClock()
-    track = OutboundAudioTrack(clock=lambda: 100.0, call_later=clock.call_later, grace=0.0)
+    track = CallerAudioTrack(clock=lambda: 100.0, call_later=clock.call_later, grace=0.0)
     await asyncio.wait_for(track.recv(), 5)  # silence; the next is due on a clock that never moves
     pending = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0)
@@ -287,7 +287,7 @@ async def test_handoff_latency_is_reported_per_audio_frame() -> None:
 
 
 async def test_push_rejects_wrong_frames() -> None:
-    track = OutboundAudioTrack()
+    track = CallerAudioTrack()
     with pytest.raises(AudioFormatError, match="480 int16"):
         track.push(np.zeros(160, dtype=np.int16))
     with pytest.raises(AudioFormatError, match="float32"):
@@ -297,15 +297,15 @@ async def test_push_rejects_wrong_frames() -> None:
 
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="max_frames"):
-        OutboundAudioTrack(max_frames=0)
+        CallerAudioTrack(max_frames=0)
     with pytest.raises(ValueError, match="target_frames"):
-        OutboundAudioTrack(max_frames=2, target_frames=3)
+        CallerAudioTrack(max_frames=2, target_frames=3)
     with pytest.raises(ValueError, match="catch_up"):
-        OutboundAudioTrack(catch_up=0.5)
+        CallerAudioTrack(catch_up=0.5)
 
 
 async def test_stopped_track_ends_recv_and_ignores_pushes() -> None:
-    track = OutboundAudioTrack()
+    track = CallerAudioTrack()
     track.push(numbered(1))
     track.stop()
     assert track.queued_frames == 0
@@ -315,7 +315,7 @@ async def test_stopped_track_ends_recv_and_ignores_pushes() -> None:
         await track.recv()
 
 
-# ------------------------------------------------------------------ inbound, unit
+# ------------------------------------------------------------------ remote reader, unit
 
 
 class _FrameSource(MediaStreamTrack):
@@ -344,7 +344,7 @@ def dominant_hz(pcm: npt.NDArray[np.int16], rate: int = SAMPLE_RATE) -> float:
 
 
 def test_opus_shaped_48k_stereo_becomes_24k_mono_frames() -> None:
-    reader = InboundAudioReader(_FrameSource([]))
+    reader = RemoteAudioReader(_FrameSource([]))
     mono48 = tone(10, rate=48000)
     stereo = np.repeat(mono48, 2)  # interleaved L, R
     out: list[npt.NDArray[np.int16]] = []
@@ -359,7 +359,7 @@ def test_opus_shaped_48k_stereo_becomes_24k_mono_frames() -> None:
 
 
 def test_pcmu_shaped_8k_mono_becomes_24k_frames() -> None:
-    reader = InboundAudioReader(_FrameSource([]))
+    reader = RemoteAudioReader(_FrameSource([]))
     pcm8 = tone(5, rate=8000)
     out: list[npt.NDArray[np.int16]] = []
     for chunk in frames_of(pcm8, 160):
@@ -370,8 +370,8 @@ def test_pcmu_shaped_8k_mono_becomes_24k_frames() -> None:
 
 
 def test_odd_frame_durations_are_reframed_without_loss() -> None:
-    one = InboundAudioReader(_FrameSource([]))
-    split = InboundAudioReader(_FrameSource([]))
+    one = RemoteAudioReader(_FrameSource([]))
+    split = RemoteAudioReader(_FrameSource([]))
     stereo = np.repeat(tone(6, rate=48000), 2)
     whole = np.concatenate(one.convert(make_frame(stereo, 48000, 2)))
     parts: list[npt.NDArray[np.int16]] = []
@@ -382,7 +382,7 @@ def test_odd_frame_durations_are_reframed_without_loss() -> None:
 
 
 def test_format_change_switches_resampler() -> None:
-    reader = InboundAudioReader(_FrameSource([]))
+    reader = RemoteAudioReader(_FrameSource([]))
     reader.convert(make_frame(np.zeros(1920, np.int16), 48000, 2))
     out = reader.convert(make_frame(np.zeros(160, np.int16), 8000, 1))
     assert len(out) == 1
@@ -390,14 +390,14 @@ def test_format_change_switches_resampler() -> None:
 
 
 def test_24k_mono_passes_through_unchanged() -> None:
-    reader = InboundAudioReader(_FrameSource([]))
+    reader = RemoteAudioReader(_FrameSource([]))
     pcm = tone(2)
     out = reader.convert(make_frame(pcm, SAMPLE_RATE, 1))
     np.testing.assert_array_equal(np.concatenate(out), pcm)
 
 
 def test_non_s16_is_refused() -> None:
-    reader = InboundAudioReader(_FrameSource([]))
+    reader = RemoteAudioReader(_FrameSource([]))
     frame = AudioFrame.from_ndarray(np.zeros((1, 480), np.float32), format="flt", layout="mono")
     frame.sample_rate = SAMPLE_RATE
     with pytest.raises(AudioFormatError, match="flt"):
@@ -407,7 +407,7 @@ def test_non_s16_is_refused() -> None:
 async def test_reader_iterates_until_the_track_ends() -> None:
     frames = [make_frame(np.zeros(1920, np.int16), 48000, 2) for _ in range(3)]
     ticks = iter([1.0, 2.0, 3.0])
-    reader = InboundAudioReader(_FrameSource(frames), clock=lambda: next(ticks))
+    reader = RemoteAudioReader(_FrameSource(frames), clock=lambda: next(ticks))
     got = [(f.shape, at) async for f, at in reader]
     assert got == [((FRAME_SAMPLES,), 1.0), ((FRAME_SAMPLES,), 2.0), ((FRAME_SAMPLES,), 3.0)]
 
@@ -417,7 +417,7 @@ async def test_reader_iterates_until_the_track_ends() -> None:
 
 @contextlib.asynccontextmanager
 async def peer_pair(
-    track: OutboundAudioTrack, codec: str | None = None
+    track: CallerAudioTrack, codec: str | None = None
 ) -> AsyncIterator[MediaStreamTrack]:
     """Connect a sender carrying ``track`` to a receiver; yield the receiver's remote track."""
     sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -444,7 +444,7 @@ async def peer_pair(
         await receiver.close()
 
 
-async def collect_tone(reader: InboundAudioReader, want: int) -> npt.NDArray[np.int16]:
+async def collect_tone(reader: RemoteAudioReader, want: int) -> npt.NDArray[np.int16]:
     """Read frames until ``want`` consecutive loud frames arrived; return them."""
     loud: list[npt.NDArray[np.int16]] = []
     async for frame, _ in reader:
@@ -462,9 +462,9 @@ async def collect_tone(reader: InboundAudioReader, want: int) -> npt.NDArray[np.
 async def test_audio_crosses_a_real_peer_connection(
     codec: str | None, decoded: tuple[int, int]
 ) -> None:
-    track = OutboundAudioTrack()
+    track = CallerAudioTrack()
     async with peer_pair(track, codec) as remote:
-        reader = InboundAudioReader(remote)
+        reader = RemoteAudioReader(remote)
         for frame in frames_of(tone(25, 440.0)):
             track.push(frame)  # half a second at once: drained at twice real time, none lost
         got = await asyncio.wait_for(collect_tone(reader, 15), 20)
@@ -477,9 +477,9 @@ async def test_audio_crosses_a_real_peer_connection(
 
 @pytest.mark.timeout(30)
 async def test_empty_queue_sends_silence_over_the_wire() -> None:
-    track = OutboundAudioTrack()
+    track = CallerAudioTrack()
     async with peer_pair(track) as remote:
-        reader = InboundAudioReader(remote)
+        reader = RemoteAudioReader(remote)
         got = 0
         async for frame, _ in reader:
             assert np.abs(frame).max() < 50
@@ -492,9 +492,9 @@ async def test_empty_queue_sends_silence_over_the_wire() -> None:
 
 @pytest.mark.timeout(30)
 async def test_reader_ends_when_the_connection_closes() -> None:
-    track = OutboundAudioTrack()
+    track = CallerAudioTrack()
     async with peer_pair(track) as remote:
-        reader = InboundAudioReader(remote)
+        reader = RemoteAudioReader(remote)
         frames = aiter(reader)
         await asyncio.wait_for(anext(frames), 10)
     # both peers are closed now: the remote track ends and so does iteration

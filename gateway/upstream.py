@@ -1,0 +1,89 @@
+"""Where settings and number profiles meet the Realtime client (the composition root's map).
+
+:mod:`gateway.realtime` knows nothing of :class:`~gateway.settings.Settings` or
+:class:`~gateway.numbers.Profile`: it takes a :class:`~gateway.realtime.config.RealtimeConfig`
+per process and a session body per call. :func:`realtime_config` builds the first from the
+settings, :func:`session_factory` turns a profile into the second, for the bridge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from gateway.numbers import Profile
+from gateway.realtime.config import IceServer, RealtimeConfig, SetupTimeouts
+from gateway.realtime.session import RealtimeSession
+from gateway.settings import Settings
+
+__all__ = ["realtime_config", "session_factory"]
+
+
+def realtime_config(
+    settings: Settings,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> RealtimeConfig:
+    """The config ``gateway serve`` uses: URL, key, auth mode, ICE servers, setup budget.
+
+    ``base_url`` and ``api_key`` override the settings (the embedded emulator's address and
+    a placeholder key); ``http_client`` is the process's pooled client, which the caller
+    closes. Every phase timeout is capped at ``setup_timeout_s``; the caller still enforces
+    that budget for the whole of :meth:`RealtimeSession.open`.
+    """
+    if api_key is None:
+        secret = settings.openai_api_key
+        api_key = secret.get_secret_value() if secret is not None else ""
+    ice: tuple[IceServer, ...] = ()
+    if settings.ice_servers:
+        credential = settings.ice_credential
+        ice = (
+            IceServer(
+                urls=tuple(settings.ice_servers),
+                username=settings.ice_username,
+                credential=credential.get_secret_value() if credential is not None else None,
+            ),
+        )
+    budget = settings.setup_timeout_s
+    d = SetupTimeouts()
+    return RealtimeConfig(
+        base_url=base_url or settings.effective_realtime_base_url,
+        api_key=api_key,
+        auth=settings.realtime_auth,
+        ice_servers=ice,
+        timeouts=SetupTimeouts(
+            sdp_exchange=min(d.sdp_exchange, budget),
+            ice_dtls=min(d.ice_dtls, budget),
+            data_channel=min(d.data_channel, budget),
+            session_created=min(d.session_created, budget),
+            session_updated=min(d.session_updated, budget),
+        ),
+        http_client=http_client,
+    )
+
+
+def session_factory(
+    config: RealtimeConfig,
+    *,
+    on_caller_audio_handoff: Callable[[float], None] | None = None,
+    on_caller_audio_drop: Callable[[], None] | None = None,
+    call_control: bool = False,
+) -> Callable[[Profile], RealtimeSession]:
+    """A per-call constructor for the bridge: the profile's GA session on the shared config.
+
+    ``call_control``: the gateway can act on calls (carrier REST API configured), so profiles'
+    built-in tools are declared to the model.
+    """
+
+    def create(profile: Profile) -> RealtimeSession:
+        return RealtimeSession(
+            config,
+            profile.session_config(call_control=call_control),
+            on_caller_audio_handoff=on_caller_audio_handoff,
+            on_caller_audio_drop=on_caller_audio_drop,
+        )
+
+    return create
