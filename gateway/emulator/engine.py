@@ -42,6 +42,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gateway.emulator.config import EngineConfig
 from gateway.emulator.schema import SessionError, apply_session, vad_settings
 from gateway.emulator.voice import SAMPLE_RATE, ReplyRequest
 
@@ -49,7 +50,6 @@ __all__ = [
     "FRAME_SAMPLES",
     "Close",
     "Engine",
-    "EngineConfig",
     "Render",
     "SessionStats",
 ]
@@ -91,19 +91,6 @@ _RESPONSE_FIELDS: Final = frozenset(
 _KEEP_RESPONSES: Final = 16
 _REQUEST_LIMIT: Final = 5_000
 _TOKEN_LIMIT: Final = 400_000
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Behaviour of every session of one emulator (see ``EmulatorConfig`` for the meaning)."""
-
-    reply: Literal["speech", "echo", "tone"] = "speech"
-    latency_ms: float = 300.0
-    latency_jitter_ms: float = 0.0
-    generation_speed: float = 4.0
-    max_session_s: float = 3600.0
-    tool_call: str | None = None
-    tool_call_after_turn: int = 1
 
 
 @dataclass(frozen=True, slots=True)

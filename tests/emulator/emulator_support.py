@@ -25,7 +25,8 @@ from openai.types.realtime.realtime_session_create_response import RealtimeSessi
 from pydantic import BaseModel, TypeAdapter
 
 from gateway.audio.tts import CALLER_VOICE, synthesizer
-from gateway.emulator.app import EmulatorConfig, EmulatorState, create_app
+from gateway.emulator.app import EmulatorState, create_app
+from gateway.emulator.config import EmulatorConfig
 from gateway.errors import UpstreamLost
 from gateway.realtime.session import RealtimeConfig, RealtimeSession
 from gateway.serving import RunningServer, serve_app

@@ -12,7 +12,7 @@ import pytest
 from openai.types.realtime.client_secret_create_response import ClientSecretCreateResponse
 from pydantic import TypeAdapter
 
-from gateway.emulator.app import EmulatorConfig
+from gateway.emulator.config import EmulatorConfig
 from gateway.errors import UpstreamRefused
 from gateway.realtime import events as rt
 from gateway.realtime.session import RealtimeSession

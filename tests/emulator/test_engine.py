@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
+from gateway.emulator.config import EngineConfig
+from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, Render
 from gateway.emulator.schema import default_session
 from gateway.emulator.voice import VoiceRenderer
 from tests.emulator.emulator_support import validate_event
