@@ -23,6 +23,11 @@ turn, or when the synthesized audio is ready if that is later; playback starts w
 (``output_audio_buffer.started`` when the first frame is taken); the model "generates" audio
 ``generation_speed`` times faster than real time, so ``response.done`` comes while the audio is
 still playing and ``output_audio_buffer.stopped`` when the buffer has drained.
+
+The engine holds the session's state and emits every event; the parts that only compute live
+beside it: ``turns`` (the input audio buffer and the VAD), ``items`` (conversation items),
+``responses`` (a response's record and wire objects), ``replies`` (what the assistant says) and
+``usage`` (token accounting).
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ from gateway.emulator.items import find_item, previous_id, public, require_item,
 from gateway.emulator.replies import chunks, example_arguments, reply_phrases
 from gateway.emulator.responses import ResponseState, assistant_item, response_object, sent_text
 from gateway.emulator.schema import SessionError, apply_session, vad_settings
+from gateway.emulator.turns import InputBuffer, SpeechStarted, SpeechStopped, TurnDetector
 from gateway.emulator.usage import AUDIO_TOKEN_SAMPLES, input_usage, rate_limits, response_usage
-from gateway.emulator.voice import SAMPLE_RATE, ReplyRequest
+from gateway.emulator.voice import FRAME_SAMPLES, MS_SAMPLES, SAMPLE_RATE, ReplyRequest
 
 __all__ = [
     "FRAME_SAMPLES",
@@ -58,11 +64,7 @@ __all__ = [
     "SessionStats",
 ]
 
-FRAME_SAMPLES: Final = SAMPLE_RATE // 50  # 20 ms
-_MS: Final = SAMPLE_RATE // 1000  # samples per millisecond
-_ONSET_FRAMES: Final = 3  # 60 ms of consecutive voiced frames start speech
 _MIN_COMMIT_MS: Final = 100  # GA refuses to commit less than this
-_MAX_BUFFER_FRAMES: Final = 50 * 60  # uncommitted caller audio kept (60 s)
 _ID_CHARS: Final = string.ascii_letters + string.digits
 _CLIENT_EVENTS: Final = (
     "session.update",
@@ -152,16 +154,10 @@ class Engine:
         self._item_audio_ms: dict[str, int] = {}  # assistant item id -> audio length
         self._audio_produced = False
         # caller audio
-        self._samples_in = 0  # session audio clock
-        self._buffer: deque[npt.NDArray[np.int16]] = deque(maxlen=_MAX_BUFFER_FRAMES)
-        self._buffer_start = 0  # session sample at which _buffer begins
+        self._input = InputBuffer()
         self._append_rest = np.zeros(0, dtype=np.int16)
-        self._speaking = False
-        self._voiced_run = 0
-        self._silent_run = 0
-        self._speech_item: str | None = None
-        self._speech_start = 0  # audio_start_ms in samples (prefix padding included)
-        self._onset = 0  # first voiced sample of the current utterance
+        self._turns = TurnDetector()
+        self._speech_item: str | None = None  # the item id of the turn being spoken
         self._vad_cfg = vad_settings(self.session)
         self._append_resampler: Any = None
         self._last_turn_ms = 0.0
@@ -295,10 +291,7 @@ class Engine:
         """
         if self._closed or not self._started:
             return
-        self._buffer.append(frame)
-        self._samples_in += FRAME_SAMPLES
-        if len(self._buffer) == self._buffer.maxlen:
-            self._buffer_start = self._samples_in - len(self._buffer) * FRAME_SAMPLES
+        self._input.append(frame)
         if self._vad_cfg is not None:
             self._vad(frame, self._vad_cfg, now)
         self._advance(now)
@@ -410,10 +403,10 @@ class Engine:
 
     def _on_input_audio_buffer_commit(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ())
-        start = self._buffer_start
-        if self._speaking:
-            start = self._speech_start
-        ms = (self._samples_in - start) / _MS
+        start = self._input.start
+        if self._turns.speaking:
+            start = self._turns.speech_start
+        ms = (self._input.samples_in - start) / MS_SAMPLES
         if ms < _MIN_COMMIT_MS:
             self._error(
                 "input_audio_buffer_commit_empty",
@@ -423,19 +416,16 @@ class Engine:
             )
             return
         item_id = self._speech_item or self._id("item_")
-        self._speaking = False
-        self._voiced_run = self._silent_run = 0
+        self._turns.reset()
         self._speech_item = None
-        self._commit(item_id, start, self._samples_in, now)
+        self._commit(item_id, start, self._input.samples_in, now)
         # A manual commit never creates a response by itself (GA: send response.create).
 
     def _on_input_audio_buffer_clear(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ())
-        self._buffer.clear()
-        self._buffer_start = self._samples_in
-        self._speaking = False
+        self._input.clear(at=self._input.samples_in)
+        self._turns.reset()
         self._speech_item = None
-        self._voiced_run = self._silent_run = 0
         self._emit("input_audio_buffer.cleared")
 
     def _on_output_audio_buffer_clear(self, event: dict[str, Any], now: float) -> None:
@@ -528,7 +518,7 @@ class Engine:
         for r in self._playout:
             if r.item_id == item["id"]:
                 # audio past the truncation point is no longer the item's: do not play it
-                r.limit = max(r.played, min(r.limit, end_ms * _MS))
+                r.limit = max(r.played, min(r.limit, end_ms * MS_SAMPLES))
         self._emit(
             "conversation.item.truncated",
             item_id=item["id"],
@@ -574,46 +564,28 @@ class Engine:
     # ------------------------------------------------------------------ turn detection
 
     def _vad(self, frame: npt.NDArray[np.int16], vad: dict[str, Any], now: float) -> None:
-        x = frame.astype(np.float32)
-        energy = float(np.dot(x, x)) / FRAME_SAMPLES
-        level_db = 10 * math.log10(energy / (32768.0**2) + 1e-12)
-        # threshold 0..1 maps onto an energy gate from -70 to -20 dBFS (0.5 -> -45 dBFS): higher
-        # thresholds need louder speech, as with the service's VAD.
-        voiced = level_db > -70.0 + 50.0 * float(vad["threshold"])
-        if not self._speaking:
-            self._voiced_run = self._voiced_run + 1 if voiced else 0
-            if self._voiced_run >= _ONSET_FRAMES:
-                onset = self._samples_in - _ONSET_FRAMES * FRAME_SAMPLES
-                padding = int(vad["prefix_padding_ms"]) * _MS
-                self._onset = onset
-                self._speech_start = max(self._buffer_start, onset - padding, 0)
-                self._speaking = True
-                self._silent_run = 0
-                self._speech_item = self._id("item_")
-                self._idle_deadline = None
-                self._emit(
-                    "input_audio_buffer.speech_started",
-                    audio_start_ms=self._speech_start // _MS,
-                    item_id=self._speech_item,
-                )
-                if vad["interrupt_response"]:
-                    self._interrupt(now)
-            return
-        self._silent_run = 0 if voiced else self._silent_run + 1
-        silence_frames = max(1, math.ceil(int(vad["silence_duration_ms"]) / 20))
-        if self._silent_run < silence_frames:
-            return
-        item_id = self._speech_item or self._id("item_")
-        self._speaking = False
-        self._voiced_run = 0
-        self._speech_item = None
-        end = self._samples_in
-        self._emit("input_audio_buffer.speech_stopped", audio_end_ms=end // _MS, item_id=item_id)
-        spoken = (end - self._onset - self._silent_run * FRAME_SAMPLES) / SAMPLE_RATE
-        self._last_turn_ms = max(0.0, spoken * 1000)
-        audio = self._commit(item_id, self._speech_start, end, now)
-        if vad["create_response"] and self._active is None:
-            self._create_response(now, {}, trigger="turn", echo=audio)
+        turn = self._turns.feed(frame, vad, self._input)
+        if isinstance(turn, SpeechStarted):
+            self._speech_item = self._id("item_")
+            self._idle_deadline = None
+            self._emit(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=turn.start // MS_SAMPLES,
+                item_id=self._speech_item,
+            )
+            if vad["interrupt_response"]:
+                self._interrupt(now)
+        elif isinstance(turn, SpeechStopped):
+            item_id = self._speech_item or self._id("item_")
+            self._speech_item = None
+            end = turn.end
+            self._emit(
+                "input_audio_buffer.speech_stopped", audio_end_ms=end // MS_SAMPLES, item_id=item_id
+            )
+            self._last_turn_ms = max(0.0, turn.spoken_s * 1000)
+            audio = self._commit(item_id, turn.start, end, now)
+            if vad["create_response"] and self._active is None:
+                self._create_response(now, {}, trigger="turn", echo=audio)
 
     def _interrupt(self, now: float) -> None:
         """Speech started with ``interrupt_response``: cancel and cut off the assistant."""
@@ -625,9 +597,8 @@ class Engine:
 
     def _commit(self, item_id: str, start: int, end: int, now: float) -> npt.NDArray[np.int16]:
         """Make caller audio [start, end) (session samples) a user item; return that audio."""
-        audio = self._buffer_audio(start, end)
-        self._buffer.clear()
-        self._buffer_start = end
+        audio = self._input.audio(start, end)
+        self._input.clear(at=end)
         prev_id = self._items[-1]["id"] if self._items else None
         item: dict[str, Any] = {
             "id": item_id,
@@ -637,7 +608,7 @@ class Engine:
             "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}],
         }
-        item["_audio_ms"] = (end - start) // _MS
+        item["_audio_ms"] = (end - start) // MS_SAMPLES
         self._items.append(item)
         self.stats.turns += 1
         self._emit("input_audio_buffer.committed", previous_item_id=prev_id, item_id=item_id)
@@ -664,21 +635,13 @@ class Engine:
             )
         return audio
 
-    def _buffer_audio(self, start: int, end: int) -> npt.NDArray[np.int16]:
-        if not self._buffer:
-            return np.zeros(0, dtype=np.int16)
-        pcm = np.concatenate(self._buffer)
-        lo = max(0, start - self._buffer_start)
-        hi = max(lo, end - self._buffer_start)
-        return pcm[lo:hi]
-
     def _idle_timeout(self, now: float) -> None:
         item_id = self._id("item_")
-        start, end = self._buffer_start, self._samples_in
+        start, end = self._input.start, self._input.samples_in
         self._emit(
             "input_audio_buffer.timeout_triggered",
-            audio_start_ms=start // _MS,
-            audio_end_ms=end // _MS,
+            audio_start_ms=start // MS_SAMPLES,
+            audio_end_ms=end // MS_SAMPLES,
             item_id=item_id,
         )
         self._commit(item_id, start, end, now)
@@ -913,7 +876,7 @@ class Engine:
                 self._emit("response.content_part.done", part=part, **common)
             if r.kind == "audio":  # output began, so its audio was rendered
                 r.output_audio_samples = r.limit
-                self._item_audio_ms[r.item_id] = r.limit // _MS
+                self._item_audio_ms[r.item_id] = r.limit // MS_SAMPLES
             item = assistant_item(r, final, text)
             self._emit("response.output_item.done", response_id=r.id, output_index=0, item=item)
             if r.in_conversation:
@@ -954,7 +917,7 @@ class Engine:
         for r in self._playout:
             r.limit = r.played
             if r.item_id in self._item_audio_ms:
-                self._item_audio_ms[r.item_id] = r.played // _MS
+                self._item_audio_ms[r.item_id] = r.played // MS_SAMPLES
         released = list(self._playout)
         self._playout.clear()
         for r in released:

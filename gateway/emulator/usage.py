@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from gateway.emulator.responses import ResponseState, sent_text
-from gateway.emulator.voice import SAMPLE_RATE
+from gateway.emulator.voice import MS_SAMPLES
 
 __all__ = ["AUDIO_TOKEN_SAMPLES", "input_usage", "rate_limits", "response_usage", "text_tokens"]
 
-AUDIO_TOKEN_SAMPLES: Final = 50 * (SAMPLE_RATE // 1000)
+AUDIO_TOKEN_SAMPLES: Final = 50 * MS_SAMPLES
 """Output audio samples per token: one audio token per 50 ms."""
 _REQUEST_LIMIT: Final = 5_000
 _TOKEN_LIMIT: Final = 400_000
