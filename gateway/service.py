@@ -95,8 +95,8 @@ async def running_gateway(
         emulator: RunningServer | None = None
         base_url, api_key = settings.effective_realtime_base_url, None
         if settings.uses_embedded_emulator:
-            from gateway.emulator.app import EmulatorConfig
             from gateway.emulator.app import create_app as create_emulator
+            from gateway.emulator.config import EmulatorConfig
 
             config = EmulatorConfig(api_key=EMBEDDED_EMULATOR_KEY, **(emulator_options or {}))  # type: ignore[arg-type]
             emulator = await stack.enter_async_context(

@@ -34,25 +34,25 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import IO, Any, Final, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Final
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from gateway.emulator.engine import EngineConfig
+from gateway.emulator.config import REAL_MAX_SESSION_S, EmulatorConfig, EngineConfig, Faults
+from gateway.emulator.event_log import EventLog
 from gateway.emulator.peer import EmulatorCall, PacketCache
 from gateway.emulator.schema import SessionError, apply_session, default_session
 from gateway.emulator.voice import VoiceRenderer
 
-__all__ = ["EmulatorConfig", "EmulatorState", "EventLog", "Faults", "create_app"]
+__all__ = ["EmulatorState", "create_app"]
 
 log = logging.getLogger("gateway.emulator")
 
-REAL_MAX_SESSION_S: Final = 3600.0  # the service ends sessions after 60 minutes
 _KEEP_ENDED: Final = 200
+_FAULTS_BODY: Final = TypeAdapter(Faults)
 _ID_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _REFUSALS: Final[dict[int, tuple[str, str, str]]] = {
     400: ("invalid_request_error", "invalid_request", "Fault injection: the request is refused."),
@@ -81,115 +81,6 @@ _REFUSALS: Final[dict[int, tuple[str, str, str]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Faults:
-    """Fault knobs, applied to calls created while they are set (``None`` = off).
-
-    ``refuse_status`` refuses ``POST /calls`` with that HTTP status (401, 403, 429, 500, 503);
-    ``refuse_count`` limits that to the first N calls, then calls are accepted again.
-    ``ice_delay_s`` holds ICE back that long; ``ice_fail`` never lets it complete.
-    ``close_channel_after_s`` / ``close_peer_after_s`` close the data channel / the peer that
-    long after they opened; ``server_error_after_s`` sends a ``server_error`` event;
-    ``max_session_s`` overrides the session duration limit (``session_expired``).
-    """
-
-    refuse_status: int | None = None
-    refuse_count: int | None = None
-    ice_delay_s: float | None = None
-    ice_fail: bool = False
-    close_channel_after_s: float | None = None
-    close_peer_after_s: float | None = None
-    server_error_after_s: float | None = None
-    max_session_s: float | None = None
-
-
-class _FaultsBody(BaseModel):
-    """The JSON body of ``POST /emulator/faults`` (unknown fields are refused)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    refuse_status: Literal[400, 401, 403, 429, 500, 503] | None = None
-    refuse_count: int | None = Field(default=None, ge=0)
-    ice_delay_s: float | None = Field(default=None, ge=0)
-    ice_fail: bool = False
-    close_channel_after_s: float | None = Field(default=None, ge=0)
-    close_peer_after_s: float | None = Field(default=None, ge=0)
-    server_error_after_s: float | None = Field(default=None, ge=0)
-    max_session_s: float | None = Field(default=None, gt=0)
-
-
-@dataclass(slots=True)
-class EmulatorConfig:
-    """Everything ``gateway emulator`` can be told; fault fields as in :class:`Faults`.
-
-    ``api_key`` None accepts any non-empty bearer (with a warning). ``reply``: ``speech`` (a
-    short spoken answer naming the voice, the turn and how long the caller spoke), ``echo``
-    (the caller's utterance played back) or ``tone``. ``latency_ms`` (+- uniform
-    ``latency_jitter_ms``) is the time from the end of a turn to the first audio;
-    ``generation_speed`` how much faster than real time the model produces audio (so
-    ``response.done`` precedes the end of playback). ``max_session_s`` None means the real
-    service's 60 minutes. ``tool_call`` names a session tool the model calls after user turn
-    ``tool_call_after_turn``. ``event_log`` appends every event, both directions, as JSON lines.
-    """
-
-    api_key: str | None = None
-    reply: Literal["speech", "echo", "tone"] = "speech"
-    latency_ms: float = 300.0
-    latency_jitter_ms: float = 0.0
-    generation_speed: float = 4.0
-    event_log: Path | None = None
-    max_session_s: float | None = None
-    refuse_status: int | None = None
-    refuse_count: int | None = None
-    ice_delay_s: float | None = None
-    ice_fail: bool = False
-    close_channel_after_s: float | None = None
-    close_peer_after_s: float | None = None
-    server_error_after_s: float | None = None
-    tool_call: str | None = None
-    tool_call_after_turn: int = 1
-    record_lateness: bool = field(default=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.reply not in ("speech", "echo", "tone"):
-            raise ValueError(f"reply must be speech, echo or tone, got {self.reply!r}")
-        if self.latency_ms < 0 or self.latency_jitter_ms < 0:
-            raise ValueError("latency_ms and latency_jitter_ms must not be negative")
-        if self.generation_speed < 1.0:
-            raise ValueError("generation_speed must be at least 1 (real time)")
-        if self.max_session_s is not None and self.max_session_s <= 0:
-            raise ValueError("max_session_s must be positive")
-        if self.tool_call_after_turn < 1:
-            raise ValueError("tool_call_after_turn counts user turns from 1")
-        if self.refuse_status is not None and self.refuse_status not in _REFUSALS:
-            raise ValueError(f"refuse_status must be one of {sorted(_REFUSALS)}")
-
-    def faults(self) -> Faults:
-        names = {f.name for f in fields(Faults)} - {"max_session_s"}
-        return Faults(**{n: getattr(self, n) for n in names})
-
-
-class EventLog:
-    """Every event, both directions, one JSON object per line: ``ts``, ``call_id``,
-    ``direction`` (``client`` or ``server``) and ``event`` (the raw text if it was not JSON)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
-
-    def write(self, call_id: str, direction: str, event: Any) -> None:
-        if isinstance(event, str | bytes):
-            try:
-                event = json.loads(event)
-            except (ValueError, UnicodeDecodeError):
-                event = event.decode("utf-8", "replace") if isinstance(event, bytes) else event
-        record = {"ts": time.time(), "call_id": call_id, "direction": direction, "event": event}
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
 @dataclass(slots=True)
 class _ClientSecret:
     value: str
@@ -202,7 +93,7 @@ class EmulatorState:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
-        self.faults = config.faults()
+        self.faults = config.faults
         self.refused = 0
         self.renderer = VoiceRenderer()
         self.packets = PacketCache()
@@ -221,17 +112,9 @@ class EmulatorState:
         return str(host), int(port)
 
     def engine_config(self) -> EngineConfig:
-        c = self.config
-        max_s = self.faults.max_session_s or c.max_session_s or REAL_MAX_SESSION_S
-        return EngineConfig(
-            reply=c.reply,
-            latency_ms=c.latency_ms,
-            latency_jitter_ms=c.latency_jitter_ms,
-            generation_speed=c.generation_speed,
-            max_session_s=max_s,
-            tool_call=c.tool_call,
-            tool_call_after_turn=c.tool_call_after_turn,
-        )
+        """The configured engine, with the session limit of the faults if they set one."""
+        engine = self.config.engine
+        return replace(engine, max_session_s=self.faults.max_session_s or engine.max_session_s)
 
     def call_ended(self, call: EmulatorCall) -> None:
         if self.calls.pop(call.call_id, None) is not None:
@@ -522,17 +405,22 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.post("/emulator/faults")
     async def set_faults(request: Request) -> Response:
         try:
-            body = _FaultsBody.model_validate_json(await request.body() or b"{}")
+            state.faults = _FAULTS_BODY.validate_json(await request.body() or b"{}")
         except ValidationError as exc:
-            return _error(
-                400, f"Invalid faults: {exc.errors(include_url=False)}", code="invalid_value"
-            )
-        state.faults = Faults(**body.model_dump())
+            return _error(400, f"Invalid faults: {_problems(exc)}", code="invalid_value")
         state.refused = 0
         log.info("emulator faults set: %s", state.faults)
         return JSONResponse({**asdict(state.faults), "refused": 0})
 
     return app
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: ``where: what`` per problem."""
+    return "; ".join(
+        ".".join(map(str, e["loc"])) + ": " + e["msg"] if e["loc"] else e["msg"]
+        for e in exc.errors(include_url=False)
+    )
 
 
 async def _text(part: Any) -> str:

@@ -23,6 +23,11 @@ turn, or when the synthesized audio is ready if that is later; playback starts w
 (``output_audio_buffer.started`` when the first frame is taken); the model "generates" audio
 ``generation_speed`` times faster than real time, so ``response.done`` comes while the audio is
 still playing and ``output_audio_buffer.stopped`` when the buffer has drained.
+
+The engine holds the session's state and emits every event; the parts that only compute live
+beside it: ``turns`` (the input audio buffer and the VAD), ``items`` (conversation items),
+``responses`` (a response's record and wire objects), ``replies`` (what the assistant says) and
+``usage`` (token accounting).
 """
 
 from __future__ import annotations
@@ -42,23 +47,24 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gateway.emulator.config import EngineConfig
+from gateway.emulator.items import find_item, previous_id, public, require_item, validate_item
+from gateway.emulator.replies import chunks, example_arguments, reply_phrases
+from gateway.emulator.responses import ResponseState, assistant_item, response_object, sent_text
 from gateway.emulator.schema import SessionError, apply_session, vad_settings
-from gateway.emulator.voice import SAMPLE_RATE, ReplyRequest
+from gateway.emulator.turns import InputBuffer, SpeechStarted, SpeechStopped, TurnDetector
+from gateway.emulator.usage import AUDIO_TOKEN_SAMPLES, input_usage, rate_limits, response_usage
+from gateway.emulator.voice import FRAME_SAMPLES, MS_SAMPLES, SAMPLE_RATE, ReplyRequest
 
 __all__ = [
     "FRAME_SAMPLES",
     "Close",
     "Engine",
-    "EngineConfig",
     "Render",
     "SessionStats",
 ]
 
-FRAME_SAMPLES: Final = SAMPLE_RATE // 50  # 20 ms
-_MS: Final = SAMPLE_RATE // 1000  # samples per millisecond
-_ONSET_FRAMES: Final = 3  # 60 ms of consecutive voiced frames start speech
 _MIN_COMMIT_MS: Final = 100  # GA refuses to commit less than this
-_MAX_BUFFER_FRAMES: Final = 50 * 60  # uncommitted caller audio kept (60 s)
 _ID_CHARS: Final = string.ascii_letters + string.digits
 _CLIENT_EVENTS: Final = (
     "session.update",
@@ -89,21 +95,6 @@ _RESPONSE_FIELDS: Final = frozenset(
     }
 )
 _KEEP_RESPONSES: Final = 16
-_REQUEST_LIMIT: Final = 5_000
-_TOKEN_LIMIT: Final = 400_000
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Behaviour of every session of one emulator (see ``EmulatorConfig`` for the meaning)."""
-
-    reply: Literal["speech", "echo", "tone"] = "speech"
-    latency_ms: float = 300.0
-    latency_jitter_ms: float = 0.0
-    generation_speed: float = 4.0
-    max_session_s: float = 3600.0
-    tool_call: str | None = None
-    tool_call_after_turn: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,37 +128,6 @@ class SessionStats:
     errors_sent: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class _Response:
-    id: str
-    created_at: float
-    due_at: float
-    kind: Literal["audio", "text", "function"]
-    in_conversation: bool
-    voice: str
-    modalities: list[str]
-    max_output_tokens: int | str
-    metadata: Any
-    text: str = ""
-    words: list[str] = field(default_factory=list)
-    deltas_sent: int = 0
-    item_id: str = ""
-    call_id: str = ""
-    function_name: str = ""
-    audio: npt.NDArray[np.int16] | None = None
-    needs_render: bool = False
-    first_at: float | None = None
-    gen_end_at: float | None = None
-    status: str = "in_progress"
-    input_usage: dict[str, int] = field(default_factory=dict)
-    output_audio_samples: int = 0  # generated audio (what usage bills)
-    # playout
-    played: int = 0
-    limit: int = 0  # samples the buffer may still play (truncation lowers it)
-    playout_started: bool = False
-    out_of_tokens: bool = False  # max_output_tokens cut the reply short
-
-
 class Engine:
     """One session's state. Create it per call; feed it; drain it (see the module docstring)."""
 
@@ -194,24 +154,18 @@ class Engine:
         self._item_audio_ms: dict[str, int] = {}  # assistant item id -> audio length
         self._audio_produced = False
         # caller audio
-        self._samples_in = 0  # session audio clock
-        self._buffer: deque[npt.NDArray[np.int16]] = deque(maxlen=_MAX_BUFFER_FRAMES)
-        self._buffer_start = 0  # session sample at which _buffer begins
+        self._input = InputBuffer()
         self._append_rest = np.zeros(0, dtype=np.int16)
-        self._speaking = False
-        self._voiced_run = 0
-        self._silent_run = 0
-        self._speech_item: str | None = None
-        self._speech_start = 0  # audio_start_ms in samples (prefix padding included)
-        self._onset = 0  # first voiced sample of the current utterance
+        self._turns = TurnDetector()
+        self._speech_item: str | None = None  # the item id of the turn being spoken
         self._vad_cfg = vad_settings(self.session)
         self._append_resampler: Any = None
         self._last_turn_ms = 0.0
         # responses
-        self._active: _Response | None = None
-        self._playout: deque[_Response] = deque()  # audio in the output buffer; head plays
+        self._active: ResponseState | None = None
+        self._playout: deque[ResponseState] = deque()  # audio in the output buffer; head plays
         self.last_output: tuple[str, int] | None = None
-        self._responses: dict[str, _Response] = {}
+        self._responses: dict[str, ResponseState] = {}
         self._tool_called = False
         self._idle_deadline: float | None = None
         self._requests_used = 0
@@ -337,10 +291,7 @@ class Engine:
         """
         if self._closed or not self._started:
             return
-        self._buffer.append(frame)
-        self._samples_in += FRAME_SAMPLES
-        if len(self._buffer) == self._buffer.maxlen:
-            self._buffer_start = self._samples_in - len(self._buffer) * FRAME_SAMPLES
+        self._input.append(frame)
         if self._vad_cfg is not None:
             self._vad(frame, self._vad_cfg, now)
         self._advance(now)
@@ -352,10 +303,10 @@ class Engine:
             return
         r.needs_render = False
         cap = r.max_output_tokens
-        if isinstance(cap, int) and audio.size > cap * 50 * _MS:
+        if isinstance(cap, int) and audio.size > cap * AUDIO_TOKEN_SAMPLES:
             # One audio token per 50 ms: the reply stops where the token budget runs out, and
             # so does its transcript (proportionally).
-            keep = cap * 50 * _MS
+            keep = cap * AUDIO_TOKEN_SAMPLES
             r.words = r.words[: max(1, len(r.words) * keep // audio.size)]
             r.text = " ".join(r.words)
             audio = audio[:keep]
@@ -452,10 +403,10 @@ class Engine:
 
     def _on_input_audio_buffer_commit(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ())
-        start = self._buffer_start
-        if self._speaking:
-            start = self._speech_start
-        ms = (self._samples_in - start) / _MS
+        start = self._input.start
+        if self._turns.speaking:
+            start = self._turns.speech_start
+        ms = (self._input.samples_in - start) / MS_SAMPLES
         if ms < _MIN_COMMIT_MS:
             self._error(
                 "input_audio_buffer_commit_empty",
@@ -465,19 +416,16 @@ class Engine:
             )
             return
         item_id = self._speech_item or self._id("item_")
-        self._speaking = False
-        self._voiced_run = self._silent_run = 0
+        self._turns.reset()
         self._speech_item = None
-        self._commit(item_id, start, self._samples_in, now)
+        self._commit(item_id, start, self._input.samples_in, now)
         # A manual commit never creates a response by itself (GA: send response.create).
 
     def _on_input_audio_buffer_clear(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ())
-        self._buffer.clear()
-        self._buffer_start = self._samples_in
-        self._speaking = False
+        self._input.clear(at=self._input.samples_in)
+        self._turns.reset()
         self._speech_item = None
-        self._voiced_run = self._silent_run = 0
         self._emit("input_audio_buffer.cleared")
 
     def _on_output_audio_buffer_clear(self, event: dict[str, Any], now: float) -> None:
@@ -497,14 +445,14 @@ class Engine:
             raise SessionError(
                 "missing_required_parameter", "Missing required parameter: 'item'.", "item"
             )
-        stored = self._validate_item(item)
+        stored = validate_item(item, lambda: self._id("item_"))
         previous = event.get("previous_item_id")
         index = len(self._items)
         if previous is not None:
             if previous == "root":
                 index = 0
             else:
-                found = self._find_item(previous)
+                found = find_item(self._items, previous)
                 if found is None:
                     raise SessionError(
                         "item_not_found",
@@ -512,7 +460,7 @@ class Engine:
                         "previous_item_id",
                     )
                 index = self._items.index(found) + 1
-        if self._find_item(stored["id"]) is not None:
+        if find_item(self._items, stored["id"]) is not None:
             raise SessionError(
                 "invalid_value",
                 f"Item with item_id '{stored['id']}' already exists in the conversation.",
@@ -527,18 +475,18 @@ class Engine:
 
     def _on_conversation_item_retrieve(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ("item_id",))
-        item = self._require_item(event)
+        item = require_item(self._items, event)
         self._emit("conversation.item.retrieved", item=item)
 
     def _on_conversation_item_delete(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ("item_id",))
-        item = self._require_item(event)
+        item = require_item(self._items, event)
         self._items.remove(item)
         self._emit("conversation.item.deleted", item_id=item["id"])
 
     def _on_conversation_item_truncate(self, event: dict[str, Any], now: float) -> None:
         self._check_fields(event, ("item_id", "content_index", "audio_end_ms"))
-        item = self._require_item(event)
+        item = require_item(self._items, event)
         end_ms = event.get("audio_end_ms")
         index = event.get("content_index")
         if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
@@ -570,7 +518,7 @@ class Engine:
         for r in self._playout:
             if r.item_id == item["id"]:
                 # audio past the truncation point is no longer the item's: do not play it
-                r.limit = max(r.played, min(r.limit, end_ms * _MS))
+                r.limit = max(r.played, min(r.limit, end_ms * MS_SAMPLES))
         self._emit(
             "conversation.item.truncated",
             item_id=item["id"],
@@ -616,46 +564,28 @@ class Engine:
     # ------------------------------------------------------------------ turn detection
 
     def _vad(self, frame: npt.NDArray[np.int16], vad: dict[str, Any], now: float) -> None:
-        x = frame.astype(np.float32)
-        energy = float(np.dot(x, x)) / FRAME_SAMPLES
-        level_db = 10 * math.log10(energy / (32768.0**2) + 1e-12)
-        # threshold 0..1 maps onto an energy gate from -70 to -20 dBFS (0.5 -> -45 dBFS): higher
-        # thresholds need louder speech, as with the service's VAD.
-        voiced = level_db > -70.0 + 50.0 * float(vad["threshold"])
-        if not self._speaking:
-            self._voiced_run = self._voiced_run + 1 if voiced else 0
-            if self._voiced_run >= _ONSET_FRAMES:
-                onset = self._samples_in - _ONSET_FRAMES * FRAME_SAMPLES
-                padding = int(vad["prefix_padding_ms"]) * _MS
-                self._onset = onset
-                self._speech_start = max(self._buffer_start, onset - padding, 0)
-                self._speaking = True
-                self._silent_run = 0
-                self._speech_item = self._id("item_")
-                self._idle_deadline = None
-                self._emit(
-                    "input_audio_buffer.speech_started",
-                    audio_start_ms=self._speech_start // _MS,
-                    item_id=self._speech_item,
-                )
-                if vad["interrupt_response"]:
-                    self._interrupt(now)
-            return
-        self._silent_run = 0 if voiced else self._silent_run + 1
-        silence_frames = max(1, math.ceil(int(vad["silence_duration_ms"]) / 20))
-        if self._silent_run < silence_frames:
-            return
-        item_id = self._speech_item or self._id("item_")
-        self._speaking = False
-        self._voiced_run = 0
-        self._speech_item = None
-        end = self._samples_in
-        self._emit("input_audio_buffer.speech_stopped", audio_end_ms=end // _MS, item_id=item_id)
-        spoken = (end - self._onset - self._silent_run * FRAME_SAMPLES) / SAMPLE_RATE
-        self._last_turn_ms = max(0.0, spoken * 1000)
-        audio = self._commit(item_id, self._speech_start, end, now)
-        if vad["create_response"] and self._active is None:
-            self._create_response(now, {}, trigger="turn", echo=audio)
+        turn = self._turns.feed(frame, vad, self._input)
+        if isinstance(turn, SpeechStarted):
+            self._speech_item = self._id("item_")
+            self._idle_deadline = None
+            self._emit(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=turn.start // MS_SAMPLES,
+                item_id=self._speech_item,
+            )
+            if vad["interrupt_response"]:
+                self._interrupt(now)
+        elif isinstance(turn, SpeechStopped):
+            item_id = self._speech_item or self._id("item_")
+            self._speech_item = None
+            end = turn.end
+            self._emit(
+                "input_audio_buffer.speech_stopped", audio_end_ms=end // MS_SAMPLES, item_id=item_id
+            )
+            self._last_turn_ms = max(0.0, turn.spoken_s * 1000)
+            audio = self._commit(item_id, turn.start, end, now)
+            if vad["create_response"] and self._active is None:
+                self._create_response(now, {}, trigger="turn", echo=audio)
 
     def _interrupt(self, now: float) -> None:
         """Speech started with ``interrupt_response``: cancel and cut off the assistant."""
@@ -667,9 +597,8 @@ class Engine:
 
     def _commit(self, item_id: str, start: int, end: int, now: float) -> npt.NDArray[np.int16]:
         """Make caller audio [start, end) (session samples) a user item; return that audio."""
-        audio = self._buffer_audio(start, end)
-        self._buffer.clear()
-        self._buffer_start = end
+        audio = self._input.audio(start, end)
+        self._input.clear(at=end)
         prev_id = self._items[-1]["id"] if self._items else None
         item: dict[str, Any] = {
             "id": item_id,
@@ -679,7 +608,7 @@ class Engine:
             "status": "completed",
             "content": [{"type": "input_audio", "transcript": None}],
         }
-        item["_audio_ms"] = (end - start) // _MS
+        item["_audio_ms"] = (end - start) // MS_SAMPLES
         self._items.append(item)
         self.stats.turns += 1
         self._emit("input_audio_buffer.committed", previous_item_id=prev_id, item_id=item_id)
@@ -706,21 +635,13 @@ class Engine:
             )
         return audio
 
-    def _buffer_audio(self, start: int, end: int) -> npt.NDArray[np.int16]:
-        if not self._buffer:
-            return np.zeros(0, dtype=np.int16)
-        pcm = np.concatenate(self._buffer)
-        lo = max(0, start - self._buffer_start)
-        hi = max(lo, end - self._buffer_start)
-        return pcm[lo:hi]
-
     def _idle_timeout(self, now: float) -> None:
         item_id = self._id("item_")
-        start, end = self._buffer_start, self._samples_in
+        start, end = self._input.start, self._input.samples_in
         self._emit(
             "input_audio_buffer.timeout_triggered",
-            audio_start_ms=start // _MS,
-            audio_end_ms=end // _MS,
+            audio_start_ms=start // MS_SAMPLES,
+            audio_end_ms=end // MS_SAMPLES,
             item_id=item_id,
         )
         self._commit(item_id, start, end, now)
@@ -769,7 +690,7 @@ class Engine:
             if cfg.latency_jitter_ms
             else 0.0
         )
-        r = _Response(
+        r = ResponseState(
             id=self._id("resp_"),
             created_at=now,
             due_at=now + max(0.0, latency) / 1000,
@@ -785,18 +706,32 @@ class Engine:
         self._active = r
         self._idle_deadline = None
         self.stats.responses += 1
-        r.input_usage = self._input_usage(params)
+        r.input_usage = input_usage(
+            params,
+            session=session,
+            items=self._items,
+            item_audio_ms=self._item_audio_ms,
+            prev_input_tokens=self._prev_input_tokens,
+        )
         self._emit("response.created", response=self._response_object(r))
         self._requests_used += 1
-        self._emit("rate_limits.updated", rate_limits=self._rate_limits(r))
+        limits = rate_limits(r, requests_used=self._requests_used, tokens_used=self._tokens_used)
+        self._emit("rate_limits.updated", rate_limits=limits)
 
         if kind == "function" and tool is not None:
             r.function_name = str(tool["name"])
             r.call_id = self._id("call_")
-            r.text = json.dumps(_example_arguments(tool.get("parameters")), separators=(",", ":"))
-            r.words = _chunks(r.text, 8)
+            r.text = json.dumps(example_arguments(tool.get("parameters")), separators=(",", ":"))
+            r.words = chunks(r.text, 8)
             return
-        phrases = self._reply_phrases(params, trigger, voice)
+        phrases = reply_phrases(
+            params.get("instructions"),
+            trigger,
+            voice,
+            items=self._items,
+            turns=self.stats.turns,
+            last_turn_ms=self._last_turn_ms,
+        )
         r.text = " ".join(phrases)
         r.words = r.text.split(" ") if r.text else []
         if kind == "audio":
@@ -816,40 +751,6 @@ class Engine:
                 request = ReplyRequest("speech", voice, speed, phrases=tuple(phrases))
             r.needs_render = True
             self._actions.append(Render(r.id, request))
-
-    def _reply_phrases(self, params: Mapping[str, Any], trigger: str, voice: str) -> list[str]:
-        """What the assistant says, by what the response answers."""
-        instructions = params.get("instructions")
-        last = self._items[-1] if self._items else None
-        if trigger == "idle":
-            return ["Are you still there?"]
-        if trigger == "client" and isinstance(instructions, str) and instructions.strip():
-            return _greeting(instructions, voice)
-        if last is not None and last["type"] == "function_call_output":
-            output = str(last.get("output", ""))
-            name = next(
-                (
-                    i.get("name", "the tool")
-                    for i in self._items
-                    if i["type"] == "function_call" and i.get("call_id") == last.get("call_id")
-                ),
-                "the tool",
-            )
-            return [f"The {name} tool says: {_clip_words(output, 16)}."]
-        if last is not None and last["type"] == "message" and last["role"] == "user":
-            text = next(
-                (p.get("text") for p in last["content"] if p.get("type") == "input_text"), None
-            )
-            if text:
-                return [f"You wrote: {_clip_words(text, 16)}.", f"This is {voice}."]
-            seconds = last.get("_audio_ms", 0) / 1000
-            spoke = self._last_turn_ms / 1000 if trigger == "turn" else seconds
-            return [
-                f"This is {voice}.",
-                f"Turn {self.stats.turns}.",
-                f"You spoke for {spoke:.1f} seconds.",
-            ]
-        return [f"Hello, this is {voice}.", "How can I help you?"]
 
     def _advance(self, now: float) -> None:
         """Move the active response along its timeline up to ``now``."""
@@ -874,7 +775,7 @@ class Engine:
             else:
                 self._finish(r, "completed", None, now)
 
-    def _begin_output(self, r: _Response, now: float) -> None:
+    def _begin_output(self, r: ResponseState, now: float) -> None:
         r.first_at = now
         if r.kind == "audio" and r.audio is not None:
             duration = r.audio.size / SAMPLE_RATE
@@ -882,7 +783,7 @@ class Engine:
         else:
             # text tokens stream at roughly 50 words a second
             r.gen_end_at = now + max(1, len(r.words)) * 0.02
-        item = self._assistant_item(r, "in_progress")
+        item = assistant_item(r, "in_progress")
         self._emit("response.output_item.added", response_id=r.id, output_index=0, item=item)
         if r.in_conversation:
             prev_id = self._items[-1]["id"] if self._items else None
@@ -906,7 +807,7 @@ class Engine:
         if r.kind == "audio":
             self._playout.append(r)  # plays after any audio still in the buffer
 
-    def _send_delta(self, r: _Response) -> None:
+    def _send_delta(self, r: ResponseState) -> None:
         word = r.words[r.deltas_sent]
         delta = word if r.deltas_sent == 0 or r.kind == "function" else " " + word
         r.deltas_sent += 1
@@ -929,19 +830,14 @@ class Engine:
             kind, response_id=r.id, item_id=r.item_id, output_index=0, content_index=0, delta=delta
         )
 
-    def _sent_text(self, r: _Response) -> str:
-        if r.kind == "function":
-            return "".join(r.words[: r.deltas_sent])
-        return " ".join(r.words[: r.deltas_sent])
-
-    def _cancel(self, r: _Response, now: float, reason: str) -> None:
+    def _cancel(self, r: ResponseState, now: float, reason: str) -> None:
         if r.first_at is not None and r.kind == "audio":
             # Only what was generated exists; playout may still hold some of it.
             produced = math.floor((now - r.first_at) * self.config.generation_speed * SAMPLE_RATE)
             r.limit = min(r.limit, max(produced + FRAME_SAMPLES, r.played))
         self._finish(r, "cancelled", reason, now)
 
-    def _finish(self, r: _Response, status: str, reason: str | None, now: float) -> None:
+    def _finish(self, r: ResponseState, status: str, reason: str | None, now: float) -> None:
         """Emit the closing events of ``r`` and ``response.done``."""
         if self._active is r:
             self._active = None
@@ -952,7 +848,7 @@ class Engine:
             self.stats.cancelled_responses += 1
         final = "completed" if status == "completed" else "incomplete"
         if r.first_at is not None:
-            text = r.text if status == "completed" else self._sent_text(r)
+            text = r.text if status == "completed" else sent_text(r)
             if r.kind == "function":
                 self._emit(
                     "response.function_call_arguments.done",
@@ -980,15 +876,15 @@ class Engine:
                 self._emit("response.content_part.done", part=part, **common)
             if r.kind == "audio":  # output began, so its audio was rendered
                 r.output_audio_samples = r.limit
-                self._item_audio_ms[r.item_id] = r.limit // _MS
-            item = self._assistant_item(r, final, text)
+                self._item_audio_ms[r.item_id] = r.limit // MS_SAMPLES
+            item = assistant_item(r, final, text)
             self._emit("response.output_item.done", response_id=r.id, output_index=0, item=item)
             if r.in_conversation:
-                stored = self._find_item(r.item_id)
+                stored = find_item(self._items, r.item_id)
                 if stored is not None:
                     stored.clear()
                     stored.update(item)
-                prev = self._previous_id(r.item_id)
+                prev = previous_id(self._items, r.item_id)
                 self._emit("conversation.item.done", previous_item_id=prev, item=item)
             output = [item]
         else:
@@ -996,14 +892,16 @@ class Engine:
         details: dict[str, Any] | None = None
         if status in ("cancelled", "incomplete"):
             details = {"type": status, "reason": reason}
-        response = self._response_object(r, output=output, details=details, usage=self._usage(r))
+        usage = response_usage(r)
+        self._tokens_used += usage["total_tokens"]
+        response = self._response_object(r, output=output, details=details, usage=usage)
         self._prev_input_tokens = r.input_usage["total"]
         self._emit("response.done", response=response)
         if r not in self._playout:
             self._start_idle_timer(now)
             self._release(r)
 
-    def _stop_playout(self, r: _Response, now: float) -> None:
+    def _stop_playout(self, r: ResponseState, now: float) -> None:
         """``r``'s audio has played to its end."""
         if r in self._playout:
             self._playout.remove(r)
@@ -1019,7 +917,7 @@ class Engine:
         for r in self._playout:
             r.limit = r.played
             if r.item_id in self._item_audio_ms:
-                self._item_audio_ms[r.item_id] = r.played // _MS
+                self._item_audio_ms[r.item_id] = r.played // MS_SAMPLES
         released = list(self._playout)
         self._playout.clear()
         for r in released:
@@ -1027,7 +925,7 @@ class Engine:
         self._emit("output_audio_buffer.cleared", response_id=head.id)
         self._start_idle_timer(now)
 
-    def _release(self, r: _Response) -> None:
+    def _release(self, r: ResponseState) -> None:
         """Forget the audio of a response that neither generates nor plays any more (a long
         session must not keep every answer it ever gave); keep the last few for their ids."""
         if r is not self._active and r not in self._playout:
@@ -1044,125 +942,24 @@ class Engine:
         if idle and self._active is None and not self._playout:
             self._idle_deadline = now + idle / 1000
 
-    # ------------------------------------------------------------------ objects and usage
-
-    def _assistant_item(self, r: _Response, status: str, text: str = "") -> dict[str, Any]:
-        item: dict[str, Any] = {"id": r.item_id, "object": "realtime.item", "status": status}
-        if r.kind == "function":
-            item.update(
-                type="function_call", name=r.function_name, call_id=r.call_id, arguments=text
-            )
-        elif r.kind == "audio":
-            item.update(
-                type="message",
-                role="assistant",
-                content=[{"type": "output_audio", "transcript": text}],
-            )
-        else:
-            item.update(
-                type="message", role="assistant", content=[{"type": "output_text", "text": text}]
-            )
-        return item
+    # ------------------------------------------------------------------ helpers
 
     def _response_object(
         self,
-        r: _Response,
+        r: ResponseState,
         *,
         output: list[dict[str, Any]] | None = None,
         details: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        fmt = self.session["audio"]["output"]["format"]
-        return {
-            "object": "realtime.response",
-            "id": r.id,
-            "status": r.status,
-            "status_details": details,
-            "output": output or [],
-            "conversation_id": self.conversation_id if r.in_conversation else None,
-            "output_modalities": r.modalities,
-            "max_output_tokens": r.max_output_tokens,
-            "audio": {"output": {"format": fmt, "voice": r.voice}},
-            "usage": usage,
-            "metadata": r.metadata,
-        }
-
-    def _input_usage(self, params: Mapping[str, Any]) -> dict[str, int]:
-        """Input tokens: the instructions, tools and every conversation item so far."""
-        instructions = params.get("instructions", self.session.get("instructions") or "")
-        tools = params.get("tools", self.session.get("tools") or [])
-        text = _text_tokens(str(instructions)) + (_text_tokens(json.dumps(tools)) if tools else 0)
-        audio = 0
-        if params.get("input") != []:
-            for item in self._items:
-                text += 4  # per-item framing tokens
-                if item["type"] == "message":
-                    for part in item["content"]:
-                        if part.get("type") == "input_audio":
-                            audio += item.get("_audio_ms", 0) // 100
-                        elif part.get("type") == "output_audio":
-                            audio += self._item_audio_ms.get(item["id"], 0) // 50
-                        else:
-                            text += _text_tokens(str(part.get("text") or ""))
-                else:
-                    text += _text_tokens(str(item.get("arguments") or item.get("output") or ""))
-        total = text + audio
-        # The previous response's prompt is a cached prefix of this one (64-token blocks).
-        cached = min(total, self._prev_input_tokens) // 64 * 64 if total >= 1024 else 0
-        cached_audio = min(audio, cached * audio // total) if total else 0
-        return {
-            "total": total,
-            "text": text,
-            "audio": audio,
-            "cached": cached,
-            "cached_text": cached - cached_audio,
-            "cached_audio": cached_audio,
-        }
-
-    def _usage(self, r: _Response) -> dict[str, Any]:
-        i = r.input_usage
-        out_audio = r.output_audio_samples // (50 * _MS)
-        out_text = _text_tokens(self._sent_text(r) if r.status != "completed" else r.text)
-        if r.first_at is None:
-            out_audio = out_text = 0
-        output = out_audio + out_text
-        self._tokens_used += i["total"] + output
-        return {
-            "total_tokens": i["total"] + output,
-            "input_tokens": i["total"],
-            "output_tokens": output,
-            "input_token_details": {
-                "text_tokens": i["text"],
-                "audio_tokens": i["audio"],
-                "image_tokens": 0,
-                "cached_tokens": i["cached"],
-                "cached_tokens_details": {
-                    "text_tokens": i["cached_text"],
-                    "audio_tokens": i["cached_audio"],
-                    "image_tokens": 0,
-                },
-            },
-            "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
-        }
-
-    def _rate_limits(self, r: _Response) -> list[dict[str, Any]]:
-        reserved = r.input_usage["total"] + 4096  # output tokens are reserved up front
-        return [
-            {
-                "name": "requests",
-                "limit": _REQUEST_LIMIT,
-                "remaining": max(0, _REQUEST_LIMIT - self._requests_used),
-                "reset_seconds": round(60.0 * self._requests_used / _REQUEST_LIMIT, 3),
-            },
-            {
-                "name": "tokens",
-                "limit": _TOKEN_LIMIT,
-                "remaining": max(0, _TOKEN_LIMIT - self._tokens_used - reserved),
-                "reset_seconds": round(60.0 * (self._tokens_used + reserved) / _TOKEN_LIMIT, 3),
-            },
-        ]
-
-    # ------------------------------------------------------------------ helpers
+        return response_object(
+            r,
+            audio_format=self.session["audio"]["output"]["format"],
+            conversation_id=self.conversation_id,
+            output=output,
+            details=details,
+            usage=usage,
+        )
 
     def _id(self, prefix: str) -> str:
         return prefix + "".join(self._rng.choices(_ID_CHARS, k=21))
@@ -1170,7 +967,7 @@ class Engine:
     def _emit(self, kind: str, **fields: Any) -> None:
         event: dict[str, Any] = {"type": kind, "event_id": self._id("event_")}
         for key, value in fields.items():
-            event[key] = _public(value)
+            event[key] = public(value)
         self.stats.events_sent += 1
         self._out.append(event)
 
@@ -1200,112 +997,6 @@ class Engine:
             if key not in ("type", "event_id") and key not in allowed:
                 raise SessionError("unknown_parameter", f"Unknown parameter: '{key}'.", key)
 
-    def _find_item(self, item_id: Any) -> dict[str, Any] | None:
-        return next((i for i in self._items if i["id"] == item_id), None)
-
-    def _previous_id(self, item_id: str) -> str | None:
-        for i, item in enumerate(self._items):
-            if item["id"] == item_id:
-                return self._items[i - 1]["id"] if i > 0 else None
-        return None
-
-    def _require_item(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        item_id = event.get("item_id")
-        if not isinstance(item_id, str):
-            raise SessionError(
-                "missing_required_parameter", "Missing required parameter: 'item_id'.", "item_id"
-            )
-        item = self._find_item(item_id)
-        if item is None:
-            raise SessionError(
-                "item_not_found", f"Item with item_id '{item_id}' not found.", "item_id"
-            )
-        return item
-
-    def _validate_item(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        kind = item.get("type")
-        allowed_common = {"id", "type", "object", "status"}
-        if kind == "message":
-            fields = allowed_common | {"role", "content"}
-        elif kind == "function_call":
-            fields = allowed_common | {"name", "call_id", "arguments"}
-        elif kind == "function_call_output":
-            fields = allowed_common | {"call_id", "output"}
-        elif kind is None:
-            raise SessionError(
-                "missing_required_parameter",
-                "Missing required parameter: 'item.type'.",
-                "item.type",
-            )
-        else:
-            raise SessionError(
-                "invalid_value",
-                f"Invalid value: '{kind}'. Supported values are: 'message', 'function_call', "
-                "'function_call_output'.",
-                "item.type",
-            )
-        for key in item:
-            if key not in fields:
-                raise SessionError(
-                    "unknown_parameter", f"Unknown parameter: 'item.{key}'.", f"item.{key}"
-                )
-        stored: dict[str, Any] = {
-            "id": item.get("id") if isinstance(item.get("id"), str) else self._id("item_"),
-            "object": "realtime.item",
-            "type": kind,
-            "status": "completed",
-        }
-        if kind == "message":
-            role = item.get("role")
-            content_types = {
-                "user": ("input_text", "input_audio", "input_image"),
-                "system": ("input_text",),
-                "assistant": ("output_text", "output_audio"),
-            }
-            if role not in content_types:
-                raise SessionError(
-                    "invalid_value",
-                    f"Invalid value: {role!r}. Supported values are: 'user', 'system', "
-                    "'assistant'.",
-                    "item.role",
-                )
-            content = item.get("content")
-            if not isinstance(content, list) or not content:
-                raise SessionError(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'item.content'.",
-                    "item.content",
-                )
-            parts = []
-            for i, part in enumerate(content):
-                if not isinstance(part, dict) or part.get("type") not in content_types[role]:
-                    got = part.get("type") if isinstance(part, dict) else part
-                    raise SessionError(
-                        "invalid_value",
-                        f"Invalid value: {got!r}. Supported values are: "
-                        + ", ".join(f"'{t}'" for t in content_types[role])
-                        + ".",
-                        f"item.content[{i}].type",
-                    )
-                parts.append(dict(part))
-            stored.update(role=role, content=parts)
-        else:
-            for key in ("call_id",) + (
-                ("output",) if kind == "function_call_output" else ("name",)
-            ):
-                if not isinstance(item.get(key), str):
-                    raise SessionError(
-                        "missing_required_parameter",
-                        f"Missing required parameter: 'item.{key}'.",
-                        f"item.{key}",
-                    )
-            stored.update(
-                {k: item[k] for k in ("call_id", "output", "name", "arguments") if k in item}
-            )
-            if kind == "function_call":
-                stored.setdefault("arguments", "")
-        return stored
-
 
 def _g711_decode(raw: bytes, *, alaw: bool) -> npt.NDArray[np.int16]:
     if not alaw:
@@ -1316,64 +1007,3 @@ def _g711_decode(raw: bytes, *, alaw: bool) -> npt.NDArray[np.int16]:
         warnings.simplefilter("ignore", DeprecationWarning)
         import audioop
     return np.frombuffer(audioop.alaw2lin(raw, 2), dtype=np.int16)
-
-
-def _public(value: Any) -> Any:
-    """A copy of ``value`` without the engine's private keys (``_audio_ms``)."""
-    if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items() if not k.startswith("_")}
-    if isinstance(value, list):
-        return [_public(v) for v in value]
-    return value
-
-
-def _text_tokens(text: str) -> int:
-    """About four characters per token, as OpenAI's tokenizers average on English."""
-    return math.ceil(len(text) / 4)
-
-
-def _clip_words(text: str, n: int) -> str:
-    words = text.split()
-    clipped = " ".join(words[:n])
-    return clipped.rstrip(".!?") + (" ..." if len(words) > n else "")
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
-
-
-def _greeting(instructions: str, voice: str) -> list[str]:
-    """The greeting a ``response.create`` with instructions speaks: the quoted text when the
-    instructions quote one (``Say "Hello, thanks for calling"``), else a hello naming the voice
-    and the first sentence of the instructions."""
-    for open_q, close_q in (('"', '"'), ("\u201c", "\u201d"), ("'", "'")):
-        start = instructions.find(open_q)
-        end = instructions.find(close_q, start + 1) if start >= 0 else -1
-        if start >= 0 and end > start + 1:
-            return [instructions[start + 1 : end].strip()]
-    first = instructions.strip().split(". ")[0].rstrip(".")
-    return [f"Hello, this is {voice}.", f"{_clip_words(first, 14)}."]
-
-
-def _example_arguments(schema: Any) -> Any:
-    """Plausible arguments for a JSON Schema: every required property gets a value of its type."""
-    if not isinstance(schema, dict):
-        return {}
-    kind = schema.get("type")
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        required = schema.get("required") or list(props)
-        return {name: _example_arguments(props.get(name, {})) for name in required if name in props}
-    if kind == "array":
-        return [_example_arguments(schema.get("items"))]
-    if kind == "integer":
-        return 1
-    if kind == "number":
-        return 1.5
-    if kind == "boolean":
-        return True
-    if kind == "string":
-        return "example"
-    return None

@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import av
 import numpy as np
@@ -46,12 +46,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 from av import AudioFrame
 
-from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, EngineConfig, Render
+from gateway.emulator.config import EngineConfig, Faults
+from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, Render
+from gateway.emulator.event_log import EventLog
 from gateway.emulator.voice import SAMPLE_RATE, VoiceRenderer
 from gateway.realtime.tracks import RemoteAudioReader
-
-if TYPE_CHECKING:
-    from gateway.emulator.app import EventLog, Faults
 
 __all__ = ["AssistantTrack", "EmulatorCall", "PacingStats", "PacketCache", "opus_packets"]
 

@@ -21,10 +21,11 @@ import numpy.typing as npt
 
 from gateway.audio.tts import REALTIME_VOICES, VoiceStyle
 
-__all__ = ["SAMPLE_RATE", "ReplyRequest", "VoiceRenderer", "tone"]
+__all__ = ["FRAME_SAMPLES", "MS_SAMPLES", "SAMPLE_RATE", "ReplyRequest", "VoiceRenderer", "tone"]
 
 SAMPLE_RATE: Final = 24000
-FRAME_SAMPLES: Final = SAMPLE_RATE // 50
+FRAME_SAMPLES: Final = SAMPLE_RATE // 50  # 20 ms
+MS_SAMPLES: Final = SAMPLE_RATE // 1000  # samples per millisecond
 _GAP: Final = np.zeros(4 * FRAME_SAMPLES, dtype=np.int16)  # 80 ms between phrases
 
 Pcm = npt.NDArray[np.int16]

@@ -88,7 +88,8 @@ def serve(cpu: int | None) -> None:
     prints its URL, runs until stdin closes."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    from gateway.emulator.app import EmulatorConfig, create_app
+    from gateway.emulator.app import create_app
+    from gateway.emulator.config import EmulatorConfig
     from gateway.serving import serve_app
 
     async def run() -> None:

@@ -25,7 +25,8 @@ from openai.types.realtime.realtime_session_create_response import RealtimeSessi
 from pydantic import BaseModel, TypeAdapter
 
 from gateway.audio.tts import CALLER_VOICE, synthesizer
-from gateway.emulator.app import EmulatorConfig, EmulatorState, create_app
+from gateway.emulator.app import EmulatorState, create_app
+from gateway.emulator.config import EmulatorConfig
 from gateway.errors import UpstreamLost
 from gateway.realtime.config import RealtimeConfig
 from gateway.realtime.session import RealtimeSession
@@ -92,6 +93,19 @@ SESSION: dict[str, Any] = {
 
 
 @functools.cache
+def tone_frames(seconds: float, amplitude: float = 8000.0, freq: float = 220.0) -> list[Any]:
+    """A sine as 20 ms frames of 24 kHz audio: speech to an energy VAD."""
+    n = round(seconds * 50)
+    t = np.arange(n * FRAME) / RATE
+    pcm = np.round(amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    return [pcm[i * FRAME : (i + 1) * FRAME] for i in range(n)]
+
+
+def silence(seconds: float) -> list[Any]:
+    """Digital silence as 20 ms frames of 24 kHz audio."""
+    return [np.zeros(FRAME, np.int16)] * round(seconds * 50)
+
+
 def _speech(text: str) -> npt.NDArray[np.int16]:
     audio = synthesizer().synthesize(text, CALLER_VOICE, RATE)
     audio.setflags(write=False)

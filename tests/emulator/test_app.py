@@ -12,7 +12,8 @@ import pytest
 from openai.types.realtime.client_secret_create_response import ClientSecretCreateResponse
 from pydantic import TypeAdapter
 
-from gateway.emulator.app import EmulatorConfig
+from gateway.emulator.app import _REFUSALS
+from gateway.emulator.config import REFUSE_STATUSES, EmulatorConfig
 from gateway.errors import UpstreamRefused
 from gateway.realtime import events as rt
 from gateway.realtime.session import RealtimeSession
@@ -174,10 +175,16 @@ async def test_refusal_faults_refuse_the_first_calls_then_accept() -> None:
             assert (refused.value.status, refused.value.code) == (status, code)
         resp = await http.post("/emulator/faults", json={"refuse_status": 418})
         assert resp.status_code == 400
+        assert "refuse_status must be one of 400, 401" in resp.json()["error"]["message"]
         resp = await http.post("/emulator/faults", json={"explode": True})
         assert resp.status_code == 400
+        assert "explode: Unexpected keyword argument" in resp.json()["error"]["message"]
         await http.post("/emulator/faults", json={})
         assert (await http.get("/emulator/faults")).json()["refuse_status"] is None
+
+
+def test_every_refusable_status_has_an_error_body() -> None:
+    assert sorted(_REFUSALS) == sorted(REFUSE_STATUSES)
 
 
 async def test_refusal_configured_at_start() -> None:

@@ -20,7 +20,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from gateway.emulator.app import EmulatorConfig
+from gateway.emulator.config import EmulatorConfig
 from gateway.emulator.peer import opus_packets, opus_silence
 from gateway.errors import UpstreamTimeout
 from gateway.realtime import events as rt

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from gateway.emulator.app import EmulatorConfig
+from gateway.emulator.config import EmulatorConfig
 from gateway.loadtest.floor import FRAME_SAMPLES, RATE, caller_audio, run_floor
 from tests.emulator.emulator_support import KEY, running, speech
 
