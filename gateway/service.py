@@ -81,7 +81,7 @@ async def running_gateway(
     """Serve a gateway built from ``settings`` until the block exits.
 
     ``host``/``port`` override the settings (``port=0`` picks a free one). ``emulator_options``
-    are :class:`~gateway.emulator.app.EmulatorConfig` fields for the embedded emulator (the
+    are :class:`~gateway.emulator.config.EmulatorConfig` fields for the embedded emulator (the
     demo uses them for ``--reply`` and ``--latency-ms``); they are ignored when a real upstream
     is configured. Raises :class:`ConfigError` when the profiles file is invalid.
     """
