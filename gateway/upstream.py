@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import httpx
 
+from gateway.audio.format import FRAME_MS
 from gateway.numbers import Profile
 from gateway.realtime.config import IceServer, RealtimeConfig, SetupTimeouts
 from gateway.realtime.session import RealtimeSession
@@ -61,6 +62,7 @@ def realtime_config(
             session_created=min(d.session_created, budget),
             session_updated=min(d.session_updated, budget),
         ),
+        receive_buffer_packets=round(settings.receive_buffer_ms / FRAME_MS),
         http_client=http_client,
     )
 

@@ -77,3 +77,9 @@ async def test_session_factory_offers_the_profiles_session() -> None:
     [request] = posted
     assert json.loads(request.content)["session"] == profile.session_config()
     assert session.state == "closed"
+
+
+def test_the_receive_buffer_setting_becomes_packets() -> None:
+    for ms, packets in ((0, 0), (40, 2), (50, 2), (160, 8)):
+        settings = Settings(_env_file=None, receive_buffer_ms=ms)  # type: ignore[call-arg]
+        assert realtime_config(settings).receive_buffer_packets == packets

@@ -42,6 +42,16 @@ def emulator_command(
         float,
         typer.Option(min=1.0, help="How much faster than real time the model produces audio"),
     ] = 4.0,
+    receive_buffer_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=160,
+            help="Caller-audio receiver: longest wait for a missing packet, in-order audio "
+            "never held (default: aiortc's buffer, 80 ms for every frame)",
+            show_default=False,
+        ),
+    ] = None,
     event_log: Annotated[
         Path | None,
         typer.Option(help="Append every event, both directions, to this JSON-lines file"),
@@ -107,6 +117,7 @@ def emulator_command(
             latency_ms=latency_ms,
             latency_jitter_ms=latency_jitter_ms,
             generation_speed=generation_speed,
+            receive_buffer_ms=receive_buffer_ms,
             event_log=event_log,
             max_session_s=max_session_s,
             tool_call=tool_call,

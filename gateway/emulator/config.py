@@ -68,6 +68,9 @@ class EngineConfig:
     max_session_s: float = REAL_MAX_SESSION_S
     tool_call: str | None = None
     tool_call_after_turn: int = 1
+    receive_buffer_ms: float | None = None
+    """Reorder tolerance of the caller-audio receiver (the gateway's short buffer); None keeps
+    aiortc's, which holds every frame 80 ms (what OpenAI's own receiver does is not known)."""
 
     def __post_init__(self) -> None:
         if self.reply not in _REPLIES:
@@ -78,6 +81,10 @@ class EngineConfig:
                 f"generation_speed must be at least 1 (real time), got {self.generation_speed:g}"
             )
         _positive("max_session_s", self.max_session_s)
+        if self.receive_buffer_ms is not None and not 0 <= self.receive_buffer_ms <= 160:
+            raise ValueError(
+                f"receive_buffer_ms must be within 0..160, got {self.receive_buffer_ms:g}"
+            )
         if self.tool_call_after_turn < 1:
             raise ValueError(
                 f"tool_call_after_turn counts user turns from 1, got {self.tool_call_after_turn}"

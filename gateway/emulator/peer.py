@@ -46,10 +46,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 from av import AudioFrame
 
+from gateway.audio.format import FRAME_MS
 from gateway.emulator.config import EngineConfig, Faults
 from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, Render
 from gateway.emulator.event_log import EventLog
 from gateway.emulator.voice import SAMPLE_RATE, VoiceRenderer
+from gateway.realtime.receiver import install_receive_buffer
 from gateway.realtime.tracks import RemoteAudioReader
 
 __all__ = ["AssistantTrack", "EmulatorCall", "PacingStats", "PacketCache", "opus_packets"]
@@ -286,6 +288,10 @@ class EmulatorCall:
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise ValueError("the offer has no audio section")
         self.pc.addTrack(self.track)  # takes the offer's audio transceiver
+        buffer_ms = self.engine.config.receive_buffer_ms
+        if buffer_ms is not None:
+            audio = next(t for t in self.pc.getTransceivers() if t.kind == "audio")
+            install_receive_buffer(audio.receiver, round(buffer_ms / FRAME_MS))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = str(self.pc.localDescription.sdp)
         self.opus = _first_audio_codec(answer) == "audio/opus"

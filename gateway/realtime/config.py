@@ -13,7 +13,11 @@ from typing import Literal
 
 import httpx
 
-__all__ = ["IceServer", "RealtimeConfig", "SetupTimeouts"]
+__all__ = ["MAX_RECEIVE_DEPTH", "IceServer", "RealtimeConfig", "SetupTimeouts"]
+
+MAX_RECEIVE_DEPTH = 8
+"""The longest reorder tolerance of the short receive buffer, in 20 ms packets; beyond it
+aiortc's own buffer (which smooths, not only reorders) is the better tool."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,10 @@ class RealtimeConfig:
     caller_max_frames: int = 50
     caller_target_frames: int = 2
     caller_catch_up: float = 2.0
+    receive_buffer_packets: int | None = None
+    """Reorder tolerance of the model-audio receiver, in 20 ms packets
+    (:class:`~gateway.realtime.receiver.ShortJitterBuffer`: in-sequence audio is never held);
+    None keeps aiortc's own buffer, which holds every frame for four more (80 ms)."""
     http_client: httpx.AsyncClient | None = field(default=None, compare=False, repr=False)
     transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False, repr=False)
 
@@ -76,5 +84,10 @@ class RealtimeConfig:
             raise ValueError(f"auth must be 'unified' or 'ephemeral', got {self.auth!r}")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        depth = self.receive_buffer_packets
+        if depth is not None and not 0 <= depth <= MAX_RECEIVE_DEPTH:
+            raise ValueError(
+                f"receive_buffer_packets must be within 0..{MAX_RECEIVE_DEPTH} or None"
+            )
         if not 10 <= self.client_secret_ttl_s <= 7200:
             raise ValueError("client_secret_ttl_s must be within 10..7200 seconds")

@@ -29,13 +29,13 @@ from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 
+from gateway.realtime.config import MAX_RECEIVE_DEPTH
+
 __all__ = ["MAX_DEPTH", "ReceiverSeamMoved", "ShortJitterBuffer", "install_receive_buffer"]
 
 _SEAM: Final = "_RTCRtpReceiver__jitter_buffer"
 _CAPACITY: Final = 16  # aiortc's audio ring (packets); a power of two
-MAX_DEPTH: Final = 8
-"""Deeper than this, aiortc's own prefetch buffer is the better tool (it smooths, not only
-reorders)."""
+MAX_DEPTH: Final = MAX_RECEIVE_DEPTH
 
 
 class ReceiverSeamMoved(RuntimeError):
@@ -50,6 +50,8 @@ class ShortJitterBuffer(JitterBuffer):
             raise ValueError(f"receive buffer depth {depth} must be 0..{MAX_DEPTH} packets")
         super().__init__(capacity=_CAPACITY, prefetch=depth)
         self.depth = depth
+        self.released = 0
+        """Frames handed on to the decoder."""
         self.skipped = 0
         """Packets given up on (lost, or later than ``depth`` successors)."""
 
@@ -67,6 +69,7 @@ class ShortJitterBuffer(JitterBuffer):
             head = ring[self._origin % capacity]  # type: ignore[operator]
             assert head is not None
         self.remove(1)
+        self.released += 1
         return _frame(head)
 
 

@@ -68,6 +68,7 @@ from gateway.errors import (
 )
 from gateway.realtime import events as rt
 from gateway.realtime.config import RealtimeConfig
+from gateway.realtime.receiver import ShortJitterBuffer, install_receive_buffer
 from gateway.realtime.signalling import Signalling, http_client
 from gateway.realtime.tracks import CallerAudioTrack, RemoteAudioReader, RemoteAudioStats
 
@@ -167,6 +168,8 @@ class RealtimeSession:
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._state: Literal["new", "opening", "open", "closed"] = "new"
         self._pc: RTCPeerConnection | None = None
+        self.receive_buffer: ShortJitterBuffer | None = None
+        """The model-audio receiver's buffer when ``receive_buffer_packets`` is set."""
         self._channel: RTCDataChannel | None = None
         self._reader: RemoteAudioReader | None = None
         self._call_id: str | None = None
@@ -299,6 +302,10 @@ class RealtimeSession:
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("track", self._on_track)
         transceiver = pc.addTransceiver(self._caller_track, direction="sendrecv")
+        if cfg.receive_buffer_packets is not None:
+            self.receive_buffer = install_receive_buffer(
+                transceiver.receiver, cfg.receive_buffer_packets
+            )
         if cfg.audio_codecs:
             available = RTCRtpSender.getCapabilities("audio").codecs
             wanted = [

@@ -26,6 +26,7 @@ from gateway.emulator.config import (
         ({"generation_speed": 0.5}, "generation_speed must be at least 1 (real time), got 0.5"),
         ({"max_session_s": 0}, "max_session_s must be positive, got 0"),
         ({"tool_call_after_turn": 0}, "tool_call_after_turn counts user turns from 1, got 0"),
+        ({"receive_buffer_ms": 200}, "receive_buffer_ms must be within 0..160, got 200"),
     ],
 )
 def test_engine_config_names_the_bad_option(options: dict[str, Any], message: str) -> None:

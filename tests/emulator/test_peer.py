@@ -25,6 +25,7 @@ from gateway.emulator.peer import opus_packets, opus_silence
 from gateway.errors import UpstreamTimeout
 from gateway.realtime import events as rt
 from gateway.realtime.config import SetupTimeouts
+from gateway.realtime.receiver import ShortJitterBuffer
 from gateway.realtime.session import RealtimeSession
 from gateway.realtime.tracks import CallerAudioTrack
 from tests.emulator.emulator_support import (
@@ -161,6 +162,19 @@ async def test_a_vad_turn_gets_a_spoken_answer_paced_in_real_time() -> None:
         assert loud[-1] <= t_stop + 0.5
         [listed] = await emu.sessions()
         assert (listed["turns"], listed["responses"]) == (1, 1)
+
+
+async def test_the_caller_audio_receiver_takes_the_short_buffer_when_asked() -> None:
+    cfg = EmulatorConfig(api_key=KEY, latency_ms=50, receive_buffer_ms=40)
+    async with running(cfg) as emu, call(emu) as (s, rec, _):
+        await rec.wait_for("session.updated")
+        await say(s, speech("Hello there."))
+        await rec.wait_for("input_audio_buffer.speech_stopped")  # the caller was heard
+        [peer] = emu.state.calls.values()
+        audio = next(t for t in peer.pc.getTransceivers() if t.kind == "audio")
+        buffer = audio.receiver._RTCRtpReceiver__jitter_buffer
+        assert isinstance(buffer, ShortJitterBuffer) and buffer.depth == 2
+        assert buffer.released > 50
 
 
 async def test_barge_in_cancels_the_response_and_clears_the_audio() -> None:

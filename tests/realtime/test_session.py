@@ -486,6 +486,20 @@ async def test_events_and_audio_flow_both_ways(fake: FakeRealtime) -> None:
         assert session.caller_track.stats.dropped == 0
 
 
+async def test_model_audio_goes_through_the_short_receive_buffer(fake: FakeRealtime) -> None:
+    async with opened(config(fake, receive_buffer_packets=2)) as session:
+        assert session.receive_buffer is not None and session.receive_buffer.depth == 2
+        heard = 0
+        async with asyncio.timeout(10):
+            async for frame, _ in session.audio_frames():
+                heard += int(np.abs(frame).max() > 2000)
+                if heard == 10:
+                    break
+        assert session.receive_buffer.released >= 10
+    async with opened(config(fake)) as plain:
+        assert plain.receive_buffer is None  # aiortc's own buffer unless asked
+
+
 async def test_pcmu_negotiation(fake: FakeRealtime) -> None:
     async with opened(config(fake, audio_codecs=("audio/PCMU",))) as session:
         assert session.audio_codec == "audio/PCMU"
