@@ -405,9 +405,6 @@ class CallRunner:
         for effect in core.close(self.clock()):
             if isinstance(effect, WriteRecording) and self.recording is not None:
                 self.recording.write(effect.samples)
-        await self._finish_recording()
-        if self.session is not None:
-            await self._close_session(self.session)
         if self._bound_sid is not None:
             self.admissions.release(self._bound_sid)
             if self.registry.get(self._bound_sid) is self:
@@ -420,6 +417,11 @@ class CallRunner:
                 reason = end.reason.encode()[:120].decode(errors="ignore")
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):  # a carrier that stopped reading
                     await self.socket.close(int(end.close_code), reason)
+        # The caller is released first (capacity, and the carrier's fallback plays once the
+        # socket closes); then the file is finished and the session hung up upstream.
+        await self._finish_recording()
+        if self.session is not None:
+            await self._close_session(self.session)
         if core.start is None:
             return
         self.host.recent.append(self.summary())

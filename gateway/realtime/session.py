@@ -88,6 +88,9 @@ _PHASE_NAMES: Final = {
     "session_updated": "session.updated",
 }
 _CLOSE_TIMEOUT_S: Final = 5.0
+# The upstream hang-up on close: long enough for a healthy API, short enough not to hold a
+# call's cleanup (its admission is released after the session closes).
+_HANGUP_TIMEOUT_S: Final = 2.0
 _T = TypeVar("_T")
 
 _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
@@ -168,6 +171,8 @@ class RealtimeSession:
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._state: Literal["new", "opening", "open", "closed"] = "new"
         self._pc: RTCPeerConnection | None = None
+        self.hung_up: bool | None = None
+        """None until :meth:`close` asked the service to end the call; then whether it did."""
         self.receive_buffer: ShortJitterBuffer | None = None
         """The model-audio receiver's buffer when ``receive_buffer_packets`` is set."""
         self._channel: RTCDataChannel | None = None
@@ -428,24 +433,31 @@ class RealtimeSession:
         )
 
     async def hangup(self) -> bool:
-        """Ask the service to end the call (``POST /realtime/calls/{id}/hangup``), then close.
-
-        Returns whether the service acknowledged; a failure is logged, never raised, since the
-        close that follows ends the call anyway.
-        """
-        acknowledged = False
-        if self._call_id is not None and self._state == "open":
-            try:
-                async with asyncio.timeout(self._config.timeouts.sdp_exchange):
-                    async with self._client() as client:
-                        status = await self._signalling.hangup(client, self._call_id)
-                acknowledged = status < 300
-                if not acknowledged:
-                    log.warning("hangup of %s refused: HTTP %d", self._call_id, status)
-            except (TimeoutError, httpx.TimeoutException, UpstreamError) as exc:
-                log.warning("hangup of %s failed: %s", self._call_id, type(exc).__name__)
+        """Close the session with this reason; returns whether the service acknowledged the
+        hang-up (:meth:`close` always asks for one once the call has an id)."""
         await self.close("hung up by the gateway")
-        return acknowledged
+        return self.hung_up is True
+
+    async def _hang_up_upstream(self) -> None:
+        """``POST /realtime/calls/{id}/hangup``: the service ends (and stops billing) the call
+        whatever state our side is in — a setup given up on (ICE never connected, an answer
+        past the deadline), a lost or rotated session, the end of the call. Bounded; a failure
+        is logged, never raised: the peer's close follows anyway."""
+        if self._call_id is None or self.hung_up is not None:
+            return
+        self.hung_up = False
+        try:
+            async with asyncio.timeout(min(_HANGUP_TIMEOUT_S, self._config.timeouts.sdp_exchange)):
+                async with self._client() as client:
+                    status = await self._signalling.hangup(client, self._call_id)
+        except (TimeoutError, httpx.HTTPError, UpstreamError) as exc:
+            log.warning("hangup of %s failed: %s", self._call_id, type(exc).__name__)
+            return
+        self.hung_up = status < 300
+        if status == 404:  # the service had ended it already (it was lost, or expired)
+            log.debug("hangup of %s: the call had already ended", self._call_id)
+        elif not self.hung_up:
+            log.warning("hangup of %s refused: HTTP %d", self._call_id, status)
 
     # ------------------------------------------------------------------ aiortc callbacks
 
@@ -578,6 +590,7 @@ class RealtimeSession:
 
     async def _teardown(self) -> None:
         try:
+            await self._hang_up_upstream()
             self._caller_track.stop()
             if self._channel is not None:
                 self._channel.close()
