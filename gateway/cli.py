@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gateway import __version__
 from gateway.errors import ConfigError
 from gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway.numbers import Profile
 
 app = typer.Typer(
     name="gateway",
@@ -50,6 +53,14 @@ def check_config(
         Path | None,
         typer.Argument(help="Profiles file to check (default: GATEWAY_PROFILES_FILE)"),
     ] = None,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Also ask the Realtime API whether the key may open sessions for the default "
+            "profile (mints a 10 s client secret: authenticated, no call, nothing billed)",
+        ),
+    ] = False,
 ) -> None:
     """Validate the settings and a profiles file, print the numbers it serves; exit 0 or 1."""
     from rich.console import Console
@@ -106,6 +117,25 @@ def check_config(
         typer.echo(f"warning: {problem}")
     typer.echo(f"settings ok; upstream: {upstream}; call records: {records}")
     typer.echo(f"carrier requests: {carrier_auth}")
+    if probe:
+        _probe_upstream(settings, profiles.default)
+
+
+def _probe_upstream(settings: Settings, profile: Profile) -> None:
+    import asyncio
+
+    from gateway.errors import UpstreamError
+    from gateway.upstream import probe, realtime_config
+
+    if settings.uses_embedded_emulator:
+        typer.echo("probe: nothing to ask: no OPENAI_API_KEY, calls use the embedded emulator")
+        return
+    try:
+        found = asyncio.run(probe(realtime_config(settings), profile))
+    except UpstreamError as exc:
+        typer.echo(f"probe failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"probe ok: {found}")
 
 
 @app.command()

@@ -13,12 +13,14 @@ from collections.abc import Callable
 import httpx
 
 from gateway.audio.format import FRAME_MS
+from gateway.errors import UpstreamTimeout
 from gateway.numbers import Profile
 from gateway.realtime.config import IceServer, RealtimeConfig, SetupTimeouts
 from gateway.realtime.session import RealtimeSession
+from gateway.realtime.signalling import Signalling, http_client
 from gateway.settings import Settings
 
-__all__ = ["realtime_config", "session_factory"]
+__all__ = ["probe", "realtime_config", "session_factory"]
 
 
 def realtime_config(
@@ -89,3 +91,26 @@ def session_factory(
         )
 
     return create
+
+
+async def probe(config: RealtimeConfig, profile: Profile) -> str:
+    """Check that ``config``'s key may open Realtime sessions, without placing a call.
+
+    Mints a short-lived client secret for ``profile``'s session (``POST
+    /realtime/client_secrets``): authenticated, validated like a real session, billed nothing.
+    Returns what was checked; raises :class:`~gateway.errors.UpstreamError` (its message says
+    what to fix: a wrong key, a model the key cannot use, an unreachable API).
+    """
+    signalling = Signalling(
+        config.base_url, config.api_key, safety_identifier=config.safety_identifier
+    )
+    try:
+        async with http_client(
+            config.http_client, transport=config.transport, timeout_s=config.timeouts.sdp_exchange
+        ) as client:
+            await signalling.client_secret(client, profile.session_config(), ttl_s=10)
+    except httpx.HTTPError as exc:
+        raise UpstreamTimeout(
+            f"the Realtime API at {config.base_url} did not answer: {type(exc).__name__}"
+        ) from None
+    return f"the key may open {profile.model} sessions at {config.base_url} (no call placed)"

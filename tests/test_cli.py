@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,7 @@ from typer.testing import CliRunner
 
 from gateway import __version__
 from gateway.cli import app
+from tests.emulator.emulator_support import KEY, running
 
 runner = CliRunner()
 
@@ -115,3 +120,34 @@ def test_bad_settings_exit_2_with_every_problem(monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(app, ["check-config"])
     assert result.exit_code == 2
     assert "GATEWAY_PORT" in result.output and "GATEWAY_LOG_LEVEL" in result.output
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("key", "ok"), [(KEY, True), ("sk-wrong", False)])
+async def test_check_config_probe_asks_the_realtime_api_about_the_key(
+    tmp_path: Path, key: str, ok: bool
+) -> None:
+    async with running() as emu:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+        env.update(OPENAI_API_KEY=key, GATEWAY_REALTIME_BASE_URL=emu.base_url)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "check-config", "--probe",
+            cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        sessions = await emu.sessions()
+    text = out.decode() + err.decode()
+    if ok:
+        assert proc.returncode == 0, text
+        assert f"probe ok: the key may open gpt-realtime sessions at {emu.base_url}" in text
+    else:
+        assert proc.returncode == 1, text
+        assert "probe failed: Realtime API refused the client secret request: HTTP 401" in text
+        assert "sk-wrong" not in text  # the key itself is never printed
+    assert sessions == []  # no call was placed
+
+
+def test_check_config_probe_with_the_emulator_has_nothing_to_ask() -> None:
+    result = runner.invoke(app, ["check-config", "--probe"])
+    assert result.exit_code == 0, result.output
+    assert "probe: nothing to ask" in result.output
