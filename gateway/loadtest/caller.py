@@ -1000,7 +1000,7 @@ class SimulatedCall:
             result.outcome = "completed"
         else:
             result.outcome = "failed"
-            self._emit(result.duration_ms, "failed", result.failure)
+            self._emit(result.duration_ms / 1000, "failed", result.failure)  # _emit takes s
         result.timeline.sort(key=lambda e: e.t_ms)
         if self.options.record_audio:
             result.caller_audio = bytes(self._caller_audio)
