@@ -132,6 +132,10 @@ def loadtest_command(
     emulator_cpus: Annotated[
         str | None, typer.Option(help="--spawn: CPUs for the emulator")
     ] = None,
+    logs: Annotated[
+        Path | None,
+        typer.Option(help="--spawn: keep logs and call records here (default: removed at exit)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress display (table or lines)")] = False,
 ) -> None:
     """Place simulated Twilio calls against a gateway and report what callers heard.
@@ -209,6 +213,7 @@ def loadtest_command(
             emulator_cpus=e_cpus,
             emulator_args=["--latency-ms", str(emulator_latency_ms)],
             max_calls=max(plan.concurrency + 10, 30),
+            log_dir=logs,
         ) as stack:
             err.print(
                 f"gateway {stack.gateway_url} (pid {stack.gateway_pid}"
@@ -223,7 +228,7 @@ def loadtest_command(
                 "emulator_latency_ms": emulator_latency_ms,
                 "gateway_cpus": sorted(g_cpus) if g_cpus else None,
                 "emulator_cpus": sorted(e_cpus) if e_cpus else None,
-                "logs": str(stack.log_dir),
+                "logs": None if logs is None else str(logs),
             }
             return result
 

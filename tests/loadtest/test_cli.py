@@ -82,6 +82,8 @@ def test_quiet_prints_no_progress_lines(
 def test_spawned_run_reports_and_gates_on_thresholds(tmp_path: Path) -> None:
     report, rows = tmp_path / "report.json", tmp_path / "calls.csv"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "loadtest", "--spawn", "--quiet",
          "--scenario", "listen", "--calls", "2", "--concurrency", "2",
@@ -101,5 +103,6 @@ def test_spawned_run_reports_and_gates_on_thresholds(tmp_path: Path) -> None:
     assert summary["pacing_lateness_ms"]["p99"] < 100
     with rows.open() as f:
         assert len(list(csv.DictReader(f))) == 2
+    assert list((tmp_path / "tmp").iterdir()) == []  # the spawned stack's logs went with it
     assert "thresholds: FAIL" in proc.stdout
     assert "FAIL setup.p50 <= 1" in proc.stdout
