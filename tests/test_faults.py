@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,8 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec
 from tests.support import CONNECTED, admit, emulator_sessions, start_frame, wait_all_ended
@@ -34,15 +32,12 @@ SILENCE = base64.b64encode(b"\xff" * 160).decode()
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[RunningGateway]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        max_calls=4,
-        setup_timeout_s=SETUP_TIMEOUT_S,
-        carrier_idle_timeout_s=IDLE_TIMEOUT_S,
-    )
-    async with running_gateway(settings, port=0, emulator_options={"latency_ms": 100.0}) as gw:
-        yield gw
+def gateway_settings() -> dict[str, Any]:
+    return {
+        "max_calls": 4,
+        "setup_timeout_s": SETUP_TIMEOUT_S,
+        "carrier_idle_timeout_s": IDLE_TIMEOUT_S,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, WaitForAnswer
 from gateway.loadtest.spawn import free_port
 from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
-from gateway.settings import Settings
+from tests import support
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,16 +28,19 @@ numbers:
 """
 
 
-def _settings(**kw: Any) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    return {}
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    path = tmp_path / "profiles.yaml"
-    path.write_text(PROFILES)
-    async with running_gateway(_settings(profiles_file=path), port=0) as gw:
-        yield gw
+def profiles_yaml() -> str:
+    return PROFILES
+
+
+@pytest.fixture
+def emulator_options() -> dict[str, object]:
+    return {}
 
 
 async def test_without_a_key_the_emulator_runs_embedded_on_loopback(
@@ -53,7 +55,7 @@ async def test_without_a_key_the_emulator_runs_embedded_on_loopback(
 
 
 async def test_with_a_base_url_no_emulator_is_started(tmp_path: Path) -> None:
-    settings = _settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
+    settings = support.settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
     async with running_gateway(settings, port=0) as gw:
         assert gw.emulator is None
         assert gw.upstream_base_url == "http://127.0.0.1:9/v1"
@@ -102,10 +104,10 @@ async def test_drain_deadline_reports_calls_still_live(gateway: RunningGateway) 
 
 
 async def test_sighup_reload_keeps_old_profiles_when_the_file_is_invalid(
-    gateway: RunningGateway, tmp_path: Path
+    gateway: RunningGateway, profiles_file: Path
 ) -> None:
     state = gateway_state(gateway.app)
-    path = tmp_path / "profiles.yaml"
+    path = profiles_file
     path.write_text(PROFILES + '  "+15551230002":\n    voice: ash\n')
     reload_profiles(gateway.app)
     assert state.profiles.for_number("+15551230002").voice == "ash"

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from gateway.app import gateway_state
 from gateway.loadtest.runner import LoadPlan, LoadRun, Target
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[RunningGateway]:
-    settings = Settings(_env_file=None, max_calls=6)  # type: ignore[call-arg]
-    async with running_gateway(settings, port=0, emulator_options={"latency_ms": 100.0}) as gw:
-        yield gw
+def gateway_settings() -> dict[str, Any]:
+    return {"max_calls": 6}
 
 
 def _open_files() -> int:
