@@ -15,7 +15,7 @@ import pytest
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
 from gateway.records import PriceTable, Usage
 from gateway.service import RunningGateway
-from tests.support import wait_all_ended
+from tests.support import wait_all_ended, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,13 +79,15 @@ async def _records(gw: RunningGateway, **params: str) -> list[dict[str, Any]]:
 
 async def _wait_written(gw: RunningGateway, n: int) -> list[dict[str, Any]]:
     """The writer saves off the call's path: poll the admin API until ``n`` records landed."""
-    for _ in range(100):
+    found: list[dict[str, Any]] = []
+
+    async def written() -> bool:
+        nonlocal found
         found = await _records(gw)
-        if len(found) >= n:
-            return found
-        async with httpx.AsyncClient() as client:  # a cheap yield to the server, not a sleep
-            await client.get(f"{gw.url}/healthz")
-    raise AssertionError(f"{n} call records were not written")
+        return len(found) >= n
+
+    await wait_until(written, what=f"{n} call records written")
+    return found
 
 
 async def test_a_call_leaves_a_record_with_the_usage_and_cost_the_emulator_billed(

@@ -22,7 +22,14 @@ from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, Wait
 from gateway.service import RunningGateway
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec
-from tests.support import CONNECTED, admit, emulator_sessions, start_frame, wait_all_ended
+from tests.support import (
+    CONNECTED,
+    admit,
+    emulator_sessions,
+    start_frame,
+    wait_all_ended,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -117,11 +124,12 @@ async def test_a_lost_data_channel_is_replaced_and_the_conversation_goes_on(
     await _faults(gateway, close_channel_after_s=3.0)
     script = [WaitForAnswer(), Pause(4000), question, WaitForAnswer()]
     call = asyncio.create_task(SimulatedCall(script, _options(gateway)).run())
-    for _ in range(200):  # the first session exists: let its replacement be healthy
-        if await emulator_sessions(gateway):
-            break
-        await asyncio.sleep(0.05)
-    await _faults(gateway)
+
+    async def first_session() -> bool:
+        return bool(await emulator_sessions(gateway))
+
+    await wait_until(first_session, what="the first upstream session")
+    await _faults(gateway)  # the first session exists: let its replacement be healthy
     result = await call
     assert result.ok, (result.failure, result.failure_detail)
     assert len(result.response_latencies_ms) == 1  # the question after the loss was answered

@@ -18,6 +18,7 @@ from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, W
 from gateway.loadtest.spawn import free_port
 from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
 from tests import support
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,8 +74,7 @@ async def test_drain_refuses_new_calls_and_waits_for_live_ones(gateway: RunningG
     async with asyncio.timeout(20):
         await heard.wait()  # the stream is up: the caller hears the greeting
     draining = asyncio.create_task(drain(gateway.app, timeout_s=30))
-    await asyncio.sleep(0)  # let the drain start: it stops admissions before its first await
-    assert state.admissions.draining
+    await wait_until(lambda: state.admissions.draining, what="the drain stopped admissions")
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         assert (await client.get("/readyz")).status_code == 503
         form = {"CallSid": "CAlate", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
@@ -177,18 +177,19 @@ async def test_second_sigterm_hangs_up_live_calls_cleanly_and_exits(tmp_path: Pa
         options = CallOptions(webhook_url=f"{base}/twilio/voice", max_duration_s=80)
         call = SimulatedCall([WaitForAnswer(), Pause(60_000)], options)
         task = asyncio.create_task(call.run())
-        for _ in range(300):  # until the caller has heard the greeting
-            if call.result.setup_ms is not None or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: call.result.setup_ms is not None or task.done(),
+            15,
+            what="the caller heard the greeting",
+        )
         assert call.result.setup_ms is not None, call.result.failure_detail
         proc.send_signal(signal.SIGTERM)  # drain: no new calls, the live one goes on
         async with httpx.AsyncClient() as client:
-            for _ in range(40):
-                if (await client.get(f"{base}/readyz")).status_code == 503:
-                    break
-                await asyncio.sleep(0.05)
-            assert (await client.get(f"{base}/readyz")).status_code == 503
+
+            async def not_ready() -> bool:
+                return (await client.get(f"{base}/readyz")).status_code == 503
+
+            await wait_until(not_ready, 5, what="/readyz refuses while draining")
         assert not task.done()
         proc.send_signal(signal.SIGTERM)  # again: hang up now, cleanly
         async with asyncio.timeout(20):

@@ -8,6 +8,7 @@ The long version (minutes at ~70 % of capacity, in separate processes) is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.app import gateway_state
 from gateway.loadtest.runner import LoadPlan, LoadRun, Target
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix
 from gateway.service import RunningGateway
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,11 +46,14 @@ async def _settled(
     async with asyncio.timeout(15):
         await state.idle.wait()
     tasks, files = _gauge(gw, "gateway_event_loop_tasks"), _open_files()
-    for _ in range(100):
+
+    def settled() -> bool:
+        nonlocal tasks, files
         tasks, files = _gauge(gw, "gateway_event_loop_tasks"), _open_files()
-        if tasks <= tasks_at_most and files <= files_at_most:
-            break
-        await asyncio.sleep(0.05)
+        return tasks <= tasks_at_most and files <= files_at_most
+
+    with contextlib.suppress(AssertionError):  # the caller's asserts report what was reached
+        await wait_until(settled, 5, interval=0.05)
     return tasks, files
 
 
