@@ -31,7 +31,7 @@ from gateway.loadtest.caller import (
     TimelineEntry,
     WaitForAnswer,
 )
-from gateway.observability import histogram_quantile
+from gateway.observability import histogram_quantile, percentile
 from gateway.service import running_gateway
 from gateway.settings import Settings
 
@@ -70,6 +70,7 @@ class DemoReport:
             "number": self.number,
             "setup_ms": _r(r.setup_ms),
             "response_latency_ms": [_r(x) for x in r.response_latencies_ms],
+            "response_latency_ms_p50": _r(percentile(r.response_latencies_ms, 0.5)),
             "barge_in_stop_ms": [_r(x) for x in r.barge_in_stop_ms],
             "turns": len(r.turns),
             "transcript": self.transcript(),
@@ -244,6 +245,9 @@ def summary_lines(report: DemoReport) -> list[str]:
         latency = t.response_latency_ms
         if latency is not None:
             lines.append(f"turn {t.index}: answer heard {latency:.0f} ms after the caller stopped")
+    p50 = percentile(r.response_latencies_ms, 0.5)
+    if p50 is not None:
+        lines.append(f"response latency p50 (nearest rank, as heard): {p50:.0f} ms")
     lines.append(
         f"assistant audio: {r.frames_received:.0f} frames received, {r.frames_played:.0f} played, "
         f"{len(r.gaps_ms)} gap(s) > 40 ms; marks {r.marks_echoed}/{r.marks_received} echoed"

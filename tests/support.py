@@ -12,7 +12,14 @@ import httpx
 
 from gateway.app import CALL_TOKEN_PARAM, gateway_state
 from gateway.service import RunningGateway
+from gateway.settings import Settings
 from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+
+
+def settings(**fields: Any) -> Settings:
+    """:class:`Settings` with these fields, the environment for the rest and no ``.env`` file."""
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
 
 CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 

@@ -6,7 +6,6 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +16,8 @@ from gateway.app import CALL_TOKEN_PARAM, create_app, gateway_state
 from gateway.bridge.call import UpstreamSession
 from gateway.numbers import Profile, ProfileStore
 from gateway.serving import RunningServer, serve_app
-from gateway.settings import Settings
 from gateway.telephony.signature import sign
+from tests import support
 
 PROFILES = """
 numbers:
@@ -32,15 +31,11 @@ def _no_upstream(_profile: Profile) -> UpstreamSession:
     raise AssertionError("the webhook must never open an upstream session")
 
 
-def _settings(**kw: Any) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
-
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     path = tmp_path / "profiles.yaml"
     path.write_text(PROFILES)
-    settings = _settings(max_calls=2, admin_token="adm1n", profiles_file=path)
+    settings = support.settings(max_calls=2, admin_token="adm1n", profiles_file=path)
     app = create_app(settings, upstream=_no_upstream)
     async with serve_app(app) as srv:
         yield srv
@@ -98,7 +93,7 @@ async def test_missing_call_sid_is_400(server: RunningServer) -> None:
 
 
 async def test_signed_webhook_required_when_token_set() -> None:
-    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    settings = support.settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
     app = create_app(settings, upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         form = _form("CA9")
@@ -131,7 +126,7 @@ async def test_admin_reload_refuses_invalid_file_and_keeps_profiles(tmp_path: Pa
     path.write_text(PROFILES)
     store = ProfileStore(path)
     app = create_app(
-        _settings(admin_token="t", profiles_file=path), upstream=_no_upstream, profiles=store
+        support.settings(admin_token="t", profiles_file=path), upstream=_no_upstream, profiles=store
     )
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         path.write_text(PROFILES.replace("cedar", "robot"))
@@ -141,7 +136,7 @@ async def test_admin_reload_refuses_invalid_file_and_keeps_profiles(tmp_path: Pa
 
 
 async def test_admin_off_without_token() -> None:
-    app = create_app(_settings(), upstream=_no_upstream)
+    app = create_app(support.settings(), upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         assert (await client.post("/admin/reload")).status_code == 404
 

@@ -5,7 +5,6 @@ per-profile budget ending a call politely."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,9 @@ import httpx
 import pytest
 
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
-from gateway.numbers import ProfileStore
 from gateway.records import PriceTable, Usage
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
-from tests.support import wait_all_ended
+from gateway.service import RunningGateway
+from tests.support import wait_all_ended, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,23 +33,24 @@ numbers:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[tuple[RunningGateway, Path]]:
-    profiles = tmp_path / "profiles.yaml"
-    profiles.write_text(PROFILES)
-    log = tmp_path / "events.jsonl"
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        profiles_file=profiles,
-        admin_token=ADMIN,
-        records_path=tmp_path / "calls.sqlite3",
-    )
-    async with running_gateway(
-        settings,
-        port=0,
-        emulator_options={"latency_ms": 100.0, "event_log": log},
-        profiles=ProfileStore(profiles),
-    ) as gw:
-        yield gw, log
+def gateway_settings(tmp_path: Path) -> dict[str, Any]:
+    return {"admin_token": ADMIN, "records_path": tmp_path / "calls.sqlite3"}
+
+
+@pytest.fixture
+def profiles_yaml() -> str:
+    return PROFILES
+
+
+@pytest.fixture
+def event_log(tmp_path: Path) -> Path:
+    """Where the emulator logs every event it sends (what it billed is in there)."""
+    return tmp_path / "events.jsonl"
+
+
+@pytest.fixture
+def emulator_options(event_log: Path) -> dict[str, object]:
+    return {"latency_ms": 100.0, "event_log": event_log}
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +79,21 @@ async def _records(gw: RunningGateway, **params: str) -> list[dict[str, Any]]:
 
 async def _wait_written(gw: RunningGateway, n: int) -> list[dict[str, Any]]:
     """The writer saves off the call's path: poll the admin API until ``n`` records landed."""
-    for _ in range(100):
+    found: list[dict[str, Any]] = []
+
+    async def written() -> bool:
+        nonlocal found
         found = await _records(gw)
-        if len(found) >= n:
-            return found
-        async with httpx.AsyncClient() as client:  # a cheap yield to the server, not a sleep
-            await client.get(f"{gw.url}/healthz")
-    raise AssertionError(f"{n} call records were not written")
+        return len(found) >= n
+
+    await wait_until(written, what=f"{n} call records written")
+    return found
 
 
 async def test_a_call_leaves_a_record_with_the_usage_and_cost_the_emulator_billed(
-    gateway: tuple[RunningGateway, Path], question: Say
+    gateway: RunningGateway, event_log: Path, question: Say
 ) -> None:
-    gw, log = gateway
+    gw, log = gateway, event_log
     before = datetime.now(UTC) - timedelta(seconds=1)
     result = await SimulatedCall(
         [WaitForAnswer(), question, WaitForAnswer()],
@@ -134,10 +134,8 @@ async def test_a_call_leaves_a_record_with_the_usage_and_cost_the_emulator_bille
     assert "gateway_upstream_cost_usd_total" in metrics
 
 
-async def test_admin_filters_and_errors(
-    gateway: tuple[RunningGateway, Path], question: Say
-) -> None:
-    gw, _ = gateway
+async def test_admin_filters_and_errors(gateway: RunningGateway, question: Say) -> None:
+    gw = gateway
     for to in ("+15550100002", BUDGET_LINE):
         await SimulatedCall(
             [WaitForAnswer(), Pause(300)],
@@ -163,9 +161,9 @@ async def test_admin_filters_and_errors(
 
 
 async def test_a_call_over_budget_gets_a_farewell_and_ends(
-    gateway: tuple[RunningGateway, Path],
+    gateway: RunningGateway, event_log: Path
 ) -> None:
-    gw, log = gateway
+    gw, log = gateway, event_log
     # The greeting alone costs more than the line's budget: the assistant is asked to wrap up,
     # says goodbye, and the gateway ends the call (no REST API configured: it closes the stream).
     result = await SimulatedCall(

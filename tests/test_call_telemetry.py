@@ -18,6 +18,7 @@ from gateway.loadtest.caller import CallOptions, Say, SimulatedCall, WaitForAnsw
 from gateway.observability import configure_logging, mask_number
 from gateway.service import running_gateway
 from gateway.settings import Settings
+from tests import support
 from tests.support import wait_all_ended
 from tests.test_tracing import attributes, collector, hex_id
 
@@ -54,7 +55,7 @@ async def _one_call(settings: Settings) -> Any:
 
 
 async def test_call_log_lines_are_json_and_carry_the_call_ids(json_logs: io.StringIO) -> None:
-    result = await _one_call(Settings(_env_file=None, records_url="off"))  # type: ignore[call-arg]
+    result = await _one_call(support.settings(records_url="off"))
     assert result.ok, result.failure_detail
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]  # all JSON
     mine = [line for line in lines if line.get("call_sid") == result.call_sid]
@@ -74,7 +75,7 @@ async def test_one_trace_per_call_through_the_gateway(monkeypatch: pytest.Monkey
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", col.url)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        result = await _one_call(Settings(_env_file=None, records_url="off"))  # type: ignore[call-arg]
+        result = await _one_call(support.settings(records_url="off"))
         spans = [span for _, span in col.spans()]
         blob = b"".join(col.bodies())
     assert result.ok, result.failure_detail

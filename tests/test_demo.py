@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.demo import build_transcript
+from gateway.demo import DemoReport, build_transcript, summary_lines
 from gateway.loadtest.caller import CallResult, Span, Turn
+from gateway.observability import percentile
 
 
 @pytest.mark.timeout(120)
@@ -58,3 +59,16 @@ def test_transcript_pairs_answers_with_the_audio_heard_between_turns() -> None:
         {"speaker": "caller", "text": "hi", "start_ms": 3000, "end_ms": 4000},
         {"speaker": "assistant", "text": "Hi there", "start_ms": 5000, "end_ms": 6000},
     ]
+
+
+def test_response_p50_is_the_call_records_percentile() -> None:
+    r = CallResult(call_sid="CA1", stream_sid="MZ1")
+    r.turns = [
+        Turn(i, "q", False, end_ms=1000.0 * i, answer_ms=1000.0 * i + ms)
+        for i, ms in enumerate((900.0, 300.0, 650.0, 410.0))
+    ]
+    report = DemoReport(r, "embedded emulator", [], "+1555", None, {})
+    expected = percentile(r.response_latencies_ms, 0.5)
+    assert expected == 410.0  # nearest rank: the second smallest of four
+    assert report.to_dict()["response_latency_ms_p50"] == expected
+    assert "response latency p50 (nearest rank, as heard): 410 ms" in summary_lines(report)

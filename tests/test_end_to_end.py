@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,9 +28,7 @@ from gateway.loadtest.caller import (
     SimulatedCall,
     WaitForAnswer,
 )
-from gateway.numbers import ProfileStore
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec
 from tests.support import (
@@ -63,10 +59,6 @@ numbers:
 """
 
 
-def _settings(**kw: Any) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
-
-
 @pytest.fixture(scope="module")
 def question() -> Say:
     return Say.from_text("Hello, what are your opening hours on Saturday?")
@@ -78,14 +70,13 @@ def interruption() -> Say:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    path = tmp_path / "profiles.yaml"
-    path.write_text(PROFILES)
-    settings = _settings(profiles_file=path, max_calls=4)
-    async with running_gateway(
-        settings, port=0, emulator_options={"latency_ms": 150.0}, profiles=ProfileStore(path)
-    ) as gw:
-        yield gw
+def profiles_yaml() -> str:
+    return PROFILES
+
+
+@pytest.fixture
+def emulator_options() -> dict[str, object]:
+    return {"latency_ms": 150.0}
 
 
 def _options(gw: RunningGateway, to: str, **kw: Any) -> CallOptions:
@@ -214,42 +205,41 @@ async def test_malformed_carrier_messages_do_not_end_the_call(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "gateway_settings", [{"twilio_auth_token": "tw-secret", "max_calls": 4}], ids=["signed"]
+)
 async def test_forged_requests_cost_nothing_and_do_not_disturb_a_live_call(
-    tmp_path: Path, question: Say
+    gateway: RunningGateway, question: Say
 ) -> None:
-    path = tmp_path / "profiles.yaml"
-    path.write_text(PROFILES)
-    settings = _settings(profiles_file=path, twilio_auth_token="tw-secret", max_calls=4)
-    async with running_gateway(settings, port=0) as gw:
-        live = asyncio.create_task(
-            SimulatedCall(
-                [WaitForAnswer(), question, WaitForAnswer(), HangUp()],
-                _options(gw, "+15551230001", auth_token="tw-secret"),
-            ).run()
-        )
-        attacks: list[int] = []
-        async with httpx.AsyncClient() as client:
-            form = {"CallSid": "CAevil", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
-            for i in range(40):
-                headers = {"X-Twilio-Signature": "forged"} if i % 2 else {}
-                r = await client.post(f"{gw.url}/twilio/voice", data=form, headers=headers)
-                attacks.append(r.status_code)
-        for i in range(20):
+    live = asyncio.create_task(
+        SimulatedCall(
+            [WaitForAnswer(), question, WaitForAnswer(), HangUp()],
+            _options(gateway, "+15551230001", auth_token="tw-secret"),
+        ).run()
+    )
+    attacks: list[int] = []
+    async with httpx.AsyncClient() as client:
+        form = {"CallSid": "CAevil", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+        for i in range(40):
             headers = {"X-Twilio-Signature": "forged"} if i % 2 else {}
-            codec = TwilioCarrierCodec(f"MZevil{i}")
-            try:
-                async with connect(
-                    gw.server.ws_url + "/twilio/media", additional_headers=headers
-                ) as ws:
-                    await ws.send(CONNECTED)
-                    await ws.send(start_frame(codec, f"CAevil{i}", "guess"))
-                    async with asyncio.timeout(10):
-                        await ws.wait_closed()
-                    attacks.append(ws.close_code or 0)
-            except InvalidStatus as exc:
-                attacks.append(exc.response.status_code)
-        result = await live
-        sessions = await wait_all_ended(gw)
+            r = await client.post(f"{gateway.url}/twilio/voice", data=form, headers=headers)
+            attacks.append(r.status_code)
+    for i in range(20):
+        headers = {"X-Twilio-Signature": "forged"} if i % 2 else {}
+        codec = TwilioCarrierCodec(f"MZevil{i}")
+        try:
+            async with connect(
+                gateway.server.ws_url + "/twilio/media", additional_headers=headers
+            ) as ws:
+                await ws.send(CONNECTED)
+                await ws.send(start_frame(codec, f"CAevil{i}", "guess"))
+                async with asyncio.timeout(10):
+                    await ws.wait_closed()
+                attacks.append(ws.close_code or 0)
+        except InvalidStatus as exc:
+            attacks.append(exc.response.status_code)
+    result = await live
+    sessions = await wait_all_ended(gateway)
     assert all(code in (403, 1008) for code in attacks), attacks
     assert result.ok, (result.failure, result.failure_detail)
     assert len(result.response_latencies_ms) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,11 +19,17 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec
-from tests.support import CONNECTED, admit, emulator_sessions, start_frame, wait_all_ended
+from tests.support import (
+    CONNECTED,
+    admit,
+    emulator_sessions,
+    start_frame,
+    wait_all_ended,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,15 +39,12 @@ SILENCE = base64.b64encode(b"\xff" * 160).decode()
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[RunningGateway]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        max_calls=4,
-        setup_timeout_s=SETUP_TIMEOUT_S,
-        carrier_idle_timeout_s=IDLE_TIMEOUT_S,
-    )
-    async with running_gateway(settings, port=0, emulator_options={"latency_ms": 100.0}) as gw:
-        yield gw
+def gateway_settings() -> dict[str, Any]:
+    return {
+        "max_calls": 4,
+        "setup_timeout_s": SETUP_TIMEOUT_S,
+        "carrier_idle_timeout_s": IDLE_TIMEOUT_S,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +125,12 @@ async def test_a_lost_data_channel_is_replaced_and_the_conversation_goes_on(
     await _faults(gateway, close_channel_after_s=3.0)
     script = [WaitForAnswer(), Pause(4000), question, WaitForAnswer()]
     call = asyncio.create_task(SimulatedCall(script, _options(gateway)).run())
-    for _ in range(200):  # the first session exists: let its replacement be healthy
-        if await emulator_sessions(gateway):
-            break
-        await asyncio.sleep(0.05)
-    await _faults(gateway)
+
+    async def first_session() -> bool:
+        return bool(await emulator_sessions(gateway))
+
+    await wait_until(first_session, what="the first upstream session")
+    await _faults(gateway)  # the first session exists: let its replacement be healthy
     result = await call
     assert result.ok, (result.failure, result.failure_detail)
     assert len(result.response_latencies_ms) == 1  # the question after the loss was answered

@@ -28,8 +28,8 @@ from gateway.app import create_app, gateway_state
 from gateway.numbers import Profile
 from gateway.realtime import events as rt
 from gateway.serving import serve_app
-from gateway.settings import Settings
 from gateway.telephony.twilio import TwilioCarrierCodec
+from tests import support
 from tests.support import CONNECTED, admit, start_frame
 
 pytestmark = pytest.mark.timeout(300)
@@ -124,7 +124,7 @@ async def _exercise(messages: list[str | bytes], admitted: bool) -> tuple[int | 
         upstreams.append(upstream)
         return upstream
 
-    config = Settings(_env_file=None, max_calls=2)  # type: ignore[call-arg]
+    config = support.settings(max_calls=2)
     app = create_app(config, upstream=factory)
     async with serve_app(app) as srv:
         ws = await connect(srv.ws_url + "/twilio/media", max_size=None)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import connect
 
 from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, Pause, Say, SimulatedCall, WaitForAnswer
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec
 from tests.support import CONNECTED, admit, start_frame
@@ -21,13 +19,6 @@ from tests.support import CONNECTED, admit, start_frame
 pytestmark = pytest.mark.timeout(90)
 
 FLOOD_FRAMES = 3000  # a minute of audio, sent as fast as the socket takes it
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[RunningGateway]:
-    settings = Settings(_env_file=None, max_calls=4)  # type: ignore[call-arg]
-    async with running_gateway(settings, port=0, emulator_options={"latency_ms": 100.0}) as gw:
-        yield gw
 
 
 def _metric(gw: RunningGateway, name: str, labels: dict[str, str]) -> float:

@@ -13,7 +13,7 @@ from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, SimulatedCall, WaitForAnswer
 from gateway.observability import mask_number
 from gateway.service import running_gateway
-from gateway.settings import Settings
+from tests import support
 from tests.emulator.emulator_support import KEY, running
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,15 +26,14 @@ CALLER = "+15557654321"
 async def test_no_secret_or_caller_number_leaks_anywhere(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     async with running() as emu:
-        settings = Settings(  # type: ignore[call-arg]
-            _env_file=None,
+        config = support.settings(
             openai_api_key=KEY,
             realtime_base_url=emu.base_url,
             twilio_auth_token=AUTH_TOKEN,
             admin_token=ADMIN_TOKEN,
             log_level="debug",
         )
-        async with running_gateway(settings, port=0) as gw:
+        async with running_gateway(config, port=0) as gw:
             assert gw.emulator is None  # the keyed upstream, not an embedded emulator
             options = CallOptions(
                 webhook_url=f"{gw.url}/twilio/voice",

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, WaitForAnswer
 from gateway.loadtest.spawn import free_port
 from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
-from gateway.settings import Settings
+from tests import support
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,16 +30,19 @@ numbers:
 """
 
 
-def _settings(**kw: Any) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    return {}
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    path = tmp_path / "profiles.yaml"
-    path.write_text(PROFILES)
-    async with running_gateway(_settings(profiles_file=path), port=0) as gw:
-        yield gw
+def profiles_yaml() -> str:
+    return PROFILES
+
+
+@pytest.fixture
+def emulator_options() -> dict[str, object]:
+    return {}
 
 
 async def test_without_a_key_the_emulator_runs_embedded_on_loopback(
@@ -54,7 +57,7 @@ async def test_without_a_key_the_emulator_runs_embedded_on_loopback(
 
 
 async def test_with_a_base_url_no_emulator_is_started(tmp_path: Path) -> None:
-    settings = _settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
+    settings = support.settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
     async with running_gateway(settings, port=0) as gw:
         assert gw.emulator is None
         assert gw.upstream_base_url == "http://127.0.0.1:9/v1"
@@ -72,8 +75,7 @@ async def test_drain_refuses_new_calls_and_waits_for_live_ones(gateway: RunningG
     async with asyncio.timeout(20):
         await heard.wait()  # the stream is up: the caller hears the greeting
     draining = asyncio.create_task(drain(gateway.app, timeout_s=30))
-    await asyncio.sleep(0)  # let the drain start: it stops admissions before its first await
-    assert state.admissions.draining
+    await wait_until(lambda: state.admissions.draining, what="the drain stopped admissions")
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         assert (await client.get("/readyz")).status_code == 503
         form = {"CallSid": "CAlate", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
@@ -103,10 +105,10 @@ async def test_drain_deadline_reports_calls_still_live(gateway: RunningGateway) 
 
 
 async def test_sighup_reload_keeps_old_profiles_when_the_file_is_invalid(
-    gateway: RunningGateway, tmp_path: Path
+    gateway: RunningGateway, profiles_file: Path
 ) -> None:
     state = gateway_state(gateway.app)
-    path = tmp_path / "profiles.yaml"
+    path = profiles_file
     path.write_text(PROFILES + '  "+15551230002":\n    voice: ash\n')
     reload_profiles(gateway.app)
     assert state.profiles.for_number("+15551230002").voice == "ash"
@@ -178,18 +180,19 @@ async def test_second_sigterm_hangs_up_live_calls_cleanly_and_exits(tmp_path: Pa
         options = CallOptions(webhook_url=f"{base}/twilio/voice", max_duration_s=80)
         call = SimulatedCall([WaitForAnswer(), Pause(60_000)], options)
         task = asyncio.create_task(call.run())
-        for _ in range(300):  # until the caller has heard the greeting
-            if call.result.setup_ms is not None or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: call.result.setup_ms is not None or task.done(),
+            15,
+            what="the caller heard the greeting",
+        )
         assert call.result.setup_ms is not None, call.result.failure_detail
         proc.send_signal(signal.SIGTERM)  # drain: no new calls, the live one goes on
         async with httpx.AsyncClient() as client:
-            for _ in range(40):
-                if (await client.get(f"{base}/readyz")).status_code == 503:
-                    break
-                await asyncio.sleep(0.05)
-            assert (await client.get(f"{base}/readyz")).status_code == 503
+
+            async def not_ready() -> bool:
+                return (await client.get(f"{base}/readyz")).status_code == 503
+
+            await wait_until(not_ready, 5, what="/readyz refuses while draining")
         assert not task.done()
         proc.send_signal(signal.SIGTERM)  # again: hang up now, cleanly
         async with asyncio.timeout(20):

@@ -8,25 +8,24 @@ The long version (minutes at ~70 % of capacity, in separate processes) is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from gateway.app import gateway_state
 from gateway.loadtest.runner import LoadPlan, LoadRun, Target
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[RunningGateway]:
-    settings = Settings(_env_file=None, max_calls=6)  # type: ignore[call-arg]
-    async with running_gateway(settings, port=0, emulator_options={"latency_ms": 100.0}) as gw:
-        yield gw
+def gateway_settings() -> dict[str, Any]:
+    return {"max_calls": 6}
 
 
 def _open_files() -> int:
@@ -47,11 +46,14 @@ async def _settled(
     async with asyncio.timeout(15):
         await state.idle.wait()
     tasks, files = _gauge(gw, "gateway_event_loop_tasks"), _open_files()
-    for _ in range(100):
+
+    def settled() -> bool:
+        nonlocal tasks, files
         tasks, files = _gauge(gw, "gateway_event_loop_tasks"), _open_files()
-        if tasks <= tasks_at_most and files <= files_at_most:
-            break
-        await asyncio.sleep(0.05)
+        return tasks <= tasks_at_most and files <= files_at_most
+
+    with contextlib.suppress(AssertionError):  # the caller's asserts report what was reached
+        await wait_until(settled, 5, interval=0.05)
     return tasks, files
 
 

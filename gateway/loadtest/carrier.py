@@ -1,6 +1,6 @@
 """The simulated carrier's pure parts: a Twilio-like playout buffer and the caller-side stream.
 
-Sans-I/O, clock passed in. :mod:`gateway.loadtest.caller` drives these from its socket loops;
+Sans-I/O, clock passed in. :mod:`gateway.loadtest.flow` drives these for each call;
 tests drive them directly with made-up times.
 
 :class:`PlayoutBuffer` behaves as Twilio's does for a bidirectional stream (PROTOCOLS.md B4):

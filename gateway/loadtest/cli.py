@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -26,6 +26,11 @@ __all__ = ["loadtest_command"]
 
 EXIT_BREACH = 1
 EXIT_USAGE = 2
+PROGRESS_EVERY_S = 5.0
+"""How often a progress line is printed when the terminal cannot show the live table."""
+
+_Display = Literal["live", "lines", "off"]
+"""The progress display: a live table on a terminal, a line every few seconds otherwise."""
 
 
 def loadtest_command(
@@ -127,7 +132,11 @@ def loadtest_command(
     emulator_cpus: Annotated[
         str | None, typer.Option(help="--spawn: CPUs for the emulator")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No live progress display")] = False,
+    logs: Annotated[
+        Path | None,
+        typer.Option(help="--spawn: keep logs and call records here (default: removed at exit)"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress display (table or lines)")] = False,
 ) -> None:
     """Place simulated Twilio calls against a gateway and report what callers heard.
 
@@ -191,19 +200,20 @@ def loadtest_command(
     if self_cpus:
         os.sched_setaffinity(0, self_cpus)
     numbers = tuple(number) if number else ("+15550100002",)
-    live = not quiet and err.is_terminal
+    display: _Display = "off" if quiet else "live" if err.is_terminal else "lines"
 
     async def main() -> LoadResult:
         if not spawn:
             assert url is not None
             target = Target(url, auth_token=auth_token, numbers=numbers)
-            return await _run(plan, target, mix, lines, err, live)
+            return await _run(plan, target, mix, lines, err, display)
         err.print("starting the emulator and a gateway ...")
         async with spawned_stack(
             gateway_cpus=g_cpus,
             emulator_cpus=e_cpus,
             emulator_args=["--latency-ms", str(emulator_latency_ms)],
             max_calls=max(plan.concurrency + 10, 30),
+            log_dir=logs,
         ) as stack:
             err.print(
                 f"gateway {stack.gateway_url} (pid {stack.gateway_pid}"
@@ -213,12 +223,12 @@ def loadtest_command(
                 + f"), logs in {stack.log_dir}"
             )
             target = Target(stack.gateway_url, auth_token=stack.auth_token, numbers=numbers)
-            result = await _run(plan, target, mix, lines, err, live)
+            result = await _run(plan, target, mix, lines, err, display)
             result.extra["spawned"] = {
                 "emulator_latency_ms": emulator_latency_ms,
                 "gateway_cpus": sorted(g_cpus) if g_cpus else None,
                 "emulator_cpus": sorted(e_cpus) if e_cpus else None,
-                "logs": str(stack.log_dir),
+                "logs": None if logs is None else str(logs),
             }
             return result
 
@@ -251,7 +261,7 @@ async def _run(
     mix: ScenarioMix,
     lines: CallerLines,
     console: Console,
-    live: bool,
+    display: _Display,
 ) -> LoadResult:
     run = LoadRun(plan, target, mix, lines)
     task = asyncio.create_task(run.run())
@@ -259,17 +269,17 @@ async def _run(
     if plan.duration_s:
         shape += f", {plan.duration_s:g} s"
     console.print(f"load test: {shape}, {mix.describe()} -> {target.base_url}")
-    if live:
-        with Live(_table(run.progress()), console=console, refresh_per_second=2) as display:
+    if display == "live":
+        with Live(_table(run.progress()), console=console, refresh_per_second=2) as table:
             while not task.done():
                 await asyncio.wait({task}, timeout=0.5)
-                display.update(_table(run.progress()))
-    else:
+                table.update(_table(run.progress()))
+    elif display == "lines":
         while not task.done():
-            await asyncio.wait({task}, timeout=5.0)
+            await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
             if not task.done():
                 console.print(_line(run.progress()), markup=False, highlight=False)
-    return task.result()
+    return await task
 
 
 def _table(p: Progress) -> Table:

@@ -15,7 +15,6 @@ makes ``gateway loadtest`` exit 1, so CI can gate on it.
 from __future__ import annotations
 
 import csv
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Final
 
 from gateway.loadtest.carrier import Histogram
 from gateway.loadtest.runner import LoadResult
+from gateway.observability import percentile
 
 __all__ = [
     "LATENCIES",
@@ -46,11 +46,9 @@ PACING_TRUST_MS: Final = 10.0
 
 def percentiles(values: Iterable[float]) -> dict[str, float | None]:
     """p50/p90/p95/p99/max by nearest rank (``None`` each when there are no samples)."""
-    ordered = sorted(values)
-    if not ordered:
-        return dict.fromkeys(STATS)
-    n = len(ordered)
-    return {name: round(ordered[max(0, math.ceil(q * n) - 1)], 1) for name, q in _QUANTILES.items()}
+    samples = list(values)
+    found = {name: percentile(samples, q) for name, q in _QUANTILES.items()}
+    return {name: None if x is None else round(x, 1) for name, x in found.items()}
 
 
 def summarize(result: LoadResult) -> dict[str, Any]:

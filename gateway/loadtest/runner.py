@@ -31,6 +31,7 @@ from gateway.admission import is_loopback_host
 from gateway.loadtest.caller import CallOptions, CallResult, SimulatedCall, websocket_url
 from gateway.loadtest.gateway_metrics import GatewaySample, GatewayUsage, scrape, usage_between
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix, build_script
+from gateway.observability import percentile
 
 __all__ = [
     "CallRecord",
@@ -233,8 +234,7 @@ class LoadRun:
         )
 
     def progress(self) -> Progress:
-        recent = sorted(self._recent_response)
-        p95 = recent[max(0, math.ceil(0.95 * len(recent)) - 1)] if recent else None
+        p95 = percentile(self._recent_response, 0.95)
         return Progress(
             elapsed_s=self._clock() - self._t0 if self._t0 else 0.0,
             started=len(self._calls),

@@ -1,6 +1,6 @@
 """What simulated callers say and do: the load test's scenarios and their weighted mix.
 
-A scenario turns into a :mod:`gateway.loadtest.caller` script. The caller's lines are real
+A scenario turns into a :mod:`gateway.loadtest.script`. The caller's lines are real
 speech — synthesized offline once per run, or cut from a WAV file the user gives — so the
 gateway's VAD and the upstream's turn detection see what they would see on a phone line:
 
@@ -29,7 +29,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from gateway.loadtest.caller import BargeIn, Pause, Say, Step, WaitForAnswer
+from gateway.loadtest.script import BargeIn, Pause, Say, Step, WaitForAnswer
 
 __all__ = [
     "SCENARIOS",
@@ -57,7 +57,7 @@ class CallerLines:
     """The utterances callers pick from, built once per run and shared by every call.
 
     Synthesizing costs a few ms per second of speech and base64-framing happens in
-    :class:`~gateway.loadtest.caller.Say`, so build this before the calls start.
+    :class:`~gateway.loadtest.script.Say`, so build this before the calls start.
     """
 
     questions: tuple[Say, ...]

@@ -7,7 +7,9 @@ interpreter (``python -m gateway emulator`` / ``python -m gateway serve``) on fr
 ports, points the gateway at the emulator with a fresh server key and signs calls with a fresh
 Twilio auth token (so the webhook and upgrade signatures are checked as in production), waits
 until both answer, and on exit stops them with SIGTERM (SIGKILL after a grace period).
-Their output goes to log files whose tails are shown if a process dies early.
+Their output goes to log files whose tails are shown if a process dies early; those files, and
+the gateway's call records, live in ``log_dir`` or else in a temporary directory that is removed
+once both have stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -147,8 +150,10 @@ async def spawned_stack(
     """Start the emulator, then a gateway bridged to it; stop both on exit.
 
     ``emulator_args`` go to ``gateway emulator`` (e.g. ``["--latency-ms", "300"]``);
-    ``gateway_env`` adds settings for ``gateway serve`` (e.g. ``GATEWAY_LOG_LEVEL``).
+    ``gateway_env`` adds settings for ``gateway serve`` (e.g. ``GATEWAY_LOG_LEVEL``). Give
+    ``log_dir`` to keep the logs and call records; the default directory goes with the stack.
     """
+    temporary = log_dir is None
     logs = log_dir or Path(tempfile.mkdtemp(prefix="gateway-loadtest-"))
     logs.mkdir(parents=True, exist_ok=True)
     api_key = "sk-loadtest-" + secrets.token_hex(12)
@@ -199,3 +204,5 @@ async def spawned_stack(
     finally:
         await gateway.stop()
         await emulator.stop()
+        if temporary:
+            shutil.rmtree(logs, ignore_errors=True)

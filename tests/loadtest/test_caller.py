@@ -438,6 +438,14 @@ async def test_no_answer_times_out_and_hangs_up() -> None:
 
 
 @pytest.mark.timeout(30)
+async def test_a_failure_is_on_the_timeline_at_the_time_the_call_ended() -> None:
+    result = await _failed(FakeGateway(silent=True), [WaitForAnswer(timeout_ms=300)])
+    failed = result.timeline[-1]
+    assert (failed.kind, failed.detail) == ("failed", "no_answer")
+    assert 300 < failed.t_ms <= round(result.duration_ms, 1) < 5000  # ms, like every entry
+
+
+@pytest.mark.timeout(30)
 async def test_gateway_protocol_errors_fail_the_call() -> None:
     result = await _failed(FakeGateway(send_garbage=True), [WaitForAnswer(), HangUp()])
     assert result.failure == "gateway_protocol_error" and "streamSid" in result.failure_detail

@@ -11,6 +11,7 @@ from gateway.loadtest.caller import CallResult, Turn
 from gateway.loadtest.gateway_metrics import GatewayUsage
 from gateway.loadtest.report import Threshold, check, percentiles, render, summarize, write_csv
 from gateway.loadtest.runner import CallRecord, LoadPlan, LoadResult, Target
+from gateway.observability import percentile
 
 
 def test_percentiles_are_nearest_rank_over_every_sample() -> None:
@@ -18,6 +19,13 @@ def test_percentiles_are_nearest_rank_over_every_sample() -> None:
     assert percentiles(values) == {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}
     assert percentiles([7.0]) == {"p50": 7, "p90": 7, "p95": 7, "p99": 7, "max": 7}
     assert percentiles([]) == dict.fromkeys(("p50", "p90", "p95", "p99", "max"))
+
+
+def test_percentiles_agree_with_the_call_records_definition() -> None:
+    values = [812.0, 95.5, 301.25, 1204.0, 640.0, 77.0, 455.5]
+    stats = percentiles(values)
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)):
+        assert stats[name] == round(percentile(values, q) or 0.0, 1)
 
 
 @pytest.mark.parametrize(

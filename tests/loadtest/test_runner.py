@@ -4,7 +4,6 @@ failures by reason, and the gateway's own figures scraped from its /metrics."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,8 +11,7 @@ import pytest
 from gateway.loadtest.report import summarize
 from gateway.loadtest.runner import LoadPlan, LoadRun, Target, is_loopback_url
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix
-from gateway.service import RunningGateway, running_gateway
-from gateway.settings import Settings
+from gateway.service import RunningGateway
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,13 +19,6 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def lines() -> CallerLines:
     return CallerLines.synthesized()
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[RunningGateway]:
-    settings = Settings(_env_file=None, max_calls=4)  # type: ignore[call-arg]
-    async with running_gateway(settings, port=0, emulator_options={"latency_ms": 100.0}) as gw:
-        yield gw
 
 
 def test_plans_are_bounded_and_ramp_linearly() -> None:
