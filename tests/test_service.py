@@ -20,6 +20,7 @@ from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, W
 from gateway.loadtest.spawn import free_port
 from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
 from gateway.settings import Settings
+from gateway.telephony.signature import sign
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,6 +114,50 @@ async def test_sighup_reload_keeps_old_profiles_when_the_file_is_invalid(
     path.write_text("numbers: [this is not a mapping")
     reload_profiles(gateway.app)
     assert state.profiles.for_number("+15551230002").voice == "ash"
+
+
+async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhile() -> None:
+    """The slowloris of the attack run: heads that never end, from one address, more of them
+    than that address may hold. A signed webhook from elsewhere is answered at once; the extra
+    connections are closed unread, the others at the header timeout."""
+    settings = _settings(
+        twilio_auth_token="s3cret",
+        public_url="https://gw.example.com",
+        header_timeout_s=1.0,
+        max_connections_per_client=50,
+    )
+    async with running_gateway(settings, port=0) as gw:
+        slow = [
+            await asyncio.open_connection("127.0.0.1", gw.server.port, local_addr=("127.0.0.2", 0))
+            for _ in range(60)
+        ]
+        for _, writer in slow:
+            writer.write(b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\nX-a: ")
+        form = {"CallSid": "CAslow", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+        headers = {
+            "X-Twilio-Signature": sign("s3cret", "https://gw.example.com/twilio/voice", form)
+        }
+        started = asyncio.get_running_loop().time()
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+            answer = await client.post("/twilio/voice", data=form, headers=headers)
+            assert answer.status_code == 200 and "<Stream" in answer.text
+            assert asyncio.get_running_loop().time() - started < 0.5
+
+            async def closed_after(reader: asyncio.StreamReader) -> float:
+                start = asyncio.get_running_loop().time()
+                async with asyncio.timeout(5):
+                    while await reader.read(4096):
+                        pass
+                return asyncio.get_running_loop().time() - start
+
+            waits = sorted(await asyncio.gather(*(closed_after(r) for r, _ in slow)))
+            for _, writer in slow:
+                writer.close()
+            metrics = (await client.get("/metrics")).text
+    assert waits[9] < 0.5 and waits[10] > 0.5  # 10 over the bound, closed at once
+    assert waits[-1] < 1.0 + 0.5  # the other 50 at the header timeout
+    assert 'gateway_connections_dropped_total{reason="max_connections_per_client"} 10.0' in metrics
+    assert 'gateway_connections_dropped_total{reason="header_timeout"} 50.0' in metrics
 
 
 async def _serve_process(
