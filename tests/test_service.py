@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import xml.etree.ElementTree as ET
@@ -161,10 +163,16 @@ async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhi
 
 
 async def _serve_process(
-    tmp_path: Path, port: int, **settings: str
+    tmp_path: Path, port: int, open_files: int | None = None, **settings: str
 ) -> tuple[asyncio.subprocess.Process, list[str]]:
     """``python -m gateway serve`` on ``port`` with only ``settings`` from the environment (no
-    .env), started and read until it listens; returns it and the lines it printed so far."""
+    .env), started and read until it listens; returns it and the lines it printed so far.
+    ``open_files`` sets its hard and soft descriptor limit."""
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "TWILIO_"))
     }
@@ -172,6 +180,7 @@ async def _serve_process(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=limit_open_files,
     )  # fmt: skip
     assert proc.stdout is not None
     lines: list[str] = []
@@ -187,6 +196,63 @@ async def _serve_process(
         await proc.wait()
         raise
     return proc, lines
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_serve_under_a_256_descriptor_limit_survives_300_slow_connections(
+    tmp_path: Path,
+) -> None:
+    """The attack run as it was: 300 heads that never end against a process allowed 256
+    descriptors. It used to run out of them (a signed webhook timed out, ~7,000 log lines a
+    second); now the excess is closed unread and the webhook is answered at once."""
+    port = free_port()
+    proc, lines = await _serve_process(
+        tmp_path,
+        port,
+        open_files=256,
+        GATEWAY_MAX_CALLS="5",
+        TWILIO_AUTH_TOKEN="s3cret",
+        GATEWAY_PUBLIC_URL="https://gw.example.com",
+    )
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(300):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+            )
+            slow.append(writer)
+            writer.write(b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\nX-a: ")
+        form = {"CallSid": "CAslow", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+        url = "https://gw.example.com/twilio/voice"
+        async with httpx.AsyncClient(timeout=5) as client:
+            started = asyncio.get_running_loop().time()
+            answer = await client.post(
+                f"http://127.0.0.1:{port}/twilio/voice",
+                data=form,
+                headers={"X-Twilio-Signature": sign("s3cret", url, form)},
+            )
+            assert asyncio.get_running_loop().time() - started < 1.0
+            assert answer.status_code == 200 and "<Stream" in answer.text
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest, _ = await proc.communicate()
+    finally:
+        for writer in slow:
+            with contextlib.suppress(OSError):
+                writer.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out
+    assert "open-file limit: 256" in out
+    assert "connections: at most 152 open, 76 per client" in out  # 256 - 64 - 8 x 5 calls
+    assert "out of system resource" not in out
+    assert out.count("connection limit reached") == 1  # not one line per connection
+    assert len(out.splitlines()) < 40
+    refused = 'gateway_connections_dropped_total{reason="max_connections_per_client"} 224.0'
+    assert refused in metrics
 
 
 @pytest.mark.timeout(90)
