@@ -198,6 +198,16 @@ async def _serve_process(
     return proc, lines
 
 
+async def _stopped(proc: asyncio.subprocess.Process, lines: list[str]) -> str:
+    """SIGTERM ``proc`` and wait for it to exit 0; all it printed."""
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        rest, _ = await proc.communicate()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out
+    return out
+
+
 @pytest.mark.timeout(90)
 async def test_gateway_serve_under_a_256_descriptor_limit_survives_300_slow_connections(
     tmp_path: Path,
@@ -234,9 +244,7 @@ async def test_gateway_serve_under_a_256_descriptor_limit_survives_300_slow_conn
             assert asyncio.get_running_loop().time() - started < 1.0
             assert answer.status_code == 200 and "<Stream" in answer.text
             metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            rest, _ = await proc.communicate()
+        out = await _stopped(proc, lines)
     finally:
         for writer in slow:
             with contextlib.suppress(OSError):
@@ -244,8 +252,6 @@ async def test_gateway_serve_under_a_256_descriptor_limit_survives_300_slow_conn
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out
     assert "open-file limit: 256" in out
     assert "connections: at most 152 open, 76 per client" in out  # 256 - 64 - 8 x 5 calls
     assert "out of system resource" not in out
@@ -264,15 +270,11 @@ async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigter
     try:
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            rest, _ = await proc.communicate()
+        out = await _stopped(proc, lines)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out
     assert "EMBEDDED REALTIME EMULATOR" in out
     assert "draining: no new calls, no live calls" in out
     assert "WARNING" not in out.split("draining", 1)[1]  # a quiet stop is not a warning
