@@ -52,6 +52,7 @@ DropReason = Literal[
 BASE_RESERVED_FDS = 64
 RESERVED_FDS_PER_CALL = 8
 NOTICE_INTERVAL_S = 60.0
+UNKNOWN_OPEN_FILES = 1 << 20  # where the platform has no RLIMIT_NOFILE
 
 
 def connection_budget(open_files: int, max_calls: int) -> int:
@@ -64,26 +65,31 @@ def raise_open_file_limit() -> int:
     """Raise the soft ``RLIMIT_NOFILE`` to the hard limit and return the soft limit now in force
     (containers often start with 1024 soft under a far higher hard limit). Call once at start-up,
     before sizing :class:`ConnectionLimits`."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= hard:
-        return int(hard if soft == resource.RLIM_INFINITY else soft)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        return int(soft)  # e.g. macOS caps the soft limit below an "unlimited" hard limit
-    return int(hard)
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return UNKNOWN_OPEN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return UNKNOWN_OPEN_FILES
+    target = UNKNOWN_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # e.g. macOS caps the soft limit below an "unlimited" hard limit
+    return int(soft)
 
 
 def open_file_limit() -> int:
     """The soft ``RLIMIT_NOFILE`` in force."""
-    import resource
-
+    try:
+        import resource
+    except ImportError:
+        return UNKNOWN_OPEN_FILES
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+    return UNKNOWN_OPEN_FILES if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def client_key(address: str | None) -> str:

@@ -164,7 +164,10 @@ class _GuardedHttp(H11Protocol):
 def guarded_protocols(
     guard: ConnectionGuard,
 ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
-    """The ``http`` and ``ws`` protocol classes for ``uvicorn.Config`` that apply ``guard``."""
+    """The ``http`` and ``ws`` protocol classes for ``uvicorn.Config`` that apply ``guard``.
+
+    They are uvicorn's h11 and websockets (sans-I/O) protocols, what ``auto`` picks without
+    httptools; naming them keeps the guard in force whichever optional parser is installed."""
     http = type("GuardedHttpProtocol", (_GuardedHttp,), {"guard": guard})
     return http, _GuardedWebSocket
 
