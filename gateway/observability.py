@@ -115,6 +115,18 @@ class Metrics:
             "gateway_recordings", "Call recordings by result (saved, failed)", ["result"],
             registry=r,
         )  # fmt: skip
+        self.open_connections = Gauge(
+            "gateway_open_connections",
+            "Client connections open on the gateway's port (HTTP and websocket)",
+            registry=r,
+        )
+        self.connections_dropped = Counter(
+            "gateway_connections_dropped",
+            "Client connections closed before a complete request: over a connection limit, or "
+            "too slow to send the request head or body",
+            ["reason"],
+            registry=r,
+        )
         # Leak detectors: both return to their idle value when every call has ended.
         self.peer_connections = Gauge(
             "gateway_peer_connections", "Upstream WebRTC peer connections not closed", registry=r

@@ -27,6 +27,13 @@ from gateway.aio import cancel_and_wait
 from gateway.app import VOICE_PATH, create_app, gateway_state
 from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
+from gateway.limits import (
+    ConnectionGuard,
+    connection_limits,
+    open_file_limit,
+    quiet_accept_errors,
+    raise_open_file_limit,
+)
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics
 from gateway.realtime.session import open_peer_connections
@@ -152,12 +159,26 @@ async def running_gateway(
             services=services,
             records=store,
         )
+        limits = connection_limits(settings, open_file_limit())
+        log.info(
+            "connections: at most %d open, %d per client; request head within %g s, body "
+            "within %g s",
+            limits.max_connections,
+            limits.max_per_client,
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+        )
+        dropped = metrics.connections_dropped
+        guard = ConnectionGuard(limits, on_drop=lambda reason: dropped.labels(reason).inc())
+        metrics.open_connections.set_function(lambda: guard.table.total)
         server = await stack.enter_async_context(
             serve_app(
                 app,
                 host=settings.host if host is None else host,
                 port=settings.port if port is None else port,
                 ws_max_size=settings.max_message_bytes,
+                guard=guard,
+                timeout_keep_alive=settings.keep_alive_timeout_s,
             )
         )
         yield RunningGateway(app=app, server=server, upstream_base_url=base_url, emulator=emulator)
@@ -286,6 +307,21 @@ async def serve_forever(
     on_ready: Callable[[RunningGateway], None] | None = None,
 ) -> int:
     """Run the gateway until a signal; returns the number of calls cut short by the drain."""
+    # Connections are bounded below the open-file limit, so take all of it that is allowed; a
+    # process that still runs out gets one line a minute about it, not a traceback per accept.
+    open_files = raise_open_file_limit()
+    log.info("open-file limit: %d", open_files)
+    with quiet_accept_errors(asyncio.get_running_loop()):
+        return await _serve_until_stopped(settings, host, port, profiles, on_ready)
+
+
+async def _serve_until_stopped(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    profiles: ProfileStore | None,
+    on_ready: Callable[[RunningGateway], None] | None,
+) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     hard_stop = asyncio.Event()

@@ -5,6 +5,10 @@ Used by the CLI (``serve``, ``emulator``, ``demo``), the load tester's ``--spawn
 
     async with serve_app(app, host="127.0.0.1", port=0) as server:
         httpx.get(f"{server.url}/healthz")
+
+With ``guard=`` (``gateway serve`` passes one) every connection is held to the bounds of
+:mod:`gateway.limits`: the time to send a request head and body, and the connections open in
+total and per client. Without it uvicorn's own behaviour applies (the embedded emulator, tests).
 """
 
 from __future__ import annotations
@@ -14,9 +18,16 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal, cast
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from gateway.limits import ConnectionGuard, Slot
+
+_Phase = Literal["header", "body", "idle", "upgraded"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,122 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _GuardedWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's websocket protocol, releasing the connection's slot when the socket closes
+    (after an upgrade the HTTP protocol no longer hears of the connection)."""
+
+    slot: Slot | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self.slot is not None:
+                self.slot.release()
+
+
+class _GuardedHttp(H11Protocol):
+    """uvicorn's h11 protocol under a :class:`ConnectionGuard`: a connection over a bound is
+    closed unread, and one deadline runs while the peer owes us something: the request head
+    (from the connection, or from the first byte of a keep-alive connection's next request),
+    then its body. Between requests uvicorn's keep-alive timer applies; once upgraded to a
+    websocket, neither."""
+
+    guard: ClassVar[ConnectionGuard]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slot: Slot | None = None
+        self._refused = False
+        self._phase: _Phase = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        slot = self.guard.admit(peer[0] if isinstance(peer, tuple) and peer else None)
+        if slot is None:
+            # The cheapest refusal: no parser state, no app call, no log line of its own.
+            self._refused = True
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._slot = slot
+        super().connection_made(cast(asyncio.Transport, transport))
+        self._enter("header")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return  # uvicorn never saw this connection
+        self._enter(None)
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._slot is not None:
+                self._slot.release()
+                self._slot = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow(data_arrived=True)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow(data_arrived=False)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._enter("upgraded")  # a media stream lasts as long as its call
+        slot, self._slot = self._slot, None
+        super().handle_websocket_upgrade(event)
+        ws = self.transport.get_protocol()
+        if isinstance(ws, _GuardedWebSocket):
+            ws.slot = slot
+        elif slot is not None:
+            slot.release()  # a protocol we cannot follow: never leak the count
+
+    def _follow(self, *, data_arrived: bool) -> None:
+        """Set the deadline for what the peer owes now, by the h11 state of its side."""
+        if self._phase == "upgraded" or self.transport.is_closing():
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # No complete head yet. After a response, waiting is keep-alive until a byte of the
+            # next request arrives; from then the head has header_timeout_s to arrive.
+            if self._phase != "header":
+                self._enter("header" if data_arrived else "idle")
+        elif state is h11.SEND_BODY:
+            self._enter("body")
+        else:
+            self._enter(None)  # the request is in: the app's turn, no deadline for the peer
+
+    def _enter(self, phase: _Phase) -> None:
+        if phase == self._phase:
+            return  # a deadline runs from the start of its phase, not from the last byte
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = phase
+        limits = self.guard.limits
+        if phase == "header":
+            self._deadline = self.loop.call_later(limits.header_timeout_s, self._expire, phase)
+        elif phase == "body":
+            self._deadline = self.loop.call_later(limits.body_timeout_s, self._expire, phase)
+
+    def _expire(self, phase: _Phase) -> None:
+        self._deadline = None
+        self.guard.dropped("header_timeout" if phase == "header" else "body_timeout")
+        self.transport.close()
+
+
+def guarded_protocols(
+    guard: ConnectionGuard,
+) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
+    """The ``http`` and ``ws`` protocol classes for ``uvicorn.Config`` that apply ``guard``.
+
+    They are uvicorn's h11 and websockets (sans-I/O) protocols, what ``auto`` picks without
+    httptools; naming them keeps the guard in force whichever optional parser is installed."""
+    http = type("GuardedHttpProtocol", (_GuardedHttp,), {"guard": guard})
+    return http, _GuardedWebSocket
+
+
 @contextlib.asynccontextmanager
 async def serve_app(
     app: Any,
@@ -52,13 +179,18 @@ async def serve_app(
     host: str = "127.0.0.1",
     port: int = 0,
     log_level: str = "warning",
+    guard: ConnectionGuard | None = None,
     **uvicorn_options: Any,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``app`` until the block exits; ``port=0`` picks a free port (read it from ``.port``).
 
     The socket is bound before uvicorn starts, so the port is known and no other process can
-    take it between choosing and binding.
+    take it between choosing and binding. ``guard`` bounds connections and request read times
+    (see the module docstring).
     """
+    if guard is not None:
+        http, ws = guarded_protocols(guard)
+        uvicorn_options.update(http=http, ws=ws)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

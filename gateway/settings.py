@@ -140,6 +140,33 @@ class Settings(BaseSettings):
         description="Largest webhook body read; a Twilio voice webhook is a few kB",
     )
     setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Time a client has to send a request head, from connecting (or from the "
+        "first byte of its next request on a kept-alive connection)",
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Time a client has to send a request body"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=3600, description="Close an idle kept-alive HTTP connection after this"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open client connections (HTTP and websocket) in total; lowered at start-up "
+        "to what the open-file limit allows",
+    )
+    max_connections_per_client: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per client address (IPv6: per /64), at most half of "
+        "max_connections; trusted proxies are exempt",
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin endpoints; unset turns them off"
     )

@@ -148,7 +148,7 @@ def _metric(text: str, result: str) -> float:
 
 
 async def test_a_replayed_signed_webhook_is_refused_after_the_token_expires() -> None:
-    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    settings = support.settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
     app = create_app(settings, upstream=_no_upstream)
     state = gateway_state(app)
     now = [1_000_000.0]
@@ -202,7 +202,7 @@ async def test_oversize_or_non_form_webhook_bodies_are_refused_before_parsing(
 
 
 async def test_repeated_form_fields_are_all_signed() -> None:
-    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    settings = support.settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
     app = create_app(settings, upstream=_no_upstream)
     form = {**_form("CArep"), "StirVerstat": ["a", "b"]}
     url = "https://gw.example.com/twilio/voice"
@@ -216,7 +216,7 @@ async def test_repeated_form_fields_are_all_signed() -> None:
 async def test_with_a_token_and_no_public_url_a_foreign_host_is_refused() -> None:
     # Signed for the host the request names: without GATEWAY_PUBLIC_URL the gateway must not
     # check against that host, nor point the stream at it.
-    app = create_app(_settings(twilio_auth_token="s3cret"), upstream=_no_upstream)
+    app = create_app(support.settings(twilio_auth_token="s3cret"), upstream=_no_upstream)
     form = _form("CAhost")
     evil = {
         "Host": "evil.example.com",
@@ -248,7 +248,7 @@ async def test_proxy_headers_from_an_untrusted_peer_change_nothing(server: Runni
 
 
 async def test_a_trusted_proxy_speaks_for_its_client() -> None:
-    settings = _settings(trusted_proxies=["127.0.0.1"])
+    settings = support.settings(trusted_proxies=["127.0.0.1"])
     app = create_app(settings, upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         local = await client.post(
@@ -267,7 +267,7 @@ async def test_a_trusted_proxy_speaks_for_its_client() -> None:
 async def test_a_real_key_without_a_carrier_token_refuses_unsigned_requests() -> None:
     # Behind a reverse proxy on the same host every request comes from loopback: with calls
     # that cost money, loopback alone must not let anyone in.
-    app = create_app(_settings(openai_api_key="sk-real"), upstream=_no_upstream)
+    app = create_app(support.settings(openai_api_key="sk-real"), upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         r = await client.post("/twilio/voice", data=_form("CAnokey"))
         with pytest.raises(InvalidStatus) as refused:
@@ -280,7 +280,7 @@ async def test_a_real_key_without_a_carrier_token_refuses_unsigned_requests() ->
 
 
 async def test_the_development_switch_lets_unsigned_requests_in() -> None:
-    settings = _settings(openai_api_key="sk-real", allow_unsigned=True)
+    settings = support.settings(openai_api_key="sk-real", allow_unsigned=True)
     app = create_app(settings, upstream=_no_upstream)
     async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url) as client:
         r = await client.post("/twilio/voice", data=_form("CAdev"))
@@ -288,10 +288,12 @@ async def test_the_development_switch_lets_unsigned_requests_in() -> None:
 
 
 def test_the_carrier_mode_follows_key_token_and_switch() -> None:
-    assert _settings().carrier_auth == "loopback"
-    assert _settings(openai_api_key="k").carrier_auth == "refused"
-    assert _settings(openai_api_key="k", allow_unsigned=True).carrier_auth == "unsigned"
-    signed = _settings(openai_api_key="k", allow_unsigned=True, twilio_auth_token="tw-s3cret")
+    assert support.settings().carrier_auth == "loopback"
+    assert support.settings(openai_api_key="k").carrier_auth == "refused"
+    assert support.settings(openai_api_key="k", allow_unsigned=True).carrier_auth == "unsigned"
+    signed = support.settings(
+        openai_api_key="k", allow_unsigned=True, twilio_auth_token="tw-s3cret"
+    )
     assert signed.carrier_auth == "signed"
     summary, problems = signed.carrier_auth_report()
     assert "GATEWAY_PUBLIC_URL is unset" in summary and len(problems) == 2
@@ -301,7 +303,7 @@ def test_the_carrier_mode_follows_key_token_and_switch() -> None:
 async def test_a_signature_mismatch_logs_the_url_it_was_checked_against(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = _settings(twilio_auth_token="s3cret", public_url="https://gw.example.com/gw")
+    settings = support.settings(twilio_auth_token="s3cret", public_url="https://gw.example.com/gw")
     app = create_app(settings, upstream=_no_upstream)
     form = _form("CAmismatch")
     wrong = sign("s3cret", "https://gw.example.com/twilio/voice", form)  # the prefix is missing

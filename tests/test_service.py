@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import xml.etree.ElementTree as ET
@@ -18,6 +20,7 @@ from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, WaitForAnswer
 from gateway.loadtest.spawn import free_port
 from gateway.service import RunningGateway, drain, reload_profiles, running_gateway
+from gateway.telephony.signature import sign
 from tests import support
 from tests.support import wait_until
 
@@ -117,11 +120,61 @@ async def test_sighup_reload_keeps_old_profiles_when_the_file_is_invalid(
     assert state.profiles.for_number("+15551230002").voice == "ash"
 
 
+async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhile() -> None:
+    """The slowloris of the attack run: heads that never end, from one address, more of them
+    than that address may hold. A signed webhook from elsewhere is answered at once; the extra
+    connections are closed unread, the others at the header timeout."""
+    settings = support.settings(
+        twilio_auth_token="s3cret",
+        public_url="https://gw.example.com",
+        header_timeout_s=1.0,
+        max_connections_per_client=50,
+    )
+    async with running_gateway(settings, port=0) as gw:
+        slow = [
+            await asyncio.open_connection("127.0.0.1", gw.server.port, local_addr=("127.0.0.2", 0))
+            for _ in range(60)
+        ]
+        for _, writer in slow:
+            writer.write(b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\nX-a: ")
+        form = {"CallSid": "CAslow", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+        headers = {
+            "X-Twilio-Signature": sign("s3cret", "https://gw.example.com/twilio/voice", form)
+        }
+        started = asyncio.get_running_loop().time()
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+            answer = await client.post("/twilio/voice", data=form, headers=headers)
+            assert answer.status_code == 200 and "<Stream" in answer.text
+            assert asyncio.get_running_loop().time() - started < 0.5
+
+            async def closed_after(reader: asyncio.StreamReader) -> float:
+                start = asyncio.get_running_loop().time()
+                async with asyncio.timeout(5):
+                    while await reader.read(4096):
+                        pass
+                return asyncio.get_running_loop().time() - start
+
+            waits = sorted(await asyncio.gather(*(closed_after(r) for r, _ in slow)))
+            for _, writer in slow:
+                writer.close()
+            metrics = (await client.get("/metrics")).text
+    assert waits[9] < 0.5 and waits[10] > 0.5  # 10 over the bound, closed at once
+    assert waits[-1] < 1.0 + 0.5  # the other 50 at the header timeout
+    assert 'gateway_connections_dropped_total{reason="max_connections_per_client"} 10.0' in metrics
+    assert 'gateway_connections_dropped_total{reason="header_timeout"} 50.0' in metrics
+
+
 async def _serve_process(
-    tmp_path: Path, port: int, **settings: str
+    tmp_path: Path, port: int, open_files: int | None = None, **settings: str
 ) -> tuple[asyncio.subprocess.Process, list[str]]:
     """``python -m gateway serve`` on ``port`` with only ``settings`` from the environment (no
-    .env), started and read until it listens; returns it and the lines it printed so far."""
+    .env), started and read until it listens; returns it and the lines it printed so far.
+    ``open_files`` sets its hard and soft descriptor limit."""
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "TWILIO_"))
     }
@@ -129,6 +182,7 @@ async def _serve_process(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=limit_open_files,
     )  # fmt: skip
     assert proc.stdout is not None
     lines: list[str] = []
@@ -146,6 +200,69 @@ async def _serve_process(
     return proc, lines
 
 
+async def _stopped(proc: asyncio.subprocess.Process, lines: list[str]) -> str:
+    """SIGTERM ``proc`` and wait for it to exit 0; all it printed."""
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        rest, _ = await proc.communicate()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_serve_under_a_256_descriptor_limit_survives_300_slow_connections(
+    tmp_path: Path,
+) -> None:
+    """The attack run as it was: 300 heads that never end against a process allowed 256
+    descriptors. It used to run out of them (a signed webhook timed out, ~7,000 log lines a
+    second); now the excess is closed unread and the webhook is answered at once."""
+    port = free_port()
+    proc, lines = await _serve_process(
+        tmp_path,
+        port,
+        open_files=256,
+        GATEWAY_MAX_CALLS="5",
+        TWILIO_AUTH_TOKEN="s3cret",
+        GATEWAY_PUBLIC_URL="https://gw.example.com",
+    )
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(300):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+            )
+            slow.append(writer)
+            writer.write(b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\nX-a: ")
+        form = {"CallSid": "CAslow", "AccountSid": "AC1", "From": "+1", "To": "+15551230001"}
+        url = "https://gw.example.com/twilio/voice"
+        async with httpx.AsyncClient(timeout=5) as client:
+            started = asyncio.get_running_loop().time()
+            answer = await client.post(
+                f"http://127.0.0.1:{port}/twilio/voice",
+                data=form,
+                headers={"X-Twilio-Signature": sign("s3cret", url, form)},
+            )
+            assert asyncio.get_running_loop().time() - started < 1.0
+            assert answer.status_code == 200 and "<Stream" in answer.text
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        out = await _stopped(proc, lines)
+    finally:
+        for writer in slow:
+            with contextlib.suppress(OSError):
+                writer.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "open-file limit: 256" in out
+    assert "connections: at most 152 open, 76 per client" in out  # 256 - 64 - 8 x 5 calls
+    assert "out of system resource" not in out
+    assert out.count("connection limit reached") == 1  # not one line per connection
+    assert len(out.splitlines()) < 40
+    refused = 'gateway_connections_dropped_total{reason="max_connections_per_client"} 224.0'
+    assert refused in metrics
+
+
 @pytest.mark.timeout(90)
 async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigterm(
     tmp_path: Path,
@@ -155,15 +272,11 @@ async def test_gateway_serve_process_announces_the_emulator_and_drains_on_sigter
     try:
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            rest, _ = await proc.communicate()
+        out = await _stopped(proc, lines)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out
     assert "EMBEDDED REALTIME EMULATOR" in out
     assert "draining: no new calls, no live calls" in out
     assert "WARNING" not in out.split("draining", 1)[1]  # a quiet stop is not a warning
@@ -213,7 +326,7 @@ async def test_second_sigterm_hangs_up_live_calls_cleanly_and_exits(tmp_path: Pa
 async def test_start_up_says_which_carrier_requests_are_accepted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = _settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
+    settings = support.settings(realtime_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-test")
     with caplog.at_level(logging.INFO, logger="gateway.service"):
         async with running_gateway(settings, port=0) as gw:
             async with httpx.AsyncClient(base_url=gw.url) as client:
