@@ -127,7 +127,7 @@ async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhi
     settings = support.settings(
         twilio_auth_token="s3cret",
         public_url="https://gw.example.com",
-        header_timeout_s=1.0,
+        header_timeout_s=3.0,  # far from "at once", so a busy machine cannot blur the two
         max_connections_per_client=50,
     )
     async with running_gateway(settings, port=0) as gw:
@@ -145,11 +145,11 @@ async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhi
         async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
             answer = await client.post("/twilio/voice", data=form, headers=headers)
             assert answer.status_code == 200 and "<Stream" in answer.text
-            assert asyncio.get_running_loop().time() - started < 0.5
+            assert asyncio.get_running_loop().time() - started < 2.0  # before any head times out
 
             async def closed_after(reader: asyncio.StreamReader) -> float:
                 start = asyncio.get_running_loop().time()
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(10):
                     while await reader.read(4096):
                         pass
                 return asyncio.get_running_loop().time() - start
@@ -158,8 +158,8 @@ async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhi
             for _, writer in slow:
                 writer.close()
             metrics = (await client.get("/metrics")).text
-    assert waits[9] < 0.5 and waits[10] > 0.5  # 10 over the bound, closed at once
-    assert waits[-1] < 1.0 + 0.5  # the other 50 at the header timeout
+    assert waits[9] < 1.5 and waits[10] > 2.0  # 10 over the bound, closed at once
+    assert waits[-1] < 3.0 + 2.0  # the other 50 at the header timeout
     assert 'gateway_connections_dropped_total{reason="max_connections_per_client"} 10.0' in metrics
     assert 'gateway_connections_dropped_total{reason="header_timeout"} 50.0' in metrics
 
@@ -243,7 +243,8 @@ async def test_gateway_serve_under_a_256_descriptor_limit_survives_300_slow_conn
                 data=form,
                 headers={"X-Twilio-Signature": sign("s3cret", url, form)},
             )
-            assert asyncio.get_running_loop().time() - started < 1.0
+            # it used to time out (5 s) behind the held descriptors; now it is simply answered
+            assert asyncio.get_running_loop().time() - started < 4.0
             assert answer.status_code == 200 and "<Stream" in answer.text
             metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         out = await _stopped(proc, lines)
