@@ -198,15 +198,30 @@ def demo(
     """
     import asyncio
 
-    from gateway.demo import demo_script, format_entry, report_json, run_demo, summary_lines
+    from gateway.demo import (
+        demo_script,
+        format_entry,
+        in_time_order,
+        report_json,
+        run_demo,
+        summary_lines,
+    )
+    from gateway.loadtest.caller import TimelineEntry
     from gateway.observability import configure_logging
 
     if reply not in ("speech", "echo", "tone"):
         raise typer.BadParameter("must be speech, echo or tone", param_hint="--reply")
     settings = settings_or_exit()
     configure_logging("error" if json_out else "warning", settings.log_format)
-    if not json_out:
-        typer.echo(f"calling {number} through a local gateway ...")
+    if settings.uses_embedded_emulator:
+        where = "the embedded Realtime emulator (offline, free)"
+    else:
+        where = (
+            f"the REAL OpenAI Realtime API at {settings.effective_realtime_base_url} "
+            "(OPENAI_API_KEY is set): this call is billed"
+        )
+    typer.echo(f"calling {number} through a local gateway and {where} ...", err=json_out)
+    timeline: list[TimelineEntry] = []
     report = asyncio.run(
         run_demo(
             settings,
@@ -214,12 +229,14 @@ def demo(
             script=demo_script(turns, barge_in),
             record=record,
             emulator_options={"reply": reply, "latency_ms": latency_ms},
-            on_event=None if json_out else (lambda e: typer.echo(format_entry(e))),
+            on_event=timeline.append,
         )
     )
     if json_out:
         typer.echo(report_json(report))
     else:
+        for entry in in_time_order(timeline):
+            typer.echo(format_entry(entry))
         typer.echo("")
         for line in summary_lines(report):
             typer.echo(line)

@@ -154,8 +154,13 @@ async def run_demo(
     emulator_options: dict[str, object] | None = None,
     on_event: Callable[[TimelineEntry], None] | None = None,
 ) -> DemoReport:
-    """Start a gateway on a free loopback port, place one call, return what happened."""
+    """Start a gateway on a free loopback port, place one call, return what happened.
+
+    The demo's call writes no call record: a demonstration (with the emulator's estimated
+    costs) must not show up beside served calls in the operator's records and usage.
+    """
     steps = list(script) if script is not None else demo_script()
+    settings = settings.model_copy(update={"records_url": "off"})
     async with running_gateway(
         settings, host="127.0.0.1", port=0, emulator_options=emulator_options
     ) as gw:
@@ -206,6 +211,13 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
 
+def in_time_order(entries: Sequence[TimelineEntry]) -> list[TimelineEntry]:
+    """The timeline sorted by when things happened: the caller learns that an assistant
+    utterance has ended only when the next begins (or the call ends), so entries are emitted
+    out of order."""
+    return sorted(entries, key=lambda e: e.t_ms)
+
+
 def format_entry(entry: TimelineEntry) -> str:
     """One timeline line as the caller experienced it."""
     labels = {
@@ -235,16 +247,17 @@ def summary_lines(report: DemoReport) -> list[str]:
     if r.setup_ms is not None:
         lines.append(f"setup (stream open -> greeting heard): {r.setup_ms:.0f} ms")
     for t in r.turns:
+        n = t.index + 1  # counted from 1, as the emulator's answers count turns
         if t.barge_in:
             stop = t.barge_in_stop_ms
             lines.append(
-                f"barge-in {t.index}: assistant silent {stop:.0f} ms after the caller started"
+                f"barge-in (turn {n}): assistant silent {stop:.0f} ms after the caller started"
                 if stop is not None
-                else f"barge-in {t.index}: the assistant was not audible at the onset"
+                else f"barge-in (turn {n}): the assistant was not audible at the onset"
             )
         latency = t.response_latency_ms
         if latency is not None:
-            lines.append(f"turn {t.index}: answer heard {latency:.0f} ms after the caller stopped")
+            lines.append(f"turn {n}: answer heard {latency:.0f} ms after the caller stopped")
     p50 = percentile(r.response_latencies_ms, 0.5)
     if p50 is not None:
         lines.append(f"response latency p50 (nearest rank, as heard): {p50:.0f} ms")

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.demo import DemoReport, build_transcript, summary_lines
-from gateway.loadtest.caller import CallResult, Span, Turn
+from gateway.demo import DemoReport, build_transcript, in_time_order, summary_lines
+from gateway.loadtest.caller import CallResult, Span, TimelineEntry, Turn
 from gateway.observability import percentile
 
 
@@ -27,7 +27,9 @@ def test_demo_json_reports_what_the_caller_heard(
         app, ["demo", "--json", "--turns", "1", "--record", str(wav), "--latency-ms", "150"]
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # the "calling ..." notice went to stderr
+    assert "embedded Realtime emulator (offline, free)" in result.stderr
+    assert not (tmp_path / "data" / "calls.sqlite3").exists()  # a demo writes no call record
     assert report["ok"] is True
     assert report["upstream"] == "embedded emulator"
     assert report["setup_ms"] > 0
@@ -72,3 +74,20 @@ def test_response_p50_is_the_call_records_percentile() -> None:
     assert expected == 410.0  # nearest rank: the second smallest of four
     assert report.to_dict()["response_latency_ms_p50"] == expected
     assert "response latency p50 (nearest rank, as heard): 410 ms" in summary_lines(report)
+
+
+def test_turns_count_from_one_and_the_timeline_prints_in_time_order() -> None:
+    r = CallResult(call_sid="CA1", stream_sid="MZ1")
+    r.turns = [
+        Turn(0, "hi", False, onset_ms=3000, end_ms=4000),
+        Turn(1, "stop", True, onset_ms=6000, end_ms=7000),
+    ]
+    r.turns[0].answer_ms = 5000
+    r.turns[1].stop_ms = 6200
+    report = DemoReport(r, "x", [], "+1", None, {})
+    lines = summary_lines(report)
+    assert any(line.startswith("turn 1: answer heard 1000 ms") for line in lines)
+    assert any(line.startswith("barge-in (turn 2): assistant silent 200 ms") for line in lines)
+    assert not any("turn 0" in line for line in lines)
+    late = [TimelineEntry(8320, "caller_end"), TimelineEntry(4920, "assistant_end")]
+    assert [e.t_ms for e in in_time_order(late)] == [4920, 8320]
