@@ -54,6 +54,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from gateway.audio.format import CARRIER_RATE
 from gateway.audio.g711 import ulaw_to_array
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
     "RecordingTimeline",
 ]
 
-RECORDING_SAMPLE_RATE: Final = 8000
+RECORDING_SAMPLE_RATE: Final = CARRIER_RATE
 RECORDING_CHANNELS: Final = 2
 """Left: the caller. Right: the assistant."""
 

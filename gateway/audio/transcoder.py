@@ -20,19 +20,16 @@ not depend on how the input was split.
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from gateway.audio.format import CARRIER_RATE, MODEL_RATE, WEBRTC_RATE
 from gateway.audio.g711 import ULAW_SILENCE, array_to_ulaw, ulaw_to_array
 from gateway.audio.resample import StreamResampler
 
 __all__ = ["CallTranscoder"]
-
-CARRIER_RATE: Final = 8000
-MODEL_RATE: Final = 24000
-DECODER_RATE: Final = 48000
 
 
 class CallTranscoder:
@@ -121,7 +118,7 @@ class CallTranscoder:
         :meth:`reset_to_caller` end either one.
         """
         if self._down48 is None or self._down48.channels != channels:
-            self._down48 = StreamResampler(DECODER_RATE, CARRIER_RATE, channels=channels)
+            self._down48 = StreamResampler(WEBRTC_RATE, CARRIER_RATE, channels=channels)
         return self._emit(self._down48, pcm)
 
     def flush_to_caller(self) -> bytes | None:

@@ -21,11 +21,12 @@ from typing import Final
 
 import webrtcvad
 
+from gateway.audio.format import CARRIER_RATE
 from gateway.errors import AudioFormatError
 
 __all__ = ["Hysteresis", "LocalVad", "VadEvent"]
 
-SAMPLE_RATE: Final = 8000
+SAMPLE_RATE: Final = CARRIER_RATE
 FRAME_MS_CHOICES: Final = (10, 20, 30)  # what the WebRTC VAD accepts
 
 

@@ -19,12 +19,13 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gateway.audio.format import MODEL_FRAME_SAMPLES, MODEL_RATE
 from gateway.audio.tts import REALTIME_VOICES, VoiceStyle
 
 __all__ = ["FRAME_SAMPLES", "MS_SAMPLES", "SAMPLE_RATE", "ReplyRequest", "VoiceRenderer", "tone"]
 
-SAMPLE_RATE: Final = 24000
-FRAME_SAMPLES: Final = SAMPLE_RATE // 50  # 20 ms
+SAMPLE_RATE: Final = MODEL_RATE
+FRAME_SAMPLES: Final = MODEL_FRAME_SAMPLES  # 20 ms
 MS_SAMPLES: Final = SAMPLE_RATE // 1000  # samples per millisecond
 _GAP: Final = np.zeros(4 * FRAME_SAMPLES, dtype=np.int16)  # 80 ms between phrases
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.audio.format import CARRIER_FRAME_SAMPLES, CARRIER_RATE, FRAME_MS
 from gateway.telephony.messages import (
     Connected,
     Dtmf,
@@ -62,9 +63,8 @@ __all__ = [
     "audible_table",
 ]
 
-RATE: Final = 8000
-FRAME_MS: Final = 20
-FRAME_BYTES: Final = RATE * FRAME_MS // 1000
+RATE: Final = CARRIER_RATE
+FRAME_BYTES: Final = CARRIER_FRAME_SAMPLES  # one byte a μ-law sample
 SILENCE_FRAME: Final = b"\xff" * FRAME_BYTES
 AUDIBLE_PEAK: Final = 300
 """PCM16 peak above which μ-law audio counts as audible (about -40 dBFS): above dither and

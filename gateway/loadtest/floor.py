@@ -60,6 +60,7 @@ from av import AudioFrame
 
 from gateway.audio.tts import CALLER_VOICE, resample_buffer, synthesizer
 from gateway.errors import UpstreamError
+from gateway.observability import percentile
 from gateway.realtime.session import DATA_CHANNEL_LABEL
 from gateway.realtime.signalling import Signalling
 
@@ -319,12 +320,6 @@ class _Call:
             await asyncio.gather(self._consumer, return_exceptions=True)
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 3)
 
@@ -425,8 +420,8 @@ async def run_floor(
         audible_frames_received=audible,
         answers=sum(c.answers for c in peers),
         calls_answered=sum(1 for c in peers if c.answers),
-        send_lateness_ms_p50=_ms(_percentile(lateness, 0.5)),
-        send_lateness_ms_p99=_ms(_percentile(lateness, 0.99)),
+        send_lateness_ms_p50=_ms(percentile(lateness, 0.5)),
+        send_lateness_ms_p99=_ms(percentile(lateness, 0.99)),
         send_lateness_ms_max=_ms(lateness[-1] if lateness else None),
         cpu_affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [],
     )

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from gateway.audio.format import FRAME_MS, MODEL_FRAME_SAMPLES, MODEL_RATE
 from gateway.audio.resample import StreamResampler
 from gateway.errors import AudioFormatError
 
@@ -35,9 +36,8 @@ __all__ = [
     "RemoteAudioStats",
 ]
 
-SAMPLE_RATE: Final = 24000
-FRAME_MS: Final = 20
-FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000  # 480
+SAMPLE_RATE: Final = MODEL_RATE
+FRAME_SAMPLES: Final = MODEL_FRAME_SAMPLES  # 480
 _EPS: Final = 1e-6  # float slack when comparing sums of frame intervals with the clock
 _FRAME_S: Final = FRAME_MS / 1000
 _TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
