@@ -62,12 +62,8 @@ class Settings(BaseSettings):
     ice_username: str | None = None
     ice_credential: SecretStr | None = None
     setup_timeout_s: float = Field(default=10.0, gt=0, le=120)
-    receive_buffer_ms: int = Field(
-        default=40,
-        ge=0,
-        le=160,
-        description="Longest wait for a missing model-audio packet; in-order audio is never held",
-    )
+    # The longest wait for a missing model-audio packet; in-order audio is never held.
+    receive_buffer_ms: int = Field(default=40, ge=0, le=160)
     session_max_age_s: float = Field(
         default=55 * 60,
         ge=60,

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -71,22 +71,9 @@ from gateway.observability import CallLogger, Metrics, mask_number
 from gateway.realtime import events as rt
 from gateway.records.model import CallRecord
 from gateway.records.pricing import PriceTable, Usage
+from gateway.telephony import messages as tm
 from gateway.telephony.dtmf import DtmfCollector
 from gateway.telephony.ledger import MarkLedger
-from gateway.telephony.messages import (
-    ClearAudio,
-    Connected,
-    Dtmf,
-    Ignored,
-    InboundMessage,
-    Mark,
-    Media,
-    OutboundMessage,
-    PlayAudio,
-    PlayMark,
-    Start,
-    Stop,
-)
 from gateway.tracing import CallTrace
 
 __all__ = [
@@ -140,7 +127,7 @@ GOOD_OUTCOMES: Final = frozenset({"completed", "transferred"})
 class ToCarrier:
     """Encode ``msg`` with the stream's codec and write it to the carrier, in order."""
 
-    msg: OutboundMessage
+    msg: tm.OutboundMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +150,7 @@ class Bind:
     """The stream named its call: check the binding (token, admission), then call
     :meth:`CallCore.bound` with the profile's :class:`CallConfig`."""
 
-    start: Start
+    start: tm.Start
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +233,7 @@ refused before it reaches the table, as a :class:`~gateway.errors.CarrierError` 
 :class:`~gateway.errors.UpstreamError` that ends the call."""
 
 
-@dataclass(frozen=True, slots=True)
-class CallEnd:
+class CallEnd(NamedTuple):
     """How the call ended: the record's outcome, the operator's reason, the close code."""
 
     outcome: str
@@ -323,7 +309,7 @@ class CallCore:
         self.config = CallConfig()
         self.stats = CallStats(started_at=now)
         self.started_wall = wall_now
-        self.start: Start | None = None
+        self.start: tm.Start | None = None
         self.called: str | None = None
         self.caller: str | None = None
         self.upstream_call_id: str | None = None
@@ -382,22 +368,22 @@ class CallCore:
 
     # --- carrier --------------------------------------------------------------------------------
 
-    def carrier_message(self, msg: InboundMessage | Ignored, now: float) -> list[Effect]:
+    def carrier_message(self, msg: tm.InboundMessage | tm.Ignored, now: float) -> list[Effect]:
         """One parsed carrier message."""
-        if isinstance(msg, Media):
+        if isinstance(msg, tm.Media):
             out = self._on_media(msg, now) if self.phase is not Phase.AWAITING_START else None
             if out is None:
                 return self._unexpected(msg, now)
         elif self.phase in (Phase.AWAITING_START, Phase.BINDING):
             return self._handshake(msg, now)
-        elif isinstance(msg, Mark):
+        elif isinstance(msg, tm.Mark):
             self.ledger.on_mark(msg.name)
             out = self._playback_check(now) if self.ledger.buffered_ms <= 0 else []
-        elif isinstance(msg, Stop):
+        elif isinstance(msg, tm.Stop):
             return self._end_completed("carrier sent stop")
-        elif isinstance(msg, Dtmf):
+        elif isinstance(msg, tm.Dtmf):
             out = self._on_dtmf(msg.digit, now)
-        elif isinstance(msg, Ignored):
+        elif isinstance(msg, tm.Ignored):
             self.metrics.carrier_rejects.labels("ignored").inc()
             out = []
         else:  # a second connected/start
@@ -405,12 +391,12 @@ class CallCore:
         self._consecutive_errors = 0
         return out + self.tick(now) if self._deadline_due(now) else out
 
-    def _handshake(self, msg: InboundMessage | Ignored, now: float) -> list[Effect]:
+    def _handshake(self, msg: tm.InboundMessage | tm.Ignored, now: float) -> list[Effect]:
         if self.phase is Phase.BINDING:
             return self._unexpected(msg, now)
-        if isinstance(msg, Connected | Ignored):
+        if isinstance(msg, tm.Connected | tm.Ignored):
             return _NONE
-        if not isinstance(msg, Start):
+        if not isinstance(msg, tm.Start):
             return self._unexpected(msg, now)
         self.start = msg
         self._goto(Phase.BINDING)
@@ -472,7 +458,7 @@ class CallCore:
         self.log.info("stream started (profile %s)", config.profile)
         return _NONE
 
-    def _on_media(self, msg: Media, now: float) -> list[Effect]:
+    def _on_media(self, msg: tm.Media, now: float) -> list[Effect]:
         self.stats.frames_in += 1
         pcm8k = ulaw_to_array(msg.payload)  # the one μ-law decode of this caller frame
         out: list[Effect] = []
@@ -868,7 +854,7 @@ class CallCore:
         if self._speech_at is not None:
             self.metrics.barge_in_seconds.observe(now - self._speech_at)
             self._speech_at = None
-        return [ToCarrier(ClearAudio())]
+        return [ToCarrier(tm.ClearAudio())]
 
     # --- playback: model audio to the caller ----------------------------------------------------
 
@@ -898,7 +884,7 @@ class CallCore:
         now: float,
         out: list[Effect],
     ) -> None:
-        out.append(ToCarrier(PlayAudio(ulaw)))
+        out.append(ToCarrier(tm.PlayAudio(ulaw)))
         self.stats.frames_out += 1
         added = now - received_at
         self._outbound_latency.observe(added)
@@ -917,7 +903,7 @@ class CallCore:
             # them at once, or the carrier could never be confirmed drained.
             mark = self.ledger.flush()
         if mark is not None:
-            out.append(ToCarrier(PlayMark(mark)))
+            out.append(ToCarrier(tm.PlayMark(mark)))
 
     def _audio_stopped(self, response_id: str | None, now: float) -> list[Effect]:
         """Upstream finished sending: send the resampler's tail and a mark covering it."""
@@ -927,7 +913,7 @@ class CallCore:
             self._play(tail, response_id, now, now, out)
         mark = self.ledger.flush()
         if mark is not None:
-            out.append(ToCarrier(PlayMark(mark)))
+            out.append(ToCarrier(tm.PlayMark(mark)))
         out += self._turn(m.AudioStopped(response_id), now)
         return out + self._playback_check(now)
 
