@@ -37,6 +37,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from gateway import proxies
 from gateway.admission import Admissions, Replayed, is_loopback_host
+from gateway.aio import cancel_and_wait
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
@@ -113,9 +114,7 @@ def create_app(
             yield
         finally:
             state.ready = False
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
             await asyncio.gather(
                 *(c.hang_up("gateway shutting down") for c in state.calls.values())
             )

@@ -25,6 +25,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from gateway.aio import cancel_and_wait
 from gateway.limits import ConnectionGuard, Slot
 
 _Phase = Literal["header", "body", "idle", "upgraded"] | None
@@ -224,7 +225,5 @@ async def serve_app(
             await asyncio.wait_for(asyncio.shield(task), timeout=5)
         except TimeoutError:
             server.force_exit = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         sock.close()

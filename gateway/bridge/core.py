@@ -99,6 +99,9 @@ __all__ = [
 MARK_EVERY_MS: Final = 100
 # A frame whose peak is below this is silence: not worth forwarding while nobody speaks.
 SILENCE_PEAK: Final = 8
+# A caller frame whose peak reaches this (about -40 dBFS) is speech for answer_ms: the end of the
+# caller's words as a listener hears it, not the faint tail of their last syllable.
+SPEECH_PEAK: Final = 300
 # Setup retries: at most this many sessions per call, spaced by jittered exponential backoff.
 MAX_SETUP_ATTEMPTS: Final = 3
 BACKOFF_BASE_S: Final = 0.25
@@ -466,7 +469,7 @@ class CallCore:
             self._record_caller(msg.payload, msg.timestamp_ms, now)
             if (samples := self._recording_due()) is not None:
                 out.append(WriteRecording(samples))
-        voiced = pcm8k.size > 0 and int(np.abs(pcm8k).max()) >= SILENCE_PEAK
+        voiced = pcm8k.size > 0 and int(np.abs(pcm8k).max()) >= SPEECH_PEAK
         if voiced:
             self._caller_voiced_at = now
         if self.vad is not None and self.ready and pcm8k.size == CARRIER_FRAME_SAMPLES:

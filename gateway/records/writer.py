@@ -14,11 +14,11 @@ through is harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 
+from gateway.aio import cancel_and_wait
 from gateway.records.model import CallRecord
 from gateway.records.store import RecordStore
 
@@ -111,12 +111,7 @@ class RecordWriter:
         if task is not None:
             drained = asyncio.ensure_future(self._queue.join())
             await asyncio.wait({drained, task}, timeout=timeout_s, return_when="FIRST_COMPLETED")
-            drained.cancel()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drained
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(drained, task)
         unsaved = f"not saved within {timeout_s:g} s of close"
         if self._current is not None:
             # Cancelled mid-save: it may or may not have landed; log it so it is not lost.
