@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.app import create_app, gateway_state
 from gateway.numbers import Profile
 from gateway.realtime import events as rt
+from gateway.realtime.tracks import DecodedAudio
 from gateway.serving import serve_app
 from gateway.telephony.twilio import TwilioCarrierCodec
 from tests import support
@@ -67,7 +68,7 @@ class QuietUpstream:
         return
         yield  # an async generator that ends when the session closes
 
-    async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
+    async def model_audio(self) -> AsyncIterator[DecodedAudio]:
         await self.closed.wait()
         return
         yield

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from gateway.audio.format import CARRIER_RATE, MODEL_RATE, WEBRTC_RATE
 from gateway.audio.g711 import ULAW_SILENCE, array_to_ulaw, ulaw_to_array
 from gateway.audio.resample import StreamResampler
+from gateway.errors import AudioFormatError
 
 __all__ = ["CallTranscoder"]
 
@@ -121,6 +122,26 @@ class CallTranscoder:
             self._down48 = StreamResampler(WEBRTC_RATE, CARRIER_RATE, channels=channels)
         return self._emit(self._down48, pcm)
 
+    def to_caller_decoded(
+        self, pcm: npt.NDArray[np.int16], rate: int, channels: int = 1
+    ) -> list[bytes]:
+        """Model audio as a WebRTC decoder produced it, to the carrier in one hop: 48 kHz (mono
+        or interleaved stereo, Opus) through :meth:`to_caller_48k`, 24 kHz mono through
+        :meth:`to_caller`, 8 kHz mono (PCMU/PCMA decoded) with no resampling at all.
+
+        Raises :class:`~gateway.errors.AudioFormatError` for any other rate or layout.
+        """
+        if rate == WEBRTC_RATE and channels in (1, 2):
+            return self.to_caller_48k(pcm, channels)
+        if rate == MODEL_RATE and channels == 1:
+            return self.to_caller(pcm)
+        if rate == CARRIER_RATE and channels == 1:
+            return self._emit(None, pcm)
+        raise AudioFormatError(
+            f"model audio at {rate} Hz with {channels} channel(s): expected 48 kHz, "
+            "24 kHz mono or 8 kHz mono"
+        )
+
     def flush_to_caller(self) -> bytes | None:
         """End the current response: return its last frame, padded with silence, or None.
 
@@ -156,10 +177,10 @@ class CallTranscoder:
             self._down48.reset()
         self._active_out = None
 
-    def _emit(self, resampler: StreamResampler, pcm: npt.NDArray[np.int16]) -> list[bytes]:
-        ulaw = array_to_ulaw(resampler.process(pcm))
+    def _emit(self, resampler: StreamResampler | None, pcm: npt.NDArray[np.int16]) -> list[bytes]:
+        ulaw = array_to_ulaw(pcm if resampler is None else resampler.process(pcm))
         if pcm.size:
-            self._active_out = resampler
+            self._active_out = resampler  # None: 8 kHz already, no filter tail to flush
         size = self.CARRIER_FRAME_BYTES
         if not self._out_pending and len(ulaw) == size:
             return [ulaw]  # the steady state: one model frame, one carrier frame

@@ -374,8 +374,9 @@ class CallRunner:
 
     async def _read_audio(self, session: UpstreamSession) -> None:
         core, clock = self.core, self.clock
-        async for frame, received_at in session.audio_frames():
-            await self._execute(core.model_audio(frame, received_at, clock()))
+        async for a in session.model_audio():
+            effects = core.model_audio(a.pcm, a.received_at, clock(), a.rate, a.channels)
+            await self._execute(effects)
 
     async def _close_session(self, session: UpstreamSession) -> None:
         try:

@@ -45,7 +45,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from gateway.audio.format import CARRIER_FRAME_SAMPLES
+from gateway.audio.format import CARRIER_FRAME_SAMPLES, MODEL_RATE
 from gateway.audio.g711 import ulaw_to_array
 from gateway.audio.recording import RecordingTimeline
 from gateway.audio.transcoder import CallTranscoder
@@ -862,9 +862,15 @@ class CallCore:
     # --- playback: model audio to the caller ----------------------------------------------------
 
     def model_audio(
-        self, frame: npt.NDArray[np.int16], received_at: float, now: float
+        self,
+        frame: npt.NDArray[np.int16],
+        received_at: float,
+        now: float,
+        rate: int = MODEL_RATE,
+        channels: int = 1,
     ) -> list[Effect]:
-        """One decoded model frame: to the carrier as μ-law, with marks to learn it played."""
+        """One decoded model frame (any rate the transcoder takes, in one hop to 8 kHz): to the
+        carrier as μ-law, with marks to learn it played."""
         if self.phase is not Phase.LIVE:
             return _NONE
         machine = self.machine
@@ -875,7 +881,7 @@ class CallCore:
         if not machine.forwards_silence and _is_silent(frame):
             return _NONE
         out: list[Effect] = []
-        for chunk in self.transcoder.to_caller(frame):
+        for chunk in self.transcoder.to_caller_decoded(frame, rate, channels):
             self._play(chunk, machine.audible_response, received_at, now, out)
         return out
 

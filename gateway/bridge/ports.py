@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.realtime import events as rt
+from gateway.realtime.tracks import DecodedAudio
 from gateway.telephony.messages import CarrierCodec
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "CarrierCodec",
     "CarrierGone",
     "CarrierSocket",
+    "DecodedAudio",
     "UpstreamFactory",
     "UpstreamSession",
 ]
@@ -102,8 +104,9 @@ class UpstreamSession(Protocol):
         """Setup phases as ``(name, start, end)`` on the call's clock (for tracing)."""
         ...
 
-    def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
-        """Model audio for the caller, with the time each frame was received."""
+    def model_audio(self) -> AsyncIterator[DecodedAudio]:
+        """Model audio for the caller as decoded (any rate the core's transcoder takes: 48 kHz
+        mono or stereo, 24 kHz or 8 kHz mono), with the time each frame was received."""
         ...
 
     async def close(self) -> None: ...

@@ -70,7 +70,12 @@ from gateway.realtime import events as rt
 from gateway.realtime.config import RealtimeConfig
 from gateway.realtime.receiver import ShortJitterBuffer, install_receive_buffer
 from gateway.realtime.signalling import Signalling, http_client
-from gateway.realtime.tracks import CallerAudioTrack, RemoteAudioReader, RemoteAudioStats
+from gateway.realtime.tracks import (
+    CallerAudioTrack,
+    DecodedAudio,
+    RemoteAudioReader,
+    RemoteAudioStats,
+)
 
 __all__ = ["DATA_CHANNEL_LABEL", "RealtimeSession", "open_peer_connections"]
 
@@ -568,6 +573,18 @@ class RealtimeSession:
             raise RuntimeError("audio_frames() is already being consumed")
         self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
         async for item in self._reader:
+            yield item
+
+    async def model_audio(self) -> AsyncIterator[DecodedAudio]:
+        """Assistant audio as the decoder produced it (:class:`DecodedAudio`: 48 kHz stereo
+        for Opus, 8 kHz mono for PCMU/PCMA), for a consumer that resamples once, to its own
+        rate. Same rules as :meth:`audio_frames`; use one or the other."""
+        if self._remote is None or not self._remote.done() or self._remote.cancelled():
+            raise RuntimeError("model_audio() needs an open session")
+        if self._reader is not None:
+            raise RuntimeError("the session's audio is already being consumed")
+        self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
+        async for item in self._reader.decoded():
             yield item
 
     # ------------------------------------------------------------------ end

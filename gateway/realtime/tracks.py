@@ -32,6 +32,7 @@ __all__ = [
     "SAMPLE_RATE",
     "CallerAudioStats",
     "CallerAudioTrack",
+    "DecodedAudio",
     "RemoteAudioReader",
     "RemoteAudioStats",
 ]
@@ -271,6 +272,20 @@ class CallerAudioTrack(MediaStreamTrack):
             waiter.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedAudio:
+    """One frame as aiortc's decoder produced it: no resampling on our side.
+
+    ``pcm`` is int16, interleaved when ``channels`` is 2 (Opus decodes to 48 kHz stereo; PCMU and
+    PCMA to 8 kHz mono). ``received_at`` is the monotonic time the frame was handed over.
+    """
+
+    pcm: npt.NDArray[np.int16]
+    rate: int
+    channels: int
+    received_at: float
+
+
 @dataclass(slots=True)
 class RemoteAudioStats:
     """Counters of one remote-track reader."""
@@ -323,28 +338,47 @@ class RemoteAudioReader:
             for out in self.convert(frame):
                 yield out, received_at
 
+    async def decoded(self) -> AsyncIterator[DecodedAudio]:
+        """The remote track's frames as decoded, each with its rate and layout: for a consumer
+        that goes to its own rate in one hop (the gateway: 48 kHz straight to 8 kHz)."""
+        while True:
+            try:
+                frame = await self._track.recv()
+            except MediaStreamError:
+                return
+            received_at = self._clock()
+            if not isinstance(frame, AudioFrame):
+                raise AudioFormatError(f"remote audio track produced {type(frame).__name__}")
+            pcm, rate, channels = self._unpack(frame)
+            yield DecodedAudio(pcm, rate, channels, received_at)
+
+    def _unpack(self, frame: AudioFrame) -> tuple[npt.NDArray[np.int16], int, int]:
+        self.stats.frames_decoded += 1
+        if frame.format.name != "s16":
+            raise AudioFormatError(f"decoded audio is {frame.format.name}, expected s16 (packed)")
+        fmt = (int(frame.sample_rate), len(frame.layout.channels))
+        if fmt != self._format:
+            if self._format is not None:
+                self.stats.format_changes += 1
+            self._format = fmt
+        # to_ndarray() sizes the array to the audio; planes[0] is padded beyond it.
+        pcm: npt.NDArray[np.int16] = frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+        return pcm, fmt[0], fmt[1]
+
     def convert(self, frame: AudioFrame) -> list[npt.NDArray[np.int16]]:
         """Turn one decoded frame into zero or more complete 24 kHz frames (sync, CPU only).
 
         Raises :class:`~gateway.errors.AudioFormatError` for a sample format other than packed
         s16, which aiortc's decoders never produce.
         """
-        self.stats.frames_decoded += 1
-        if frame.format.name != "s16":
-            raise AudioFormatError(f"decoded audio is {frame.format.name}, expected s16 (packed)")
-        channels = len(frame.layout.channels)
-        fmt = (int(frame.sample_rate), channels)
-        if fmt != self._format:
-            if self._format is not None:
-                self.stats.format_changes += 1
-            self._format = fmt
+        previous = self._format
+        pcm, rate, channels = self._unpack(frame)
+        if self._format != previous:  # the first frame, or a renegotiated codec
             self._resampler = (
                 None
-                if fmt == (SAMPLE_RATE, 1)
-                else StreamResampler(fmt[0], SAMPLE_RATE, channels=channels)
+                if (rate, channels) == (SAMPLE_RATE, 1)
+                else StreamResampler(rate, SAMPLE_RATE, channels=channels)
             )
-        # to_ndarray() sizes the array to the audio; planes[0] is padded beyond it.
-        pcm: npt.NDArray[np.int16] = frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
         if self._resampler is not None:
             pcm = self._resampler.process(pcm)
         if self._pending.size:

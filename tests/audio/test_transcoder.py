@@ -212,6 +212,30 @@ def test_to_caller_48k_mono_and_stereo() -> None:
     assert len(t.to_caller_48k(np.zeros(1920, dtype=np.int16), channels=2)) == 1
 
 
+def test_decoded_model_audio_goes_to_the_carrier_in_one_hop_whatever_its_rate() -> None:
+    tone_8k = (6000 * np.sin(2 * np.pi * 440 * np.arange(160) / 8000)).astype(np.int16)
+    # 8 kHz mono (PCMU/PCMA decoded): no resampling, the μ-law of the samples themselves
+    assert CallTranscoder().to_caller_decoded(tone_8k, 8000, 1) == [array_to_ulaw(tone_8k)]
+    # 48 kHz stereo (Opus decoded): the direct 48 -> 8 kHz filter, not 48 -> 24 -> 8
+    stereo = np.zeros(1920, dtype=np.int16)
+    direct = CallTranscoder().to_caller_48k(stereo, channels=2)
+    assert CallTranscoder().to_caller_decoded(stereo, 48000, 2) == direct
+    # 24 kHz mono as before
+    mono24 = np.zeros(480, dtype=np.int16)
+    assert CallTranscoder().to_caller_decoded(mono24, 24000, 1) == CallTranscoder().to_caller(
+        mono24
+    )
+    with pytest.raises(AudioFormatError, match="at 16000 Hz"):
+        CallTranscoder().to_caller_decoded(np.zeros(320, dtype=np.int16), 16000, 1)
+
+
+def test_an_8k_response_flushes_its_remainder_padded_with_silence() -> None:
+    t = CallTranscoder()
+    assert t.to_caller_decoded(np.full(100, 3000, dtype=np.int16), 8000, 1) == []
+    tail = t.flush_to_caller()
+    assert tail is not None and len(tail) == 160 and tail[100:] == bytes([0xFF]) * 60
+
+
 def test_transcoded_round_trip_keeps_speech_intelligible(
     bandlimited_speech_8k: Int16Array,
 ) -> None:

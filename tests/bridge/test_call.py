@@ -31,6 +31,7 @@ from gateway.bridge.core import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_SETUP_ATTEMPT
 from gateway.errors import UpstreamLost, UpstreamRefused
 from gateway.numbers import Profile, ProfileStore
 from gateway.realtime import events as rt
+from gateway.realtime.tracks import DecodedAudio
 from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
 from gateway.telephony.messages import ClearAudio, Mark, PlayAudio, PlayMark, Stop
@@ -82,10 +83,10 @@ class ScriptedUpstream:
                 raise item
             yield rt.parse_server_event(json.dumps(item))
 
-    async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:  # type: ignore[override]
+    async def model_audio(self) -> AsyncIterator[DecodedAudio]:  # type: ignore[override]
         while (item := await self.audio_q.get()) is not _END:
             assert isinstance(item, np.ndarray)
-            yield item, asyncio.get_running_loop().time()
+            yield DecodedAudio(item, 24000, 1, asyncio.get_running_loop().time())
 
     async def close(self) -> None:
         self.closed.set()

@@ -279,6 +279,19 @@ def test_late_frames_while_draining_are_marked_at_once_so_the_drain_can_finish()
     assert call.core.machine.state is m.State.LISTENING
 
 
+def test_opus_decoded_audio_reaches_the_carrier_in_one_hop() -> None:
+    call = live()
+    call.responding()
+    call.event("output_audio_buffer.started", response_id="resp_1")
+    stereo = np.repeat(np.resize(LOUD_24K, 960), 2).astype(np.int16)  # 20 ms, 48 kHz, L=R
+    sent: list[Effect] = []
+    for _ in range(5):
+        now = call.at()
+        sent += call.core.model_audio(stereo, now, now, rate=48000, channels=2)
+    frames = [e.msg for e in sent if isinstance(e, ToCarrier) and isinstance(e.msg, PlayAudio)]
+    assert len(frames) == 5 and all(len(f.payload) == 160 for f in frames)
+
+
 def test_silence_between_answers_is_not_forwarded() -> None:
     call = live()
     now = call.at()

@@ -486,6 +486,20 @@ async def test_events_and_audio_flow_both_ways(fake: FakeRealtime) -> None:
         assert session.caller_track.stats.dropped == 0
 
 
+async def test_model_audio_comes_as_decoded_for_a_one_hop_consumer(fake: FakeRealtime) -> None:
+    async with opened(config(fake)) as session:
+        loud = 0
+        async with asyncio.timeout(10):
+            async for audio in session.model_audio():
+                assert (audio.rate, audio.channels) == (48000, 2)  # Opus, as aiortc decodes it
+                assert audio.pcm.dtype == np.int16 and audio.pcm.size == 960 * 2
+                loud += int(np.abs(audio.pcm).max() > 2000)
+                if loud == 5:
+                    break
+        with pytest.raises(RuntimeError, match="already being consumed"):
+            await anext(session.audio_frames())
+
+
 async def test_model_audio_goes_through_the_short_receive_buffer(fake: FakeRealtime) -> None:
     async with opened(config(fake, receive_buffer_packets=2)) as session:
         assert session.receive_buffer is not None and session.receive_buffer.depth == 2
