@@ -315,6 +315,7 @@ class RemoteAudioReader:
         self._clock = clock
         self._resampler: StreamResampler | None = None
         self._format: tuple[int, int] | None = None  # (rate, channels)
+        self._resampled_from: tuple[int, int] | None = None  # what the resampler was made for
         self._pending = np.zeros(0, dtype=np.int16)
         self.stats = RemoteAudioStats()
 
@@ -327,16 +328,9 @@ class RemoteAudioReader:
         return self._frames()
 
     async def _frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
-        while True:
-            try:
-                frame = await self._track.recv()
-            except MediaStreamError:
-                return
-            received_at = self._clock()
-            if not isinstance(frame, AudioFrame):
-                raise AudioFormatError(f"remote audio track produced {type(frame).__name__}")
-            for out in self.convert(frame):
-                yield out, received_at
+        async for audio in self.decoded():
+            for out in self._to_model_rate(audio.pcm, audio.rate, audio.channels):
+                yield out, audio.received_at
 
     async def decoded(self) -> AsyncIterator[DecodedAudio]:
         """The remote track's frames as decoded, each with its rate and layout: for a consumer
@@ -371,9 +365,13 @@ class RemoteAudioReader:
         Raises :class:`~gateway.errors.AudioFormatError` for a sample format other than packed
         s16, which aiortc's decoders never produce.
         """
-        previous = self._format
-        pcm, rate, channels = self._unpack(frame)
-        if self._format != previous:  # the first frame, or a renegotiated codec
+        return self._to_model_rate(*self._unpack(frame))
+
+    def _to_model_rate(
+        self, pcm: npt.NDArray[np.int16], rate: int, channels: int
+    ) -> list[npt.NDArray[np.int16]]:
+        if (rate, channels) != self._resampled_from:  # the first frame, or a renegotiated codec
+            self._resampled_from = (rate, channels)
             self._resampler = (
                 None
                 if (rate, channels) == (SAMPLE_RATE, 1)
