@@ -334,10 +334,14 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings once; raise :class:`ConfigError` listing *every* bad value."""
     import os
 
+    from dotenv import dotenv_values
+
+    env_file = overrides.get("_env_file", Settings.model_config.get("env_file"))
+    dotenv = dotenv_values(env_file) if isinstance(env_file, str | Path) else {}
     gone = [
         f"  - {name}: no longer a setting; {how}"
         for name, how in REMOVED.items()
-        if os.environ.get(name)
+        if os.environ.get(name) or dotenv.get(name)
     ]
     if gone:
         raise ConfigError("\n".join([f"{len(gone)} invalid setting(s):", *gone]))

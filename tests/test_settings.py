@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.errors import ConfigError
@@ -57,6 +59,7 @@ def test_dotenv_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) 
 
 def test_trusted_proxies_are_checked_and_the_old_switch_is_refused(
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("GATEWAY_TRUSTED_PROXIES", '["10.0.0.0/8", "::1"]')
     assert [str(n) for n in load_settings().trusted_proxy_networks()] == ["10.0.0.0/8", "::1/128"]
@@ -65,5 +68,10 @@ def test_trusted_proxies_are_checked_and_the_old_switch_is_refused(
         load_settings()
     monkeypatch.delenv("GATEWAY_TRUSTED_PROXIES")
     monkeypatch.setenv("GATEWAY_TRUST_PROXY_HEADERS", "true")
+    with pytest.raises(ConfigError, match="GATEWAY_TRUST_PROXY_HEADERS: no longer a setting"):
+        load_settings()
+    monkeypatch.delenv("GATEWAY_TRUST_PROXY_HEADERS")
+    (tmp_path / ".env").write_text("GATEWAY_TRUST_PROXY_HEADERS=true\n")
+    monkeypatch.chdir(tmp_path)  # a .env that still has it says so too, not only the environment
     with pytest.raises(ConfigError, match="GATEWAY_TRUST_PROXY_HEADERS: no longer a setting"):
         load_settings()
