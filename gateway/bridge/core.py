@@ -1070,14 +1070,15 @@ class CallCore:
         assert rec is not None
         if self._rec_t0 is None:
             self._rec_t0 = now - timestamp_ms / 1000
+        if self.recording_failed:
+            return  # stopped where it was; what it has is still saved
         ahead_ms = timestamp_ms - self._rec_at_ms(now)
         if ahead_ms > RECORDING_AHEAD_MAX_MS:
             # A stream whose timestamps run ahead of the call's real time would make the file
             # as long as the timestamps say (minutes of silence per frame): bounded by the call.
-            self._record(
-                _refuse,
+            self._stop_recording(
                 f"the carrier's media timestamps run {ahead_ms / 1000:.1f} s "
-                "ahead of the call's real time",
+                "ahead of the call's real time"
             )
             return
         self._record(rec.caller, ulaw, timestamp_ms)
@@ -1099,9 +1100,12 @@ class CallCore:
         try:
             step(*args)
         except ValueError as exc:  # a carrier timestamp far off the stream's clock
-            self.log.warning("call recording stopped: %s", exc)
-            self.recording_failed = True
-            self.metrics.recordings.labels("failed").inc()
+            self._stop_recording(str(exc))
+
+    def _stop_recording(self, reason: str) -> None:
+        self.log.warning("call recording stopped: %s", reason)
+        self.recording_failed = True
+        self.metrics.recordings.labels("failed").inc()
 
     # --- reports --------------------------------------------------------------------------------
 
@@ -1189,10 +1193,6 @@ def _outcome_for(exc: GatewayError) -> str:
 
 def _is_silent(frame: npt.NDArray[np.int16]) -> bool:
     return frame.size == 0 or int(np.abs(frame).max()) < SILENCE_PEAK
-
-
-def _refuse(reason: str) -> None:
-    raise ValueError(reason)
 
 
 def _without_leading_silence(
