@@ -131,7 +131,9 @@ def _probe_upstream(settings: Settings, profile: Profile) -> None:
         typer.echo("probe: nothing to ask: no OPENAI_API_KEY, calls use the embedded emulator")
         return
     try:
-        found = asyncio.run(probe(realtime_config(settings), profile))
+        found = asyncio.run(
+            probe(realtime_config(settings), profile, default_codec=settings.upstream_codec)
+        )
     except UpstreamError as exc:
         typer.echo(f"probe failed: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -99,6 +99,11 @@ class UpstreamError(GatewayError):
         super().__init__(message)
         self.code = code
 
+    @property
+    def retryable(self) -> bool:
+        """Whether another setup attempt may succeed (a timeout, a lost peer: yes)."""
+        return True
+
 
 class UpstreamRefused(UpstreamError):
     """Session creation was refused over HTTP."""
@@ -111,6 +116,15 @@ class UpstreamRefused(UpstreamError):
     def retryable(self) -> bool:
         """429 and 5xx may succeed on a later attempt; 4xx otherwise will not."""
         return self.status == 429 or self.status >= 500
+
+
+class UpstreamCodecRefused(UpstreamError):
+    """The answer has none of the audio codecs the offer asked for (a G.711 leg the service
+    does not offer): every later attempt would be answered the same way."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 class UpstreamTimeout(UpstreamError):

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.audio.format import UpstreamCodec
 from gateway.errors import ConfigError
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -167,13 +168,27 @@ class Profile(_Strict):
     record: bool = Field(
         default=False, description="Record the call as a stereo WAV (caller left, assistant right)"
     )
+    upstream_codec: UpstreamCodec | None = Field(
+        default=None,
+        description=(
+            "Audio codec on the Realtime leg: opus, pcmu or pcma; unset uses GATEWAY_UPSTREAM_CODEC"
+        ),
+    )
     fallback: Fallback = Field(default_factory=Fallback)
 
-    def session_config(self, *, call_control: bool = False) -> dict[str, Any]:
+    def codec(self, default: UpstreamCodec) -> UpstreamCodec:
+        """The Realtime leg's codec for this number: its own, else the process default."""
+        return self.upstream_codec or default
+
+    def session_config(
+        self, *, call_control: bool = False, codec: UpstreamCodec = "opus"
+    ) -> dict[str, Any]:
         """The GA ``session`` object for ``session.update`` / the unified ``session`` part.
 
         ``call_control``: the gateway can act on the carrier (REST credentials are set), so the
-        profile's built-in tools are declared to the model.
+        profile's built-in tools are declared to the model. ``codec``: the leg's codec; a
+        G.711 leg sets ``audio.input.format`` and ``audio.output.format`` to match it, as
+        OpenAI's own phone-quality WebRTC client does (an Opus leg leaves them unset).
         """
         audio_input: dict[str, Any] = {
             "turn_detection": (
@@ -187,12 +202,16 @@ class Profile(_Strict):
                 else self.transcription.model_dump(exclude_none=True)
             ),
         }
+        audio_output: dict[str, Any] = {"voice": self.voice}
+        if codec != "opus":
+            audio_input = {"format": {"type": f"audio/{codec}"}, **audio_input}
+            audio_output = {"format": {"type": f"audio/{codec}"}, **audio_output}
         config: dict[str, Any] = {
             "type": "realtime",
             "model": self.model,
             "instructions": self.instructions,
             "output_modalities": ["audio"],
-            "audio": {"input": audio_input, "output": {"voice": self.voice}},
+            "audio": {"input": audio_input, "output": audio_output},
         }
         if call_control and self.tools.any:
             config["tools"] = tool_definitions(self.tools)

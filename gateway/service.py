@@ -153,6 +153,7 @@ async def running_gateway(
                 on_caller_audio_handoff=caller_latency.observe,
                 on_caller_audio_drop=caller_queue_full.inc,
                 call_control=services.carrier_api is not None,
+                default_codec=settings.upstream_codec,
             ),
             profiles=profiles,
             metrics=metrics,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.audio.format import UpstreamCodec
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     setup_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # The longest wait for a missing model-audio packet; in-order audio is never held.
     receive_buffer_ms: int = Field(default=40, ge=0, le=160)
+    upstream_codec: UpstreamCodec = Field(
+        default="opus",
+        description=(
+            "Audio codec on the Realtime leg for profiles that do not set one: opus transcodes; "
+            "pcmu/pcma pass the call's G.711 through (less CPU and delay, phone quality)"
+        ),
+    )
     session_max_age_s: float = Field(
         default=55 * 60,
         ge=60,

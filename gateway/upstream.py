@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import httpx
 
-from gateway.audio.format import FRAME_MS
+from gateway.audio.format import FRAME_MS, UpstreamCodec
 from gateway.errors import UpstreamTimeout
 from gateway.numbers import Profile
 from gateway.realtime.config import IceServer, RealtimeConfig, SetupTimeouts
@@ -75,17 +75,21 @@ def session_factory(
     on_caller_audio_handoff: Callable[[float], None] | None = None,
     on_caller_audio_drop: Callable[[], None] | None = None,
     call_control: bool = False,
+    default_codec: UpstreamCodec = "opus",
 ) -> Callable[[Profile], RealtimeSession]:
     """A per-call constructor for the bridge: the profile's GA session on the shared config.
 
     ``call_control``: the gateway can act on calls (carrier REST API configured), so profiles'
-    built-in tools are declared to the model.
+    built-in tools are declared to the model. ``default_codec`` is the Realtime leg's codec for
+    profiles that do not choose one (``GATEWAY_UPSTREAM_CODEC``).
     """
 
     def create(profile: Profile) -> RealtimeSession:
+        codec = profile.codec(default_codec)
         return RealtimeSession(
             config,
-            profile.session_config(call_control=call_control),
+            profile.session_config(call_control=call_control, codec=codec),
+            codec=codec,
             on_caller_audio_handoff=on_caller_audio_handoff,
             on_caller_audio_drop=on_caller_audio_drop,
         )
@@ -93,7 +97,9 @@ def session_factory(
     return create
 
 
-async def probe(config: RealtimeConfig, profile: Profile) -> str:
+async def probe(
+    config: RealtimeConfig, profile: Profile, *, default_codec: UpstreamCodec = "opus"
+) -> str:
     """Check that ``config``'s key may open Realtime sessions, without placing a call.
 
     Mints a short-lived client secret for ``profile``'s session (``POST
@@ -108,7 +114,8 @@ async def probe(config: RealtimeConfig, profile: Profile) -> str:
         async with http_client(
             config.http_client, transport=config.transport, timeout_s=config.timeouts.sdp_exchange
         ) as client:
-            await signalling.client_secret(client, profile.session_config(), ttl_s=10)
+            session = profile.session_config(codec=profile.codec(default_codec))
+            await signalling.client_secret(client, session, ttl_s=10)
     except httpx.HTTPError as exc:
         raise UpstreamTimeout(
             f"the Realtime API at {config.base_url} did not answer: {type(exc).__name__}"

@@ -27,15 +27,22 @@ with warnings.catch_warnings():
     import audioop
 
 __all__ = [
+    "ALAW_SILENCE",
     "ULAW_SILENCE",
+    "alaw_to_ulaw",
     "array_to_ulaw",
+    "g711_peak",
     "pcm16_to_ulaw",
+    "ulaw_to_alaw",
     "ulaw_to_array",
     "ulaw_to_pcm16",
 ]
 
 ULAW_SILENCE: Final = 0xFF
 """The μ-law byte for a zero sample; pad frames with it."""
+
+ALAW_SILENCE: Final = 0xD5
+"""The A-law byte for a zero sample (+0, even bits inverted as G.711 A-law transmits it)."""
 
 # audioop works in native byte order; the formats we speak are little-endian.
 _SWAP: Final = sys.byteorder == "big"
@@ -83,3 +90,35 @@ def array_to_ulaw(samples: npt.NDArray[np.int16]) -> bytes:
         )
     ulaw: bytes = audioop.lin2ulaw(np.ascontiguousarray(samples).tobytes(), 2)
     return ulaw
+
+
+def _translation(decode: str, encode: str) -> bytes:
+    """A 256-byte table taking each code of one G.711 law to the other law's code for the same
+    linear value (through 16-bit PCM, as a decode-then-encode would, one lookup per byte)."""
+    codes = bytes(range(256))
+    linear = getattr(audioop, decode)(codes, 2)
+    table: bytes = getattr(audioop, encode)(linear, 2)
+    return table
+
+
+_ULAW_TO_ALAW: Final = _translation("ulaw2lin", "lin2alaw")
+_ALAW_TO_ULAW: Final = _translation("alaw2lin", "lin2ulaw")
+
+
+def ulaw_to_alaw(data: Buffer) -> bytes:
+    """μ-law bytes as A-law: a byte-for-byte table lookup (~0.1 µs for a 20 ms frame)."""
+    return bytes(data).translate(_ULAW_TO_ALAW)
+
+
+def alaw_to_ulaw(data: Buffer) -> bytes:
+    """A-law bytes as μ-law: a byte-for-byte table lookup."""
+    return bytes(data).translate(_ALAW_TO_ULAW)
+
+
+def g711_peak(data: Buffer, *, alaw: bool = False) -> int:
+    """The largest absolute sample value of G.711 bytes (μ-law, or A-law with ``alaw``)."""
+    if not data:
+        return 0
+    pcm = audioop.alaw2lin(data, 2) if alaw else audioop.ulaw2lin(data, 2)
+    peak: int = audioop.max(pcm, 2)
+    return peak

@@ -16,6 +16,11 @@
 
 Both directions resample with :class:`~gateway.audio.resample.StreamResampler`, whose output does
 not depend on how the input was split.
+
+With a G.711 codec on the Realtime leg (``pcmu``/``pcma``) nothing is resampled or re-encoded:
+:meth:`CallTranscoder.from_caller_g711` and :meth:`CallTranscoder.to_caller_g711` only cut the
+bytes into 160-byte frames (a 160-byte payload passes as the same object) and, for A-law,
+translate each byte by table lookup.
 """
 
 from __future__ import annotations
@@ -25,8 +30,14 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from gateway.audio.format import CARRIER_RATE, MODEL_RATE, WEBRTC_RATE
-from gateway.audio.g711 import ULAW_SILENCE, array_to_ulaw, ulaw_to_array
+from gateway.audio.format import CARRIER_RATE, MODEL_RATE, WEBRTC_RATE, UpstreamCodec
+from gateway.audio.g711 import (
+    ULAW_SILENCE,
+    alaw_to_ulaw,
+    array_to_ulaw,
+    ulaw_to_alaw,
+    ulaw_to_array,
+)
 from gateway.audio.resample import StreamResampler
 from gateway.errors import AudioFormatError
 
@@ -47,6 +58,7 @@ class CallTranscoder:
         # The resampler whose history belongs to the response being sent, for flushing.
         self._active_out: StreamResampler | None = None
         self._in_pending = np.zeros(0, dtype=np.int16)
+        self._in_g711_pending = bytearray()
         self._out_pending = bytearray()
 
     # ------------------------------------------------------------- from the caller
@@ -82,11 +94,32 @@ class CallTranscoder:
         self._in_pending = pcm[whole:].copy()
         return [pcm[i : i + size].copy() for i in range(0, whole, size)]
 
+    def from_caller_g711(
+        self, ulaw: bytes | bytearray | memoryview, codec: UpstreamCodec
+    ) -> list[bytes]:
+        """A carrier payload for a G.711 Realtime leg: 160-byte frames in ``codec`` (``pcmu``:
+        the carrier's bytes as they are; ``pcma``: translated). No decoding, no resampling.
+
+        A 160-byte payload with nothing held comes back as the same bytes object.
+        """
+        if codec == "opus":
+            raise ValueError("from_caller_g711 is for pcmu/pcma; Opus takes from_caller_pcm")
+        size = self.CARRIER_FRAME_BYTES
+        if not self._in_g711_pending and len(ulaw) == size:
+            frames = [ulaw if isinstance(ulaw, bytes) else bytes(ulaw)]
+        else:
+            self._in_g711_pending += ulaw
+            whole = len(self._in_g711_pending) - len(self._in_g711_pending) % size
+            frames = [bytes(self._in_g711_pending[i : i + size]) for i in range(0, whole, size)]
+            del self._in_g711_pending[:whole]
+        return frames if codec == "pcmu" else [ulaw_to_alaw(f) for f in frames]
+
     def reset_from_caller(self) -> None:
         """Drop held caller audio and resampler history (e.g. when the model session is
         replaced); the next payload is transcoded as the start of a new stream."""
         self._up.reset()
         self._in_pending = np.zeros(0, dtype=np.int16)
+        self._in_g711_pending.clear()
 
     # --------------------------------------------------------------- to the caller
 
@@ -142,6 +175,15 @@ class CallTranscoder:
             "24 kHz mono or 8 kHz mono"
         )
 
+    def to_caller_g711(self, payload: bytes, codec: UpstreamCodec) -> list[bytes]:
+        """Model audio from a G.711 Realtime leg (``pcmu`` as is, ``pcma`` translated) as
+        160-byte μ-law frames for the carrier; the remainder is held as for the other paths
+        (:meth:`flush_to_caller` pads it, :meth:`reset_to_caller` drops it)."""
+        if codec == "opus":
+            raise ValueError("to_caller_g711 is for pcmu/pcma; Opus takes to_caller_decoded")
+        self._active_out = None  # no filter: nothing rings past the bytes
+        return self._frame_out(payload if codec == "pcmu" else alaw_to_ulaw(payload))
+
     def flush_to_caller(self) -> bytes | None:
         """End the current response: return its last frame, padded with silence, or None.
 
@@ -181,6 +223,9 @@ class CallTranscoder:
         ulaw = array_to_ulaw(pcm if resampler is None else resampler.process(pcm))
         if pcm.size:
             self._active_out = resampler  # None: 8 kHz already, no filter tail to flush
+        return self._frame_out(ulaw)
+
+    def _frame_out(self, ulaw: bytes) -> list[bytes]:
         size = self.CARRIER_FRAME_BYTES
         if not self._out_pending and len(ulaw) == size:
             return [ulaw]  # the steady state: one model frame, one carrier frame

@@ -95,6 +95,7 @@ def call_config(profile: Profile, settings: Settings, *, tools: bool, record: bo
         setup_buffer_frames=max(1, settings.setup_buffer_ms // FRAME_MS),
         session_max_age_s=settings.session_max_age_s,
         record=record,
+        upstream_codec=profile.codec(settings.upstream_codec),
     )
 
 

@@ -43,6 +43,7 @@ from gateway.bridge.ports import (
     CarrierCodec,
     CarrierGone,
     CarrierSocket,
+    EncodedAudio,
     UpstreamFactory,
     UpstreamSession,
 )
@@ -375,7 +376,10 @@ class CallRunner:
     async def _read_audio(self, session: UpstreamSession) -> None:
         core, clock = self.core, self.clock
         async for a in session.model_audio():
-            effects = core.model_audio(a.pcm, a.received_at, clock(), a.rate, a.channels)
+            if isinstance(a, EncodedAudio):
+                effects = core.model_payload(a.payload, a.codec, a.received_at, clock())
+            else:
+                effects = core.model_audio(a.pcm, a.received_at, clock(), a.rate, a.channels)
             await self._execute(effects)
 
     async def _close_session(self, session: UpstreamSession) -> None:

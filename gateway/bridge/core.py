@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -45,8 +45,8 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from gateway.audio.format import CARRIER_FRAME_SAMPLES, MODEL_RATE
-from gateway.audio.g711 import ulaw_to_array
+from gateway.audio.format import CARRIER_FRAME_SAMPLES, MODEL_RATE, LegFrame, UpstreamCodec
+from gateway.audio.g711 import g711_peak, ulaw_to_array
 from gateway.audio.recording import RecordingTimeline
 from gateway.audio.transcoder import CallTranscoder
 from gateway.audio.vad import LocalVad, VadEvent
@@ -142,9 +142,10 @@ class ToUpstream:
 
 @dataclass(frozen=True, slots=True)
 class PushAudio:
-    """Hand one model-rate frame of caller audio to the current session."""
+    """Hand one frame of caller audio to the current session: 24 kHz PCM on an Opus leg, the
+    leg's G.711 bytes on a G.711 leg."""
 
-    frame: npt.NDArray[np.int16]
+    frame: LegFrame
     received_at: float
 
 
@@ -263,6 +264,8 @@ class CallConfig:
     session_max_age_s: float = 3300.0
     record: bool = False
     """Keep a recording timeline; the runner owns the file writer."""
+    upstream_codec: UpstreamCodec = "opus"
+    """The Realtime leg's codec: ``pcmu``/``pcma`` carry G.711 bytes through, no resampling."""
 
 
 def backoff_s(attempt: int, rng: random.Random) -> float:
@@ -329,7 +332,7 @@ class CallCore:
         self._rec_t0: float | None = None
         self._rec_frames = 0
         self.recording_failed = False
-        self._setup_buffer: deque[tuple[npt.NDArray[np.int16], float]] = deque(maxlen=1)
+        self._setup_buffer: deque[tuple[LegFrame, float]] = deque(maxlen=1)
         self._setup_t0 = now
         self._setup_deadline = now
         self._attempt = 0
@@ -475,7 +478,12 @@ class CallCore:
         if self.vad is not None and self.ready and pcm8k.size == CARRIER_FRAME_SAMPLES:
             if self.vad.process(pcm8k.tobytes()) is VadEvent.SPEECH_STARTED:
                 out += self._speech(m.SpeechStarted("local"), now)
-        frames = self.transcoder.from_caller_pcm(pcm8k)
+        codec = self.config.upstream_codec
+        frames: Sequence[LegFrame] = (
+            self.transcoder.from_caller_pcm(pcm8k)
+            if codec == "opus"
+            else self.transcoder.from_caller_g711(msg.payload, codec)
+        )
         if self.ready:
             for frame in frames:
                 out.append(PushAudio(frame, now))
@@ -617,7 +625,7 @@ class CallCore:
         retried after a jittered backoff while the attempt can still finish in time; past that
         the caller would sit in silence, so the call ends and the TwiML fallback plays."""
         self.metrics.upstream_errors.labels(setup_error_code(exc)).inc()
-        retryable = not isinstance(exc, UpstreamRefused) or exc.retryable
+        retryable = exc.retryable
         delay = backoff_s(self._attempt, self.rng)
         if (
             not retryable
@@ -647,7 +655,10 @@ class CallCore:
         self.log.info("upstream ready in %.0f ms (call id %s)", ready_ms, call_id)
         self._session_opened_at = now
         out: list[Effect] = self._restore_conversation() if resume else []
-        out += [PushAudio(f, at) for f, at in _without_leading_silence(self._setup_buffer)]
+        out += [
+            PushAudio(f, at)
+            for f, at in _without_leading_silence(self._setup_buffer, self.config.upstream_codec)
+        ]
         self._setup_buffer.clear()
         if self.config.greeting and not resume:
             out.append(ToUpstream(rt.response_create(instructions=self.config.greeting)))
@@ -882,6 +893,25 @@ class CallCore:
             return _NONE
         out: list[Effect] = []
         for chunk in self.transcoder.to_caller_decoded(frame, rate, channels):
+            self._play(chunk, machine.audible_response, received_at, now, out)
+        return out
+
+    def model_payload(
+        self, payload: bytes, codec: UpstreamCodec, received_at: float, now: float
+    ) -> list[Effect]:
+        """Model audio from a G.711 leg as it came in RTP: to the carrier as μ-law with no
+        decoding or resampling (A-law translated by table), with marks as on the Opus path."""
+        if self.phase is not Phase.LIVE:
+            return _NONE
+        machine = self.machine
+        if not machine.forwards_audio():
+            self.stats.muted_frames += 1
+            self.metrics.dropped_frames.labels("outbound", "muted_after_barge_in").inc()
+            return _NONE
+        if not machine.forwards_silence and _is_silent(payload, codec):
+            return _NONE
+        out: list[Effect] = []
+        for chunk in self.transcoder.to_caller_g711(payload, codec):
             self._play(chunk, machine.audible_response, received_at, now, out)
         return out
 
@@ -1191,18 +1221,22 @@ def _outcome_for(exc: GatewayError) -> str:
     return next((outcome for kind, outcome in _OUTCOMES if isinstance(exc, kind)), "error")
 
 
-def _is_silent(frame: npt.NDArray[np.int16]) -> bool:
+def _is_silent(frame: LegFrame, codec: UpstreamCodec = "opus") -> bool:
+    if isinstance(frame, bytes):
+        return g711_peak(frame, alaw=codec == "pcma") < SILENCE_PEAK
     return frame.size == 0 or int(np.abs(frame).max()) < SILENCE_PEAK
 
 
 def _without_leading_silence(
-    frames: deque[tuple[npt.NDArray[np.int16], float]],
-) -> list[tuple[npt.NDArray[np.int16], float]]:
+    frames: deque[tuple[LegFrame, float]], codec: UpstreamCodec
+) -> list[tuple[LegFrame, float]]:
     """The setup buffer from shortly before the caller first spoke (all of it if they did).
 
     Silence buffered while the session opened carries nothing, but replaying it would make
     every later frame wait behind it; speech is kept whole, with a short lead-in.
     """
     items = list(frames)
-    first_voiced = next((i for i, (f, _) in enumerate(items) if not _is_silent(f)), len(items))
+    first_voiced = next(
+        (i for i, (f, _) in enumerate(items) if not _is_silent(f, codec)), len(items)
+    )
     return items[max(0, first_voiced - SETUP_PREFIX_FRAMES) :] if first_voiced < len(items) else []

@@ -22,11 +22,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
+from gateway.audio.format import LegFrame
 from gateway.realtime import events as rt
-from gateway.realtime.tracks import DecodedAudio
+from gateway.realtime.tracks import DecodedAudio, EncodedAudio
 from gateway.telephony.messages import CarrierCodec
 
 if TYPE_CHECKING:
@@ -44,6 +42,7 @@ __all__ = [
     "CarrierGone",
     "CarrierSocket",
     "DecodedAudio",
+    "EncodedAudio",
     "UpstreamFactory",
     "UpstreamSession",
 ]
@@ -95,8 +94,9 @@ class UpstreamSession(Protocol):
         :class:`~gateway.errors.UpstreamError` when it is lost."""
         ...
 
-    def push_audio(self, frame: npt.NDArray[np.int16], received_at: float) -> None:
-        """Caller audio for the model: one 20 ms frame at the model's rate."""
+    def push_audio(self, frame: LegFrame, received_at: float) -> None:
+        """Caller audio for the model: one 20 ms frame, 24 kHz PCM on an Opus leg or the
+        leg's G.711 bytes."""
         ...
 
     @property
@@ -104,9 +104,10 @@ class UpstreamSession(Protocol):
         """Setup phases as ``(name, start, end)`` on the call's clock (for tracing)."""
         ...
 
-    def model_audio(self) -> AsyncIterator[DecodedAudio]:
+    def model_audio(self) -> AsyncIterator[DecodedAudio | EncodedAudio]:
         """Model audio for the caller as decoded (any rate the core's transcoder takes: 48 kHz
-        mono or stereo, 24 kHz or 8 kHz mono), with the time each frame was received."""
+        mono or stereo, 24 kHz or 8 kHz mono) or, on a G.711 leg, as the RTP payload, with the
+        time each frame was received."""
         ...
 
     async def close(self) -> None: ...

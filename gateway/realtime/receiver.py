@@ -16,6 +16,10 @@ what makes "next in sequence" a whole frame.
 A reordered packet that arrives after its successors leaves one frame of standing delay behind
 (one frame leaves per arriving packet, as in aiortc); the next skipped gap removes it.
 
+With a ``tap`` (a G.711 leg, whose payload needs no decoder), every releasable frame goes to the
+tap at once, in order, on the event loop, and aiortc's decoder thread is never handed one: no
+decode, no hop to a thread and back per frame, and no standing delay after a reorder.
+
 The seam is aiortc's private attribute ``RTCRtpReceiver.__jitter_buffer`` (name-mangled). It is
 checked, not assumed: :func:`install_receive_buffer` raises :class:`ReceiverSeamMoved` when an
 aiortc release moves it, and ``pyproject.toml`` pins aiortc's major version.
@@ -23,6 +27,7 @@ aiortc release moves it, and ``pyproject.toml`` pins aiortc's major version.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from aiortc import RTCRtpReceiver
@@ -45,17 +50,28 @@ class ReceiverSeamMoved(RuntimeError):
 class ShortJitterBuffer(JitterBuffer):
     """aiortc's audio jitter buffer, releasing in-sequence frames at once (see the module)."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, tap: Callable[[bytes, int], None] | None = None) -> None:
         if not 0 <= depth <= MAX_DEPTH:
             raise ValueError(f"receive buffer depth {depth} must be 0..{MAX_DEPTH} packets")
         super().__init__(capacity=_CAPACITY, prefetch=depth)
         self.depth = depth
+        self._tap = tap
+        """Called with ``(payload, rtp_timestamp)`` for each released frame, instead of aiortc's
+        decoder, when set."""
         self.released = 0
         """Frames handed on to the decoder."""
         self.skipped = 0
         """Packets given up on (lost, or later than ``depth`` successors)."""
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        tap = self._tap
+        if tap is None:
+            return self._next_frame()
+        while (frame := self._next_frame()) is not None:
+            tap(frame.data, frame.timestamp)
+        return None
+
+    def _next_frame(self) -> JitterFrame | None:
         origin = self._origin
         assert origin is not None  # add() sets it before asking for a frame
         ring, capacity = self._packets, self._capacity
@@ -77,8 +93,11 @@ def _frame(packet: RtpPacket) -> JitterFrame:
     return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
-def install_receive_buffer(receiver: RTCRtpReceiver, depth: int) -> ShortJitterBuffer:
-    """Give an audio ``receiver`` a :class:`ShortJitterBuffer` of ``depth`` packets.
+def install_receive_buffer(
+    receiver: RTCRtpReceiver, depth: int, tap: Callable[[bytes, int], None] | None = None
+) -> ShortJitterBuffer:
+    """Give an audio ``receiver`` a :class:`ShortJitterBuffer` of ``depth`` packets (with
+    ``tap``: frames go there instead of to aiortc's decoder; see the module).
 
     Call it before media flows (right after creating the transceiver or on ``track``). Raises
     :class:`ReceiverSeamMoved` if this aiortc does not have the attribute we replace, or has
@@ -91,6 +110,6 @@ def install_receive_buffer(receiver: RTCRtpReceiver, depth: int) -> ShortJitterB
             f"{_SEAM}: this aiortc release moved the seam gateway.realtime.receiver uses; "
             "pin aiortc to a tested version or update the seam"
         )
-    buffer = ShortJitterBuffer(depth)
+    buffer = ShortJitterBuffer(depth, tap)
     setattr(receiver, _SEAM, buffer)
     return buffer

@@ -57,9 +57,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import SessionDescription
 
+from gateway.audio.format import CARRIER_RATE, RTP_MIME, UpstreamCodec
+from gateway.audio.g711 import ALAW_SILENCE, ULAW_SILENCE
 from gateway.errors import (
+    UpstreamCodecRefused,
     UpstreamError,
     UpstreamLost,
     UpstreamProtocolError,
@@ -69,10 +71,13 @@ from gateway.errors import (
 from gateway.realtime import events as rt
 from gateway.realtime.config import RealtimeConfig
 from gateway.realtime.receiver import ShortJitterBuffer, install_receive_buffer
+from gateway.realtime.sdp import audio_codecs, complete_static_rtpmaps, negotiated_audio_codec
 from gateway.realtime.signalling import Signalling, http_client
 from gateway.realtime.tracks import (
     CallerAudioTrack,
+    CallerFrame,
     DecodedAudio,
+    EncodedAudio,
     RemoteAudioReader,
     RemoteAudioStats,
 )
@@ -97,6 +102,12 @@ _CLOSE_TIMEOUT_S: Final = 5.0
 # call's cleanup (its admission is released after the session closes).
 _HANGUP_TIMEOUT_S: Final = 2.0
 _T = TypeVar("_T")
+# A G.711 leg always gets the short receive buffer (its tap is how audio skips the decoder);
+# this depth when the config keeps aiortc's own buffer.
+_G711_RECEIVE_DEPTH: Final = 2
+# Silence filled in for lost G.711 packets, at most this long (a longer timestamp jump is a
+# discontinuity, not a loss).
+_MAX_FILL_SAMPLES: Final = CARRIER_RATE // 5
 
 _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
@@ -147,6 +158,14 @@ class RealtimeSession:
     :meth:`push_audio` (or its ``received_at``) until aiortc takes the frame;
     ``on_caller_audio_drop()`` is called for each caller frame dropped because the caller-audio
     queue was full (a carrier flooding faster than real time).
+
+    ``codec`` is the audio codec of this call's leg. ``opus`` (the default) offers the config's
+    ``audio_codecs`` (all of aiortc's when empty); :meth:`push_audio` takes 24 kHz PCM and
+    :meth:`model_audio` yields :class:`DecodedAudio`. ``pcmu`` or ``pcma`` offers that codec
+    only and carries G.711 bytes both ways untouched: :meth:`push_audio` takes 160-byte frames
+    in that law and :meth:`model_audio` yields :class:`EncodedAudio` straight from the receive
+    buffer (aiortc's decoder never runs). An answer without the codec fails :meth:`open` with
+    :class:`~gateway.errors.UpstreamCodecRefused`.
     """
 
     def __init__(
@@ -154,6 +173,7 @@ class RealtimeSession:
         config: RealtimeConfig,
         session: Mapping[str, Any],
         *,
+        codec: UpstreamCodec = "opus",
         on_caller_audio_handoff: Callable[[float], None] | None = None,
         on_caller_audio_drop: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -165,6 +185,9 @@ class RealtimeSession:
             config.base_url, config.api_key, safety_identifier=config.safety_identifier
         )
         self._clock = clock
+        if codec not in RTP_MIME:
+            raise ValueError(f"codec must be one of {sorted(RTP_MIME)}, got {codec!r}")
+        self.codec: UpstreamCodec = codec
         self._caller_track = CallerAudioTrack(
             max_frames=config.caller_max_frames,
             target_frames=config.caller_target_frames,
@@ -172,8 +195,12 @@ class RealtimeSession:
             clock=clock,
             on_handoff=on_caller_audio_handoff,
             on_drop=on_caller_audio_drop,
+            codec=codec,
         )
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        # G.711 model audio from the receive buffer's tap; None marks the end.
+        self._g711_audio: asyncio.Queue[EncodedAudio | None] = asyncio.Queue()
+        self._g711_next_ts: int | None = None  # RTP timestamp the next payload should carry
         self._state: Literal["new", "opening", "open", "closed"] = "new"
         self._pc: RTCPeerConnection | None = None
         self.hung_up: bool | None = None
@@ -312,21 +339,29 @@ class RealtimeSession:
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("track", self._on_track)
         transceiver = pc.addTransceiver(self._caller_track, direction="sendrecv")
-        if cfg.receive_buffer_packets is not None:
+        g711 = self.codec != "opus"
+        if g711:
+            depth = cfg.receive_buffer_packets
+            self.receive_buffer = install_receive_buffer(
+                transceiver.receiver,
+                _G711_RECEIVE_DEPTH if depth is None else depth,
+                tap=self._on_g711_payload,
+            )
+        elif cfg.receive_buffer_packets is not None:
             self.receive_buffer = install_receive_buffer(
                 transceiver.receiver, cfg.receive_buffer_packets
             )
-        if cfg.audio_codecs:
+        offered = (RTP_MIME[self.codec],) if g711 else cfg.audio_codecs
+        if offered:
             available = RTCRtpSender.getCapabilities("audio").codecs
             wanted = [
-                c
-                for name in cfg.audio_codecs
-                for c in available
-                if c.mimeType.lower() == name.lower()
+                c for name in offered for c in available if c.mimeType.lower() == name.lower()
             ]
             if not wanted:
-                raise ValueError(f"none of the audio codecs {cfg.audio_codecs} is supported")
+                raise ValueError(f"none of the audio codecs {offered} is supported")
             transceiver.setCodecPreferences(wanted)
+        else:
+            offered = tuple(c.mimeType for c in RTCRtpSender.getCapabilities("audio").codecs)
         channel = pc.createDataChannel(DATA_CHANNEL_LABEL)
         self._channel = channel
         channel.on("open", self._on_channel_open)
@@ -356,10 +391,21 @@ class RealtimeSession:
         self._call_id = answer.call_id
         if self._call_id is None:
             log.warning("Realtime answer has no rtc_ call id in Location; hangup() is disabled")
-        answer_sdp = answer.sdp
-
+        answer_sdp = complete_static_rtpmaps(answer.sdp)
+        self._audio_codec = negotiated_audio_codec(answer_sdp, offered)
+        if self._audio_codec is None:
+            raise UpstreamCodecRefused(
+                f"Realtime answered without the audio codec this call offered "
+                f"({', '.join(offered)}); it listed {_answer_codec_list(answer_sdp)}"
+                + (
+                    f": upstream_codec {self.codec} is not available from "
+                    f"{cfg.base_url}; use opus for this number"
+                    if g711
+                    else ""
+                ),
+                code="codec_refused",
+            )
         try:
-            self._audio_codec = _answer_audio_codec(answer_sdp)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         except Exception as exc:
             raise UpstreamProtocolError(
@@ -550,8 +596,9 @@ class RealtimeSession:
         """
         return _EventStream(self)
 
-    def push_audio(self, frame: npt.NDArray[np.int16], received_at: float | None = None) -> None:
-        """Queue one caller frame (480 int16 samples, 24 kHz mono) for the caller-audio track.
+    def push_audio(self, frame: CallerFrame, received_at: float | None = None) -> None:
+        """Queue one caller frame (480 int16 samples, 24 kHz mono; 160 bytes of the leg's law
+        on a G.711 leg) for the caller-audio track.
 
         ``received_at`` is when the carrier frame arrived (monotonic); frames after close are
         ignored. See :class:`~gateway.realtime.tracks.CallerAudioTrack` for pacing and bounds.
@@ -575,17 +622,40 @@ class RealtimeSession:
         async for item in self._reader:
             yield item
 
-    async def model_audio(self) -> AsyncIterator[DecodedAudio]:
-        """Assistant audio as the decoder produced it (:class:`DecodedAudio`: 48 kHz stereo
-        for Opus, 8 kHz mono for PCMU/PCMA), for a consumer that resamples once, to its own
-        rate. Same rules as :meth:`audio_frames`; use one or the other."""
+    async def model_audio(self) -> AsyncIterator[DecodedAudio | EncodedAudio]:
+        """Assistant audio as it arrives: on an Opus leg as the decoder produced it
+        (:class:`DecodedAudio`, 48 kHz stereo), for a consumer that resamples once, to its own
+        rate; on a G.711 leg as the RTP payload (:class:`EncodedAudio`), never decoded. Same
+        rules as :meth:`audio_frames`; use one or the other."""
         if self._remote is None or not self._remote.done() or self._remote.cancelled():
             raise RuntimeError("model_audio() needs an open session")
         if self._reader is not None:
             raise RuntimeError("the session's audio is already being consumed")
         self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
-        async for item in self._reader.decoded():
-            yield item
+        if self.codec == "opus":
+            async for item in self._reader.decoded():
+                yield item
+            return
+        queue = self._g711_audio
+        while (audio := await queue.get()) is not None:
+            yield audio
+        queue.put_nowait(None)
+
+    def _on_g711_payload(self, payload: bytes, timestamp: int) -> None:
+        """The receive buffer's tap (on the loop): one G.711 frame, in sequence. A timestamp
+        ahead of the last payload's end is a lost packet: its length of silence goes first,
+        so what the carrier plays keeps the model's timing."""
+        expected = self._g711_next_ts
+        now = self._clock()
+        if expected is not None:
+            gap = (timestamp - expected) & 0xFFFFFFFF
+            if 0 < gap <= _MAX_FILL_SAMPLES:
+                fill = ULAW_SILENCE if self.codec == "pcmu" else ALAW_SILENCE
+                self._g711_audio.put_nowait(EncodedAudio(bytes([fill]) * gap, self.codec, now))
+        self._g711_next_ts = (timestamp + len(payload)) & 0xFFFFFFFF
+        if self._reader is not None:
+            self._reader.stats.frames_decoded += 1
+        self._g711_audio.put_nowait(EncodedAudio(payload, self.codec, now))
 
     # ------------------------------------------------------------------ end
 
@@ -625,13 +695,11 @@ class RealtimeSession:
                 self._updated.cancel()
             self._state = "closed"
             self._events.put_nowait(_END)
+            self._g711_audio.put_nowait(None)
             self._closed.set()
             log.debug("realtime call %s closed: %s", self._call_id, self._close_reason)
 
 
-def _answer_audio_codec(sdp: str) -> str | None:
-    """The first codec of the answer's audio section: the one aiortc will send and expect."""
-    for media in SessionDescription.parse(sdp).media:
-        if media.kind == "audio" and media.rtp.codecs:
-            return str(media.rtp.codecs[0].mimeType)
-    return None
+def _answer_codec_list(sdp: str) -> str:
+    names = audio_codecs(sdp)
+    return ", ".join(names) if names else "no audio codec"

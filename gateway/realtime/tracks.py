@@ -1,6 +1,9 @@
 """Audio at the aiortc edge: a paced track for the caller's audio and a remote-track reader.
 
-The gateway's canonical audio is 24 kHz PCM16 mono in 20 ms frames (480 samples). aiortc pulls
+The gateway's canonical audio is 24 kHz PCM16 mono in 20 ms frames (480 samples); on a G.711
+Realtime leg it is the carrier's own bytes, 160 per 20 ms frame, which the track hands aiortc as
+ready packets (aiortc then packs them into RTP as they are: no encoder, no hop to a thread, no
+per-sample audio-level loop). aiortc pulls
 the audio it sends from a track (``await track.recv()``), so the track sets the pace;
 :class:`CallerAudioTrack` paces itself on a monotonic clock by frame timestamps, as aiortc's
 ``AudioStreamTrack`` does, and plays silence — never stale audio — when the carrier stalls.
@@ -16,14 +19,23 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame
+from av import AudioFrame, Packet
 
-from gateway.audio.format import FRAME_MS, MODEL_FRAME_SAMPLES, MODEL_RATE
+from gateway.audio.format import (
+    CARRIER_FRAME_SAMPLES,
+    CARRIER_RATE,
+    FRAME_MS,
+    MODEL_FRAME_SAMPLES,
+    MODEL_RATE,
+    LegFrame,
+    UpstreamCodec,
+)
+from gateway.audio.g711 import ALAW_SILENCE, ULAW_SILENCE, g711_peak
 from gateway.audio.resample import StreamResampler
 from gateway.errors import AudioFormatError
 
@@ -33,6 +45,7 @@ __all__ = [
     "CallerAudioStats",
     "CallerAudioTrack",
     "DecodedAudio",
+    "EncodedAudio",
     "RemoteAudioReader",
     "RemoteAudioStats",
 ]
@@ -44,6 +57,12 @@ _FRAME_S: Final = FRAME_MS / 1000
 _TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
 _SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _SILENCE.setflags(write=False)
+_G711_TIME_BASE: Final = fractions.Fraction(1, CARRIER_RATE)
+_G711_SILENCE: Final = {
+    "pcmu": bytes([ULAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
+    "pcma": bytes([ALAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
+}
+CallerFrame = LegFrame
 
 
 class _Cancellable(Protocol):
@@ -98,6 +117,10 @@ class CallerAudioTrack(MediaStreamTrack):
     ``on_drop()`` is called for each frame dropped because the queue was full.
     ``on_handoff(seconds)`` is called with each audio frame's time from :meth:`push` (or its
     ``received_at``) to the moment aiortc takes it — the gateway-added caller -> model latency.
+
+    ``codec`` is the Realtime leg's: ``opus`` takes 24 kHz PCM frames and hands aiortc
+    ``AudioFrame``s to encode; ``pcmu``/``pcma`` take 160-byte frames already in that law and
+    hand aiortc ``av.Packet``s on an 8 kHz clock, which its sender packs into RTP unchanged.
     """
 
     kind = "audio"
@@ -117,8 +140,15 @@ class CallerAudioTrack(MediaStreamTrack):
         call_later: Callable[[float, Callable[[], None]], _Cancellable] | None = None,
         on_handoff: Callable[[float], None] | None = None,
         on_drop: Callable[[], None] | None = None,
+        codec: UpstreamCodec = "opus",
     ) -> None:
         super().__init__()
+        if codec not in ("opus", "pcmu", "pcma"):
+            raise ValueError(f"codec must be opus, pcmu or pcma, got {codec!r}")
+        self.codec: Final[UpstreamCodec] = codec
+        self._g711 = codec != "opus"
+        self._silence: CallerFrame = _SILENCE if codec == "opus" else _G711_SILENCE[codec]
+        self._frame_ticks = FRAME_SAMPLES if codec == "opus" else CARRIER_FRAME_SAMPLES
         if max_frames < 1 or not 0 <= target_frames <= max_frames:
             raise ValueError(
                 f"need 1 <= max_frames and 0 <= target_frames <= max_frames, "
@@ -126,7 +156,7 @@ class CallerAudioTrack(MediaStreamTrack):
             )
         if catch_up < 1.0:
             raise ValueError(f"catch_up must be >= 1, got {catch_up}")
-        self._queue: deque[tuple[npt.NDArray[np.int16], float]] = deque()
+        self._queue: deque[tuple[CallerFrame, float]] = deque()
         self._max_frames = max_frames
         self._target_frames = target_frames
         self._catch_up_interval = _FRAME_S / catch_up
@@ -142,7 +172,7 @@ class CallerAudioTrack(MediaStreamTrack):
         self._waiter: asyncio.Future[None] | None = None
         self._on_handoff = on_handoff
         self._on_drop = on_drop
-        self._pts = -FRAME_SAMPLES  # the first frame gets pts 0
+        self._pts = -self._frame_ticks  # the first frame gets pts 0
         self._due: float | None = None  # monotonic time the next frame is due
         self.stats = CallerAudioStats()
 
@@ -151,17 +181,28 @@ class CallerAudioTrack(MediaStreamTrack):
         """Frames waiting to be sent."""
         return len(self._queue)
 
-    def push(self, frame: npt.NDArray[np.int16], received_at: float | None = None) -> None:
-        """Queue one 480-sample int16 frame; drops the oldest queued frame when full.
+    def push(self, frame: CallerFrame, received_at: float | None = None) -> None:
+        """Queue one frame (480 int16 samples; 160 bytes on a G.711 leg); drops the oldest
+        queued frame when full.
 
         ``received_at`` (monotonic seconds) is when the audio entered the gateway; it defaults to
-        now. Raises :class:`~gateway.errors.AudioFormatError` for another dtype or length. Frames
+        now. Raises :class:`~gateway.errors.AudioFormatError` for another type or length. Frames
         pushed after the track ended are ignored.
         """
-        if frame.dtype != np.int16 or frame.shape != (FRAME_SAMPLES,):
+        if self._g711:
+            if not isinstance(frame, bytes) or len(frame) != CARRIER_FRAME_SAMPLES:
+                raise AudioFormatError(
+                    f"caller frames on a {self.codec} leg must be {CARRIER_FRAME_SAMPLES} bytes "
+                    f"(20 ms of G.711), got {type(frame).__name__} of {len(frame)}"
+                )
+        elif (
+            not isinstance(frame, np.ndarray)
+            or frame.dtype != np.int16
+            or frame.shape != (FRAME_SAMPLES,)
+        ):
             raise AudioFormatError(
                 f"caller frames must be {FRAME_SAMPLES} int16 samples (20 ms at 24 kHz), "
-                f"got dtype {frame.dtype} shape {frame.shape}"
+                f"got {_describe(frame)}"
             )
         if self.readyState != "live":
             return
@@ -180,7 +221,7 @@ class CallerAudioTrack(MediaStreamTrack):
         self.stats.cleared += n
         return n
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | Packet[Any]:
         """Called by aiortc's sender: wait until the next frame is due, then return it.
 
         Raises :class:`aiortc.mediastreams.MediaStreamError` once the track has been stopped,
@@ -222,7 +263,7 @@ class CallerAudioTrack(MediaStreamTrack):
             if self._on_handoff is not None:
                 self._on_handoff(now - received_at)
         else:
-            samples = _SILENCE
+            samples = self._silence
             if self._silence_run < self._max_debt:  # a hiccup right after audio
                 self._debt = min(self._debt + 1, self._max_debt)
             self._silence_run += 1
@@ -235,12 +276,16 @@ class CallerAudioTrack(MediaStreamTrack):
         else:
             self._due += _FRAME_S
         self.stats.frames_sent += 1
-
+        self._pts += self._frame_ticks
+        if isinstance(samples, bytes):
+            packet = Packet(samples)  # G.711 already: aiortc packs it into RTP as it is
+            packet.pts = self._pts
+            packet.time_base = _G711_TIME_BASE
+            return packet
         # Cheaper than AudioFrame.from_ndarray (which re-validates the array every time).
         frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
         frame.planes[0].update(samples.tobytes())
         frame.sample_rate = SAMPLE_RATE
-        self._pts += FRAME_SAMPLES
         frame.pts = self._pts
         frame.time_base = _TIME_BASE
         return frame
@@ -251,7 +296,9 @@ class CallerAudioTrack(MediaStreamTrack):
         super().stop()
         self._wake()
 
-    def _is_quiet(self, samples: npt.NDArray[np.int16]) -> bool:
+    def _is_quiet(self, samples: CallerFrame) -> bool:
+        if isinstance(samples, bytes):
+            return g711_peak(samples, alaw=self.codec == "pcma") < self._quiet_peak
         return int(np.abs(samples).max()) < self._quiet_peak
 
     async def _wait(self, delay: float) -> None:
@@ -284,6 +331,23 @@ class DecodedAudio:
     rate: int
     channels: int
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAudio:
+    """Model audio on a G.711 leg, as it came in RTP: ``payload`` in ``codec`` (``pcmu`` or
+    ``pcma``, 8 kHz, one byte a sample), never decoded. ``received_at`` as for
+    :class:`DecodedAudio`; a lost packet arrives as silence of its length."""
+
+    payload: bytes
+    codec: UpstreamCodec
+    received_at: float
+
+
+def _describe(frame: object) -> str:
+    if isinstance(frame, np.ndarray):
+        return f"dtype {frame.dtype} shape {frame.shape}"
+    return type(frame).__name__
 
 
 @dataclass(slots=True)
