@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway import __version__
+from gateway.audio.format import UPSTREAM_CODECS
 from gateway.errors import ConfigError
 from gateway.settings import Settings, load_settings
 
@@ -189,6 +190,13 @@ def demo(
     record: Annotated[
         Path | None, typer.Option(help="Write the call as a stereo WAV (caller left)")
     ] = None,
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            help="Realtime leg's audio codec: opus, pcmu or pcma (a profile's own choice wins; "
+            "default GATEWAY_UPSTREAM_CODEC)"
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the full report as JSON instead of text")
     ] = False,
@@ -213,7 +221,11 @@ def demo(
 
     if reply not in ("speech", "echo", "tone"):
         raise typer.BadParameter("must be speech, echo or tone", param_hint="--reply")
+    if codec is not None and codec not in UPSTREAM_CODECS:
+        raise typer.BadParameter("must be opus, pcmu or pcma", param_hint="--codec")
     settings = settings_or_exit()
+    if codec is not None:
+        settings = settings.model_copy(update={"upstream_codec": codec})
     configure_logging("error" if json_out else "warning", settings.log_format)
     if settings.uses_embedded_emulator:
         where = "the embedded Realtime emulator (offline, free)"

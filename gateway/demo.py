@@ -57,6 +57,12 @@ class DemoReport:
     added_latency_ms: dict[str, float | None]
     """p99 of ``gateway_added_latency_seconds`` per direction, from the gateway's metrics."""
 
+    @property
+    def codec(self) -> str | None:
+        """The Realtime leg's audio codec the gateway ran the call with."""
+        codec = (self.gateway_call or {}).get("codec")
+        return codec if isinstance(codec, str) else None
+
     def transcript(self) -> list[dict[str, Any]]:
         """Who said what, when (ms on the caller's media clock), in order."""
         return build_transcript(self.result, (self.gateway_call or {}).get("transcript", []))
@@ -67,6 +73,7 @@ class DemoReport:
             "ok": r.ok,
             "failure": r.failure,
             "upstream": self.upstream,
+            "codec": self.codec,
             "number": self.number,
             "setup_ms": _r(r.setup_ms),
             "response_latency_ms": [_r(x) for x in r.response_latencies_ms],
@@ -241,7 +248,7 @@ def summary_lines(report: DemoReport) -> list[str]:
     """The figures a person reads after the timeline."""
     r = report.result
     lines = [
-        f"upstream: {report.upstream}; number {report.number}",
+        f"upstream: {report.upstream}; codec {report.codec or 'unknown'}; number {report.number}",
         f"outcome: {r.outcome}" + (f" ({r.failure}: {r.failure_detail})" if r.failure else ""),
     ]
     if r.setup_ms is not None:

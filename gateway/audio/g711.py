@@ -29,6 +29,7 @@ with warnings.catch_warnings():
 __all__ = [
     "ALAW_SILENCE",
     "ULAW_SILENCE",
+    "alaw_to_array",
     "alaw_to_ulaw",
     "array_to_ulaw",
     "g711_peak",
@@ -75,6 +76,12 @@ def pcm16_to_ulaw(data: Buffer) -> bytes:
 def ulaw_to_array(data: Buffer) -> npt.NDArray[np.int16]:
     """Decode μ-law bytes to a fresh, writable int16 array (native order, one sample per byte)."""
     pcm: bytes = audioop.ulaw2lin(data, 2)
+    return np.frombuffer(bytearray(pcm), dtype=np.int16)
+
+
+def alaw_to_array(data: Buffer) -> npt.NDArray[np.int16]:
+    """Decode A-law bytes to a fresh, writable int16 array (native order)."""
+    pcm: bytes = audioop.alaw2lin(data, 2)
     return np.frombuffer(bytearray(pcm), dtype=np.int16)
 
 

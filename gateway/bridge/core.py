@@ -1146,6 +1146,9 @@ class CallCore:
             "call_sid": start.call_sid if start else None,
             "stream_sid": start.stream_sid if start else None,
             "profile": self.config.profile if self.phase is not Phase.AWAITING_START else None,
+            "codec": (
+                self.config.upstream_codec if self.phase is not Phase.AWAITING_START else None
+            ),
             "upstream_call_id": self.upstream_call_id,
             "phase": self.phase.value,
             "state": self.machine.state.value,

@@ -44,7 +44,12 @@ from pydantic import TypeAdapter, ValidationError
 from gateway.emulator.config import REAL_MAX_SESSION_S, EmulatorConfig, EngineConfig, Faults
 from gateway.emulator.event_log import EventLog
 from gateway.emulator.peer import EmulatorCall, PacketCache
-from gateway.emulator.schema import SessionError, apply_session, default_session
+from gateway.emulator.schema import (
+    SessionError,
+    apply_session,
+    check_media_format,
+    default_session,
+)
 from gateway.emulator.voice import VoiceRenderer
 
 __all__ = ["EmulatorState", "create_app"]
@@ -339,6 +344,11 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         except Exception as exc:  # aiortc raises assorted errors for offers it cannot use
             await call.close(f"bad offer: {exc}")
             return _error(400, f"Invalid SDP offer: {exc}", code="invalid_offer", param="sdp")
+        try:
+            check_media_format(session, call.codec)
+        except SessionError as exc:
+            await call.close(f"session format refused: {exc}")
+            return JSONResponse({"error": exc.error}, status_code=400)
         return Response(
             answer,
             status_code=201,

@@ -51,7 +51,12 @@ from gateway.emulator.config import EngineConfig
 from gateway.emulator.items import find_item, previous_id, public, require_item, validate_item
 from gateway.emulator.replies import chunks, example_arguments, reply_phrases
 from gateway.emulator.responses import ResponseState, assistant_item, response_object, sent_text
-from gateway.emulator.schema import SessionError, apply_session, vad_settings
+from gateway.emulator.schema import (
+    SessionError,
+    apply_session,
+    check_media_format,
+    vad_settings,
+)
 from gateway.emulator.turns import InputBuffer, SpeechStarted, SpeechStopped, TurnDetector
 from gateway.emulator.usage import AUDIO_TOKEN_SAMPLES, input_usage, rate_limits, response_usage
 from gateway.emulator.voice import FRAME_SAMPLES, MS_SAMPLES, SAMPLE_RATE, ReplyRequest
@@ -141,6 +146,9 @@ class Engine:
     ) -> None:
         self.session: dict[str, Any] = dict(session)
         self.config = config
+        self.media_codec: str | None = None
+        """The audio codec negotiated in SDP (``audio/opus``, ``audio/pcmu``): session formats
+        are checked against it (:func:`~gateway.emulator.schema.check_media_format`)."""
         self.stats = SessionStats()
         self.conversation_id = ""
         self._rng = rng or random.Random()
@@ -366,9 +374,9 @@ class Engine:
             raise SessionError(
                 "missing_required_parameter", "Missing required parameter: 'session'.", "session"
             )
-        self.session = apply_session(
-            self.session, event["session"], audio_produced=self._audio_produced
-        )
+        updated = apply_session(self.session, event["session"], audio_produced=self._audio_produced)
+        check_media_format(updated, self.media_codec)
+        self.session = updated
         self._vad_cfg = vad_settings(self.session)
         self._emit("session.updated", session=self.session)
 

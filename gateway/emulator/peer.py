@@ -10,10 +10,12 @@ connection, the ``oai-events`` data channel, the inbound audio reader and the ou
 * every 20 ms the outbound track asks :meth:`Engine.next_output_frame` for the assistant's audio
   (the engine's clock tick rides on that call), so what the engine says was played is what
   went out on RTP;
-* with Opus negotiated, replies are encoded once, in the worker thread that renders them, and
-  the track hands aiortc ready packets (a constant 3-byte packet for silence): aiortc then
-  skips its per-frame encoder hop to a thread and its pure-Python audio-level loop, which
-  were most of a session's cost. PCMU calls send raw frames for aiortc to encode.
+* replies are encoded once, in the worker thread that renders them, and the track hands aiortc
+  ready packets (Opus: a constant 3-byte packet for silence; PCMU/PCMA: 160 bytes of the
+  law's silence): aiortc then skips its per-frame encoder hop to a thread and its pure-Python
+  audio-level loop, which were most of a session's cost.
+* with PCMU/PCMA negotiated, caller audio comes from the receive buffer's tap as the RTP
+  payload and is decoded here by table (aiortc's decoder thread stays idle).
 * after each of those, the engine's events go out on the data channel and its actions run:
   :class:`Render` in a worker thread (speech synthesis is CPU work), :class:`Close` here.
 """
@@ -36,6 +38,7 @@ from typing import Any, Final, Literal
 import av
 import numpy as np
 import numpy.typing as npt
+import soxr
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -46,7 +49,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 from av import AudioFrame
 
-from gateway.audio.format import FRAME_MS
+from gateway.audio.format import CARRIER_FRAME_SAMPLES, CARRIER_RATE, FRAME_MS
+from gateway.audio.g711 import (
+    ALAW_SILENCE,
+    ULAW_SILENCE,
+    alaw_to_array,
+    array_to_ulaw,
+    ulaw_to_alaw,
+    ulaw_to_array,
+)
+from gateway.audio.resample import StreamResampler
 from gateway.emulator.config import EngineConfig, Faults
 from gateway.emulator.engine import FRAME_SAMPLES, Close, Engine, Render
 from gateway.emulator.event_log import EventLog
@@ -54,7 +66,14 @@ from gateway.emulator.voice import SAMPLE_RATE, VoiceRenderer
 from gateway.realtime.receiver import install_receive_buffer
 from gateway.realtime.tracks import RemoteAudioReader
 
-__all__ = ["AssistantTrack", "EmulatorCall", "PacingStats", "PacketCache", "opus_packets"]
+__all__ = [
+    "AssistantTrack",
+    "EmulatorCall",
+    "PacingStats",
+    "PacketCache",
+    "g711_packets",
+    "opus_packets",
+]
 
 log = logging.getLogger("gateway.emulator")
 
@@ -68,6 +87,9 @@ _OPUS_TIME_BASE: Final = fractions.Fraction(1, _OPUS_RATE)
 _OPUS_TICKS: Final = _OPUS_RATE // 50
 _OPUS_BITRATE: Final = 40_000
 _KEEP_PACKETS: Final = 4
+_G711_TIME_BASE: Final = fractions.Fraction(1, CARRIER_RATE)
+_G711: Final = ("audio/pcmu", "audio/pcma")
+_DEFAULT_DEPTH: Final = 4  # G.711 receive tap without a configured buffer: aiortc's 80 ms
 
 Pcm = npt.NDArray[np.int16]
 OutFrame = Pcm | bytes | None
@@ -106,26 +128,43 @@ def opus_packets(pcm: Pcm) -> list[bytes]:
     return out[:frames] + [silence] * (frames - len(out))
 
 
+def g711_packets(pcm: Pcm, codec: str) -> list[bytes]:
+    """``pcm`` (24 kHz mono) as one 160-byte G.711 packet per 20 ms (``audio/pcmu`` or
+    ``audio/pcma``), the last padded with the law's silence (CPU work)."""
+    pcm8k = soxr.resample(pcm, SAMPLE_RATE, CARRIER_RATE).astype(np.int16)  # a whole phrase
+    ulaw = array_to_ulaw(pcm8k)
+    frames = -(-pcm.size // FRAME_SAMPLES)
+    ulaw = ulaw[: frames * CARRIER_FRAME_SAMPLES].ljust(
+        frames * CARRIER_FRAME_SAMPLES, bytes([ULAW_SILENCE])
+    )
+    if codec == "audio/pcma":
+        ulaw = ulaw_to_alaw(ulaw)
+    n = CARRIER_FRAME_SAMPLES
+    return [ulaw[i : i + n] for i in range(0, len(ulaw), n)]
+
+
 class PacketCache:
-    """Opus packets of audio pieces by content key (LRU, thread-safe); unkeyed audio is
-    encoded every time. One per emulator process."""
+    """Encoded packets of audio pieces by content key and codec (LRU, thread-safe); unkeyed
+    audio is encoded every time. One per emulator process."""
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._cache: OrderedDict[Hashable, list[bytes]] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
 
-    def packets(self, key: Hashable | None, pcm: Pcm) -> list[bytes]:
+    def packets(self, key: Hashable | None, pcm: Pcm, codec: str = "audio/opus") -> list[bytes]:
+        encode = opus_packets if codec == "audio/opus" else lambda p: g711_packets(p, codec)
         if key is None:
-            return opus_packets(pcm)
+            return encode(pcm)
+        full = (codec, key)
         with self._lock:
-            found = self._cache.get(key)
+            found = self._cache.get(full)
             if found is not None:
-                self._cache.move_to_end(key)
+                self._cache.move_to_end(full)
                 return found
-        packets = opus_packets(pcm)
+        packets = encode(pcm)
         with self._lock:
-            self._cache[key] = packets
+            self._cache[full] = packets
             while len(self._cache) > self._max:
                 self._cache.popitem(last=False)
         return packets
@@ -182,8 +221,16 @@ class AssistantTrack(MediaStreamTrack):
         self._source = source
         self._due: float | None = None
         self._pts = -FRAME_SAMPLES
-        self._opus_pts = -_OPUS_TICKS
+        self._packet_time_base = _OPUS_TIME_BASE
+        self._packet_ticks = _OPUS_TICKS
+        self._packet_pts = -_OPUS_TICKS
         self.stats = PacingStats(lateness_ms=[] if record_lateness else None)
+
+    def use_g711_packets(self) -> None:
+        """Ready packets are G.711 (8 kHz clock, 160 samples each) rather than Opus."""
+        self._packet_time_base = _G711_TIME_BASE
+        self._packet_ticks = CARRIER_FRAME_SAMPLES
+        self._packet_pts = -CARRIER_FRAME_SAMPLES
 
     async def recv(self) -> AudioFrame | av.Packet[Any]:
         if self.readyState != "live":
@@ -204,11 +251,11 @@ class AssistantTrack(MediaStreamTrack):
         samples = self._source(now)
         self.stats.frames += 1
         if isinstance(samples, bytes):
-            # pre-encoded Opus: aiortc packs it as is (no encoding, no audio-level scan)
+            # pre-encoded: aiortc packs it as is (no encoding, no audio-level scan)
             packet = av.Packet(samples)
-            self._opus_pts += _OPUS_TICKS
-            packet.pts = self._opus_pts
-            packet.time_base = _OPUS_TIME_BASE
+            self._packet_pts += self._packet_ticks
+            packet.pts = self._packet_pts
+            packet.time_base = self._packet_time_base
             return packet
         if samples is None:
             samples = _SILENCE
@@ -257,9 +304,11 @@ class EmulatorCall:
         self._timers: list[asyncio.TimerHandle] = []
         self._close_task: asyncio.Task[None] | None = None
         self.frames_received = 0  # caller frames (20 ms, after decoding)
+        self.codec: str | None = None  # the answer's audio codec, lower case (audio/opus)
         self.opus = False  # the answer chose Opus: send pre-encoded packets
         self._packets: dict[str, list[bytes]] = {}  # response id -> its Opus packets
         self._abrupt = False  # close the peer without closing the channel first
+        self._g711_in: _G711Input | None = None
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -288,13 +337,21 @@ class EmulatorCall:
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise ValueError("the offer has no audio section")
         self.pc.addTrack(self.track)  # takes the offer's audio transceiver
-        buffer_ms = self.engine.config.receive_buffer_ms
-        if buffer_ms is not None:
-            audio = next(t for t in self.pc.getTransceivers() if t.kind == "audio")
-            install_receive_buffer(audio.receiver, round(buffer_ms / FRAME_MS))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         answer = str(self.pc.localDescription.sdp)
-        self.opus = _first_audio_codec(answer) == "audio/opus"
+        self.codec = _first_audio_codec(answer)
+        self.engine.media_codec = self.codec
+        self.opus = self.codec == "audio/opus"
+        buffer_ms = self.engine.config.receive_buffer_ms
+        depth = None if buffer_ms is None else round(buffer_ms / FRAME_MS)
+        audio = next(t for t in self.pc.getTransceivers() if t.kind == "audio")
+        if self.codec in _G711:
+            self.track.use_g711_packets()
+            self._g711_in = _G711Input(self.codec, echo=self.engine.config.reply == "echo")
+            tap = self._on_g711_payload
+            install_receive_buffer(audio.receiver, _DEFAULT_DEPTH if depth is None else depth, tap)
+        elif depth is not None:
+            install_receive_buffer(audio.receiver, depth)
         if hold is not None and blackhole is not None:
             answer = _redirect_candidates(answer, blackhole)
             if math.isfinite(hold):
@@ -376,8 +433,15 @@ class EmulatorCall:
             )
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+        if track.kind == "audio" and self.codec not in _G711:  # G.711 comes from the tap
             self._spawn(self._listen(track))
+
+    def _on_g711_payload(self, payload: bytes, timestamp: int) -> None:
+        if self._g711_in is None or self._close_task is not None:
+            return
+        now = time.monotonic()
+        for frame in self._g711_in.frames(payload):
+            self._heard(frame, now)
 
     def _on_message(self, message: str | bytes) -> None:
         if self._log is not None:
@@ -413,10 +477,10 @@ class EmulatorCall:
         samples = self.engine.next_output_frame(now)
         position = self.engine.last_output
         self._flush()
-        if not self.opus:
+        if not self.opus and self.codec not in _G711:
             return samples
         if samples is None or position is None:
-            return opus_silence()
+            return opus_silence() if self.opus else _G711_SILENCE[self.codec or ""]
         self.track.stats.audio_frames += 1
         packets = self._packets.get(position[0])
         if packets is not None and position[1] < len(packets):
@@ -450,15 +514,16 @@ class EmulatorCall:
         self._flush()
 
     def _render_sync(self, action: Render) -> tuple[Pcm, list[bytes] | None]:
-        """Worker thread: the reply's audio and, for Opus calls, its packets (cached per
+        """Worker thread: the reply's audio and its packets in the call's codec (cached per
         phrase, like the phrase audio itself)."""
         parts = self._renderer.render_parts(action.request)
         audio = parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p in parts])
-        if not self.opus:
+        codec = self.codec
+        if codec is None or (codec != "audio/opus" and codec not in _G711):
             return audio, None
         packets: list[bytes] = []
         for key, pcm in parts:
-            packets.extend(self._packet_cache.packets(key, pcm))
+            packets.extend(self._packet_cache.packets(key, pcm, codec))
         return audio, packets
 
     def _fault_close_channel(self) -> None:
@@ -569,6 +634,32 @@ def _first_audio_codec(sdp: str) -> str | None:
         if media.kind == "audio" and media.rtp.codecs:
             return str(media.rtp.codecs[0].mimeType).lower()
     return None
+
+
+_G711_SILENCE: Final = {
+    "audio/pcmu": bytes([ULAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
+    "audio/pcma": bytes([ALAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
+}
+
+
+class _G711Input:
+    """Caller G.711 payloads -> 480-sample 24 kHz frames: through the quality resampler when
+    the reply echoes them, else each sample held three times (energy only, as
+    :class:`_EnergyFrames`)."""
+
+    def __init__(self, codec: str, *, echo: bool) -> None:
+        self._alaw = codec == "audio/pcma"
+        self._up = StreamResampler(CARRIER_RATE, SAMPLE_RATE) if echo else None
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def frames(self, payload: bytes) -> list[Pcm]:
+        pcm8k = alaw_to_array(payload) if self._alaw else ulaw_to_array(payload)
+        pcm = np.repeat(pcm8k, 3) if self._up is None else self._up.process(pcm8k)
+        if self._pending.size:
+            pcm = np.concatenate((self._pending, pcm))
+        n = pcm.size // FRAME_SAMPLES
+        self._pending = pcm[n * FRAME_SAMPLES :].copy()
+        return [pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES] for i in range(n)]
 
 
 class _EnergyFrames:

@@ -606,3 +606,32 @@ def _merge_audio(merged: dict[str, Any], value: Any, path: str, *, audio_produce
             raise SessionError(
                 "unknown_parameter", f"Unknown parameter: '{path}.{name}'.", f"{path}.{name}"
             )
+
+
+_G711_FORMATS: Final = frozenset({"audio/pcmu", "audio/pcma"})
+
+
+def check_media_format(session: Mapping[str, Any], rtp_codec: str | None) -> None:
+    """Refuse a session whose audio formats disagree with the codec negotiated in SDP.
+
+    ``rtp_codec`` is the answer's audio codec (``audio/opus``, ``audio/pcmu``, ...; any case).
+    A format naming a G.711 law is refused unless the leg carries that law (``audio/pcmu`` on
+    an Opus or PCMA leg, say); the default ``audio/pcm`` is accepted on any leg. Whether the
+    real service refuses such a mismatch is not documented (PROTOCOLS.md: ``format`` may only
+    describe audio in JSON events); the emulator refuses it so that a client that negotiates
+    one law and declares another is caught here rather than misheard in production.
+    Raises :class:`SessionError`.
+    """
+    if rtp_codec is None:
+        return
+    codec = rtp_codec.lower()
+    audio = session.get("audio") or {}
+    for side in ("input", "output"):
+        fmt = ((audio.get(side) or {}).get("format") or {}).get("type")
+        if fmt in _G711_FORMATS and fmt != codec:
+            raise SessionError(
+                "invalid_value",
+                f"Invalid 'session.audio.{side}.format': {fmt!r} does not match the call's "
+                f"negotiated audio codec {codec}.",
+                f"session.audio.{side}.format",
+            )

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from gateway.audio.format import UPSTREAM_CODECS
 from gateway.loadtest.report import Threshold, check, render, summarize, write_csv
 from gateway.loadtest.runner import LoadPlan, LoadResult, LoadRun, Progress, Target, is_loopback_url
 from gateway.loadtest.scenarios import CallerLines, ScenarioMix
@@ -122,6 +123,10 @@ def loadtest_command(
     emulator_latency_ms: Annotated[
         float, typer.Option(min=0, help="--spawn: the emulator's model latency")
     ] = 300.0,
+    codec: Annotated[
+        str,
+        typer.Option(help="--spawn: the gateway's Realtime leg codec, opus, pcmu or pcma"),
+    ] = "opus",
     pin: Annotated[
         bool,
         typer.Option(help="--spawn: gateway on CPU 0, emulator on CPU 1, this tool on the last"),
@@ -154,6 +159,10 @@ def loadtest_command(
 
     if spawn == (url is not None):
         raise usage("give the gateway URL, or --spawn to start one (not both)")
+    if codec not in UPSTREAM_CODECS:
+        raise usage(f"--codec must be one of {', '.join(UPSTREAM_CODECS)}, got {codec!r}")
+    if codec != "opus" and not spawn:
+        raise usage("--codec sets a spawned gateway's codec; a running one uses its own")
     if url is not None and not allow_remote and not is_loopback_url(url):
         raise usage(
             f"{url} is not on this machine; load tests target loopback unless --allow-remote"
@@ -214,9 +223,10 @@ def loadtest_command(
             emulator_args=["--latency-ms", str(emulator_latency_ms)],
             max_calls=max(plan.concurrency + 10, 30),
             log_dir=logs,
+            gateway_env={"GATEWAY_UPSTREAM_CODEC": codec},
         ) as stack:
             err.print(
-                f"gateway {stack.gateway_url} (pid {stack.gateway_pid}"
+                f"gateway {stack.gateway_url} (pid {stack.gateway_pid}, codec {codec}"
                 + (f", CPUs {sorted(g_cpus)}" if g_cpus else "")
                 + f"), emulator {stack.emulator_url} (pid {stack.emulator_pid}"
                 + (f", CPUs {sorted(e_cpus)}" if e_cpus else "")
@@ -226,6 +236,7 @@ def loadtest_command(
             result = await _run(plan, target, mix, lines, err, display)
             result.extra["spawned"] = {
                 "emulator_latency_ms": emulator_latency_ms,
+                "codec": codec,
                 "gateway_cpus": sorted(g_cpus) if g_cpus else None,
                 "emulator_cpus": sorted(e_cpus) if e_cpus else None,
                 "logs": None if logs is None else str(logs),

@@ -1,4 +1,4 @@
-"""The capacity benchmark's floor: what one bare WebRTC Opus peer per call costs.
+"""The capacity benchmark's floor: what one bare WebRTC peer per call costs (Opus, or PCMU/PCMA).
 
 Whatever a gateway does, each phone call it bridges needs one aiortc peer connection that
 encodes 50 Opus frames a second of caller audio, decrypts, decodes and consumes 50 frames a
@@ -24,6 +24,10 @@ call is up and settled. Run it on its own CPU, apart from the emulator::
     taskset -c 0 .venv/bin/python -m gateway emulator --port 8765 --api-key K &
     taskset -c 1 .venv/bin/python -m gateway.loadtest.floor \\
         --base-url http://127.0.0.1:8765/v1 --api-key K --calls 30 --duration 20 --json
+
+With ``--codec pcmu`` (or ``pcma``) the offer proposes that codec only, the session declares it
+as its audio format, and the caller's loop is 8 kHz frames that aiortc encodes with its G.711
+encoder: what a plain aiortc application on a phone-quality leg costs.
 
 Measured that way on the 2-core development VM (aiortc 1.16): about 2.9 % of a core per call
 at 10 and at 30 calls. Of that, libopus is about 1 % (encoding 150 µs, decoding 40 µs per
@@ -69,7 +73,7 @@ __all__ = ["FloorResult", "caller_audio", "main", "run_floor"]
 RATE: Final = 48000  # what aiortc's Opus encoder works at: no resampling on our side
 FRAME_SAMPLES: Final = RATE // 50  # 20 ms
 _FRAME_S: Final = 0.02
-_TIME_BASE: Final = fractions.Fraction(1, RATE)
+_CODEC_RATE: Final[dict[str, int]] = {"opus": RATE, "pcmu": 8000, "pcma": 8000}
 # A decoded frame peaking above this is assistant speech; the emulator's silence decodes to 0.
 AUDIBLE_PEAK: Final = 300
 DEFAULT_SENTENCE: Final = "Hi, I would like a table for two tonight."
@@ -102,6 +106,7 @@ class FloorResult:
     send_lateness_ms_p99: float | None
     send_lateness_ms_max: float | None
     cpu_affinity: list[int] = field(default_factory=list)
+    codec: str = "opus"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -118,9 +123,11 @@ class _Meter:
 
 @dataclass(frozen=True, slots=True)
 class _CallerAudio:
-    """The caller's loop as rows of 960 samples (read-only; shared by every call)."""
+    """The caller's loop as rows of one 20 ms frame each at ``rate`` (read-only; shared by
+    every call)."""
 
     frames: npt.NDArray[np.int16]
+    rate: int = RATE
 
 
 def caller_audio(
@@ -128,8 +135,10 @@ def caller_audio(
     *,
     speech_rate: int = 24000,
     silence_s: float = 4.0,
+    rate: int = RATE,
 ) -> npt.NDArray[np.int16]:
-    """The loop every caller plays: ``speech`` then ``silence_s`` of silence, at 48 kHz.
+    """The loop every caller plays: ``speech`` then ``silence_s`` of silence, at ``rate``
+    (48 kHz for Opus, 8 kHz for G.711).
 
     ``speech`` is mono int16 at ``speech_rate``; None synthesizes :data:`DEFAULT_SENTENCE`
     (about 2.4 s). The silence must outlast the server VAD's 500 ms so that every loop is a turn
@@ -138,14 +147,15 @@ def caller_audio(
     if silence_s < 0.6:
         raise ValueError("silence_s must exceed the server VAD's 500 ms silence to end a turn")
     if speech is None:
-        voiced = synthesizer().synthesize(DEFAULT_SENTENCE, CALLER_VOICE, RATE)
+        voiced = synthesizer().synthesize(DEFAULT_SENTENCE, CALLER_VOICE, rate)
     else:
         if speech.dtype != np.int16 or speech.ndim != 1 or not speech.size:
             raise ValueError("speech must be a non-empty 1-D int16 array")
-        voiced = resample_buffer(speech, speech_rate, RATE)
-    pcm = np.concatenate((voiced, np.zeros(round(silence_s * RATE), np.int16)))
-    n = math.ceil(pcm.size / FRAME_SAMPLES)
-    return np.pad(pcm, (0, n * FRAME_SAMPLES - pcm.size))
+        voiced = resample_buffer(speech, speech_rate, rate)
+    pcm = np.concatenate((voiced, np.zeros(round(silence_s * rate), np.int16)))
+    frame = rate // 50
+    n = math.ceil(pcm.size / frame)
+    return np.pad(pcm, (0, n * frame - pcm.size))
 
 
 class _CallerTrack(MediaStreamTrack):
@@ -184,9 +194,9 @@ class _CallerTrack(MediaStreamTrack):
         rows = self._audio.frames
         k = self.sent % rows.shape[0]
         frame = AudioFrame.from_ndarray(rows[k : k + 1], format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self.sent * FRAME_SAMPLES
-        frame.time_base = _TIME_BASE
+        frame.sample_rate = self._audio.rate
+        frame.pts = self.sent * rows.shape[1]
+        frame.time_base = fractions.Fraction(1, self._audio.rate)
         self.sent += 1
         return frame
 
@@ -198,8 +208,9 @@ class _SetupFailed(Exception):
 class _Call:
     """One bare peer: open it, let it run, close it. Counters are cumulative."""
 
-    def __init__(self, index: int, audio: _CallerAudio, meter: _Meter) -> None:
+    def __init__(self, index: int, audio: _CallerAudio, meter: _Meter, codec: str = "opus") -> None:
         self.index = index
+        self.codec = codec
         self.track = _CallerTrack(audio, meter)
         self.pc: RTCPeerConnection | None = None
         self.channel: RTCDataChannel | None = None
@@ -227,8 +238,9 @@ class _Call:
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("track", self._on_track)
         transceiver = pc.addTransceiver(self.track, direction="sendrecv")
+        mime = "audio/opus" if self.codec == "opus" else f"audio/{self.codec.upper()}"
         transceiver.setCodecPreferences(
-            [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"]
+            [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == mime]
         )
         channel = pc.createDataChannel(DATA_CHANNEL_LABEL)
         self.channel = channel
@@ -236,7 +248,9 @@ class _Call:
         channel.on("message", self._on_message)
         await pc.setLocalDescription(await pc.createOffer())
         try:
-            answer = await signalling.post_offer(http, pc.localDescription.sdp, session=SESSION)
+            answer = await signalling.post_offer(
+                http, pc.localDescription.sdp, session=session_for(self.codec)
+            )
         except UpstreamError as exc:
             raise _SetupFailed(str(exc)) from None
         self.call_id = answer.call_id
@@ -320,6 +334,14 @@ class _Call:
             await asyncio.gather(self._consumer, return_exceptions=True)
 
 
+def session_for(codec: str) -> dict[str, Any]:
+    """:data:`SESSION`, with the audio formats of a G.711 leg declared."""
+    if codec == "opus":
+        return SESSION
+    fmt = {"format": {"type": f"audio/{codec}"}}
+    return {**SESSION, "audio": {"input": fmt, "output": fmt}}
+
+
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 3)
 
@@ -336,6 +358,7 @@ async def run_floor(
     silence_s: float = 4.0,
     settle_s: float = 1.0,
     setup_timeout_s: float = 20.0,
+    codec: str = "opus",
 ) -> FloorResult:
     """Open ``calls`` bare peers against the Realtime endpoint at ``base_url`` (``.../v1``),
     measure this process's CPU over ``duration_s`` of steady state, close them all.
@@ -345,18 +368,21 @@ async def run_floor(
     gave up after ``setup_timeout_s``). ``speech`` / ``speech_rate`` / ``silence_s`` make the
     caller's loop (see :func:`caller_audio`). A call that fails is reported with its reason in
     :attr:`FloorResult.failures`, never raised; per-call figures divide by the calls up at the
-    start of the window.
+    start of the window. ``codec`` is the leg's: ``opus``, ``pcmu`` or ``pcma``.
     """
+    if codec not in _CODEC_RATE:
+        raise ValueError(f"codec must be one of {sorted(_CODEC_RATE)}, got {codec!r}")
     if calls < 1 or duration_s <= 0 or ramp_s < 0 or settle_s < 0 or setup_timeout_s <= 0:
         raise ValueError("need calls >= 1, duration_s > 0, ramp_s/settle_s >= 0, timeout > 0")
+    rate = _CODEC_RATE[codec]
     pcm = await asyncio.to_thread(
-        caller_audio, speech, speech_rate=speech_rate, silence_s=silence_s
+        caller_audio, speech, speech_rate=speech_rate, silence_s=silence_s, rate=rate
     )
-    rows = pcm.reshape(-1, FRAME_SAMPLES)
+    rows = pcm.reshape(-1, rate // 50)
     rows.setflags(write=False)
-    audio = _CallerAudio(rows)
+    audio = _CallerAudio(rows, rate)
     meter = _Meter()
-    peers = [_Call(i, audio, meter) for i in range(calls)]
+    peers = [_Call(i, audio, meter, codec) for i in range(calls)]
 
     signalling = Signalling(base_url, api_key)
     async with httpx.AsyncClient(timeout=setup_timeout_s) as http:
@@ -424,6 +450,7 @@ async def run_floor(
         send_lateness_ms_p99=_ms(percentile(lateness, 0.99)),
         send_lateness_ms_max=_ms(lateness[-1] if lateness else None),
         cpu_affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [],
+        codec=codec,
     )
 
 
@@ -444,6 +471,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--silence", type=float, default=4.0, help="silence after each utterance (s)"
     )
+    parser.add_argument(
+        "--codec", choices=sorted(_CODEC_RATE), default="opus", help="the leg's audio codec"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -461,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ramp_s=args.ramp,
                 settle_s=args.settle,
                 silence_s=args.silence,
+                codec=args.codec,
             )
         )
     except ValueError as exc:
@@ -470,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result.to_dict()))
     else:
         r = result
+        print(f"codec               {r.codec}")
         print(f"calls up            {r.calls_up}/{r.calls_requested} (failed {r.failed})")
         for reason in r.failures:
             print(f"  {reason}")

@@ -7,16 +7,21 @@ For each concurrency level N, in one run and on the same cores:
    the caller talks over every third answer) ramp up, then a steady window in which all N are
    in progress measures the gateway process's CPU (``/proc/PID/stat``, every thread) and the
    p99 of its added-latency histograms (``/metrics``, difference of two scrapes);
-2. **the floor**: ``python -m gateway.loadtest.floor`` pinned to CPU 0, N bare aiortc Opus
-   peers against the same emulator, each sending and receiving real-time audio and nothing
-   else — what no gateway can avoid — measured over a window of the same length.
+2. **the floor**: ``python -m gateway.loadtest.floor`` pinned to CPU 0, N bare aiortc peers of
+   the same codec against the same emulator, each sending and receiving real-time audio and
+   nothing else — what no gateway can avoid — measured over a window of the same length.
+
+``--codec opus,pcmu`` measures each level with each codec in turn (the gateway's
+``GATEWAY_UPSTREAM_CODEC``, the floor's ``--codec``), so the codecs compare side by side in one
+run.
 
 A level holds when every call completes and the gateway-added p99 stays <= 10 ms per direction;
 the capacity is the largest level that holds. CPU per call is reported as a ratio to the floor.
 Response latency as heard and barge-in stop time are reported at each level, with the
 emulator's configured model latency, so the gateway's share is visible.
 
-    .venv/bin/python tests/benchmarks/capacity.py --levels 10,20,30,40 [--json] [--out DIR --plot]
+    .venv/bin/python tests/benchmarks/capacity.py --levels 10,20,30,40 [--codec opus,pcmu]
+        [--json] [--out DIR --plot]
 
 Needs two CPUs. ``--plot`` needs matplotlib (``pip install -e .[bench]``). Takes about two
 minutes per level.
@@ -54,12 +59,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15)
 
 
-async def _measure_level(n: int, lines: CallerLines, args: argparse.Namespace) -> dict[str, Any]:
+async def _measure_level(
+    n: int, lines: CallerLines, args: argparse.Namespace, codec: str = "opus"
+) -> dict[str, Any]:
     async with spawned_stack(
         gateway_cpus={0},
         emulator_cpus={1},
         emulator_args=["--latency-ms", str(args.latency_ms)],
         max_calls=n + 10,
+        gateway_env={"GATEWAY_UPSTREAM_CODEC": codec},
     ) as stack:
         plan = LoadPlan(calls=n, concurrency=n, ramp_up_s=args.ramp, max_call_s=600, seed=n)
         mix = ScenarioMix.parse("conversation", turns=args.turns, think_ms=500, barge_in_every=3)
@@ -97,7 +105,9 @@ async def _measure_level(n: int, lines: CallerLines, args: argparse.Namespace) -
         added: dict[str, float | None] = {"inbound_p99": None, "outbound_p99": None}
         if before is not None and after is not None:
             added = dict(usage_between(before, after, call_minutes=1.0).added_latency_ms)
-        floor = await asyncio.to_thread(_run_floor, stack.emulator_url, stack.api_key, n, args)
+        floor = await asyncio.to_thread(
+            _run_floor, stack.emulator_url, stack.api_key, n, args, codec
+        )
     gateway_pct = 100 * (g1 - g0) / window / n
     floor_pct = floor.get("cpu_percent_per_call")
     lat = summary["latency_ms"]
@@ -111,6 +121,7 @@ async def _measure_level(n: int, lines: CallerLines, args: argparse.Namespace) -
     )
     return {
         "calls": n,
+        "codec": codec,
         "holds": holds,
         "window_s": round(window, 1),
         "calls_in_window": [active_at_start, active_at_end],
@@ -135,12 +146,14 @@ async def _measure_level(n: int, lines: CallerLines, args: argparse.Namespace) -
     }
 
 
-def _run_floor(emulator_url: str, api_key: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def _run_floor(
+    emulator_url: str, api_key: str, n: int, args: argparse.Namespace, codec: str
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "gateway.loadtest.floor",
         "--base-url", f"{emulator_url}/v1", "--api-key", api_key,
         "--calls", str(n), "--duration", str(args.window),
-        "--ramp", str(args.ramp), "--settle", str(args.settle), "--json",
+        "--ramp", str(args.ramp), "--settle", str(args.settle), "--codec", codec, "--json",
     ]  # fmt: skip
     proc = subprocess.run(
         cmd,
@@ -160,15 +173,15 @@ def _run_floor(emulator_url: str, api_key: str, n: int, args: argparse.Namespace
 def _table(levels: list[dict[str, Any]], latency_ms: float) -> list[str]:
     lines = [
         f"emulator model latency {latency_ms:g} ms; gateway on CPU 0, emulator + load tester on "
-        "CPU 1; floor = bare aiortc Opus peer per call on CPU 0",
-        f"{'calls':>5} {'holds':>5} {'gw %/call':>9} {'floor %/call':>12} {'ratio':>6} "
-        f"{'in p99':>7} {'out p99':>7} {'resp p50':>8} {'resp p95':>8} {'barge p50':>9} "
-        f"{'fail':>4} {'gaps':>4} {'lt p99':>6}",
+        "CPU 1; floor = bare aiortc peer of the same codec per call on CPU 0",
+        f"{'calls':>5} {'codec':>5} {'holds':>5} {'gw %/call':>9} {'floor %/call':>12} "
+        f"{'ratio':>6} {'in p99':>7} {'out p99':>7} {'resp p50':>8} {'resp p95':>8} "
+        f"{'barge p50':>9} {'fail':>4} {'gaps':>4} {'lt p99':>6}",
     ]
     for lv in levels:
         added = lv["added_latency_ms"]
         lines.append(
-            f"{lv['calls']:>5} {'yes' if lv['holds'] else 'NO':>5} "
+            f"{lv['calls']:>5} {lv.get('codec', 'opus'):>5} {'yes' if lv['holds'] else 'NO':>5} "
             f"{lv['gateway_cpu_percent_per_call']:>9.2f} "
             f"{_f(lv['floor_cpu_percent_per_call'], 12, 2)} {_f(lv['ratio_to_floor'], 6, 2)} "
             f"{_f(added['inbound_p99'], 7, 1)} {_f(added['outbound_p99'], 7, 1)} "
@@ -221,13 +234,18 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     lines = CallerLines.synthesized()
     levels = []
     for n in args.levels:
-        print(f"measuring {n} calls ...", file=sys.stderr)
-        level = await _measure_level(n, lines, args)
-        levels.append(level)
-        print("\n".join(_table([level], args.latency_ms)[-1:]), file=sys.stderr)
-    held = [lv["calls"] for lv in levels if lv["holds"]]
+        for codec in args.codec:
+            print(f"measuring {n} calls ({codec}) ...", file=sys.stderr)
+            level = await _measure_level(n, lines, args, codec)
+            levels.append(level)
+            print("\n".join(_table([level], args.latency_ms)[-1:]), file=sys.stderr)
+    capacity = {
+        codec: max([lv["calls"] for lv in levels if lv["holds"] and lv["codec"] == codec] or [0])
+        for codec in args.codec
+    }
     return {
-        "capacity_calls_per_core": max(held) if held else 0,
+        "capacity_calls_per_core": capacity[args.codec[0]],
+        "capacity_calls_per_core_by_codec": capacity,
         "added_latency_limit_ms": ADDED_P99_LIMIT_MS,
         "emulator_latency_ms": args.latency_ms,
         "levels": levels,
@@ -242,11 +260,17 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before the window")
     parser.add_argument("--window", type=float, default=30.0, help="measured window, seconds")
     parser.add_argument("--latency-ms", type=float, default=300.0, help="emulator model latency")
+    parser.add_argument(
+        "--codec", default="opus", help="Realtime leg codecs to compare, e.g. opus,pcmu"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", type=Path, help="write capacity.json (and .png) here")
     parser.add_argument("--plot", action="store_true", help="also draw capacity.png (--out)")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
+    args.codec = [c.strip() for c in args.codec.split(",") if c.strip()]
+    if not args.codec or not set(args.codec) <= {"opus", "pcmu", "pcma"}:
+        parser.error("--codec takes opus, pcmu and/or pcma, comma separated")
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         parser.error("needs CPUs 0 and 1")
     report = asyncio.run(_main(args))
@@ -254,7 +278,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
         if args.plot:
-            _plot(report["levels"], args.out / "capacity.png")
+            first = [lv for lv in report["levels"] if lv["codec"] == args.codec[0]]
+            _plot(first, args.out / "capacity.png")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
