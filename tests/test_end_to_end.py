@@ -56,6 +56,10 @@ numbers:
     instructions: "You are the garage's assistant."
     voice: ash
     greeting: null
+  "+15551230003":
+    instructions: "You are the phone-quality line."
+    greeting: "Say hello from the phone line."
+    upstream_codec: pcmu
 """
 
 
@@ -140,6 +144,33 @@ async def test_barge_in_clears_the_carrier_and_cancels_the_response(
     # the upstream was told to stop talking (the response itself may already have finished
     # generating: the model is faster than real time, so the cancel is then a no-op)
     assert received.get("output_audio_buffer.clear", 0) >= 1
+
+
+async def test_a_pcmu_number_talks_barges_in_and_truncates_with_g711_straight_through(
+    gateway: RunningGateway, question: Say, interruption: Say
+) -> None:
+    script = [
+        WaitForAnswer(),
+        question,
+        BargeIn(interruption, after_ms=500),
+        WaitForAnswer(),
+        HangUp(),
+    ]
+    result = await SimulatedCall(script, _options(gateway, "+15551230003")).run()
+
+    assert result.ok, (result.failure, result.failure_detail)
+    assert result.setup_ms is not None and result.gaps_ms == []
+    assert result.marks_received > 0 and result.clears_received >= 1
+    [barge] = [t for t in result.turns if t.barge_in]
+    assert barge.assistant_audible_at_onset and barge.answer_ms is not None
+    sessions = await wait_all_ended(gateway)
+    [session] = sessions
+    audio = session["session"]["audio"]
+    assert audio["input"]["format"] == {"type": "audio/pcmu"}
+    assert audio["output"]["format"] == {"type": "audio/pcmu"}
+    assert session["events_received"].get("conversation.item.truncate", 0) >= 1
+    [summary] = gateway_state(gateway.app).recent
+    assert summary["codec"] == "pcmu"
 
 
 async def test_each_number_gets_its_own_profile_and_session(

@@ -109,3 +109,13 @@ def test_an_error_in_the_default_is_reported_once_not_under_every_number() -> No
         "  - default.voise: Extra inputs are not permitted",
         "  - numbers.+15551230002.colour: Extra inputs are not permitted",  # its own, still said
     ]
+
+
+def test_a_g711_codec_declares_matching_session_formats_and_a_bad_one_is_named() -> None:
+    profile = builtin_profiles().default
+    assert "format" not in profile.session_config()["audio"]["input"]
+    cfg = profile.session_config(codec="pcmu")
+    assert cfg["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert cfg["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "marin"}
+    with pytest.raises(ConfigError, match=r"numbers\.\+15551230001\.upstream_codec"):
+        parse_profiles({"numbers": {"+15551230001": {"upstream_codec": "g729"}}}, source="t")

@@ -83,3 +83,24 @@ def test_the_receive_buffer_setting_becomes_packets() -> None:
     for ms, packets in ((0, 0), (40, 2), (50, 2), (160, 8)):
         settings = Settings(_env_file=None, receive_buffer_ms=ms)  # type: ignore[call-arg]
         assert realtime_config(settings).receive_buffer_packets == packets
+
+
+@pytest.mark.parametrize(
+    ("own", "default", "codec"),
+    [
+        (None, "opus", "opus"),
+        (None, "pcmu", "pcmu"),
+        ("pcma", "pcmu", "pcma"),
+        ("opus", "pcmu", "opus"),
+    ],
+)
+def test_the_profiles_codec_wins_over_the_process_default(
+    own: str | None, default: str, codec: str
+) -> None:
+    config = RealtimeConfig(base_url="http://rt.test/v1", api_key="k")
+    profile = Profile(upstream_codec=own)  # type: ignore[arg-type]
+    session = session_factory(config, default_codec=default)(profile)  # type: ignore[arg-type]
+    assert session.codec == codec
+    assert session.caller_track.codec == codec
+    fmt = session._session_body["audio"]["input"].get("format")
+    assert fmt == (None if codec == "opus" else {"type": f"audio/{codec}"})

@@ -1225,8 +1225,8 @@ def _outcome_for(exc: GatewayError) -> str:
 
 
 def _is_silent(frame: LegFrame, codec: UpstreamCodec = "opus") -> bool:
-    if isinstance(frame, bytes):
-        return g711_peak(frame, alaw=codec == "pcma") < SILENCE_PEAK
+    if isinstance(frame, bytes):  # A-law has no zero: its quietest code decodes to 8
+        return g711_peak(frame, alaw=codec == "pcma") <= SILENCE_PEAK
     return frame.size == 0 or int(np.abs(frame).max()) < SILENCE_PEAK
 
 

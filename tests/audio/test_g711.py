@@ -135,3 +135,21 @@ def test_ulaw_to_array_is_writable_and_array_to_ulaw_takes_views() -> None:
 def test_array_to_ulaw_rejects_other_dtypes_and_shapes(bad: np.ndarray) -> None:
     with pytest.raises(AudioFormatError, match="1-D int16"):
         array_to_ulaw(bad)
+
+
+def test_law_translation_equals_decode_then_encode_for_every_byte() -> None:
+    from gateway.audio.g711 import (
+        ALAW_SILENCE,
+        alaw_to_ulaw,
+        audioop,  # the reference the tables are checked against
+        g711_peak,
+        ulaw_to_alaw,
+    )
+
+    codes = bytes(range(256))
+    assert ulaw_to_alaw(codes) == audioop.lin2alaw(audioop.ulaw2lin(codes, 2), 2)
+    assert alaw_to_ulaw(codes) == audioop.lin2ulaw(audioop.alaw2lin(codes, 2), 2)
+    assert ulaw_to_alaw(bytes([ULAW_SILENCE])) == bytes([ALAW_SILENCE])
+    assert g711_peak(b"") == 0 and g711_peak(bytes([ULAW_SILENCE]) * 160) == 0
+    assert g711_peak(bytes([ALAW_SILENCE]) * 160, alaw=True) == 8  # A-law has no exact zero
+    assert g711_peak(bytes([0x00]) * 4) == 32124  # μ-law's loudest negative code

@@ -300,3 +300,28 @@ def test_from_caller_equals_decoding_then_resampling(speech_8k: Int16Array) -> N
     reference = resample_buffer(decoded, 8000, 24000)  # soxr VHQ, zero delay
     got = np.concatenate(frames)
     assert snr_db(reference[: got.size - 48], got[48:]) > 45
+
+
+def test_g711_legs_pass_bytes_through_framed_and_translated_without_resampling() -> None:
+    from gateway.audio.g711 import alaw_to_ulaw, ulaw_to_alaw
+
+    t = CallTranscoder()
+    frame = bytes(range(160))
+    assert t.from_caller_g711(frame, "pcmu")[0] is frame  # the steady state: the same object
+    assert t.from_caller_g711(frame[:100], "pcmu") == []  # held until 160 bytes
+    assert t.from_caller_g711(frame[100:] + frame[:40], "pcmu") == [frame]
+    assert t.from_caller_g711(frame[40:] + frame[:40], "pcma") == [ulaw_to_alaw(frame)]
+    t.reset_from_caller()
+    assert t.from_caller_g711(frame, "pcmu") == [frame]
+
+    out = t.to_caller_g711(frame * 2 + frame[:10], "pcmu")
+    assert out == [frame, frame] and t.pending_to_caller_samples == 10
+    tail = t.flush_to_caller()
+    assert tail == frame[:10] + b"\xff" * 150  # padded with μ-law silence, no filter tail
+    alaw = ulaw_to_alaw(frame)
+    assert t.to_caller_g711(alaw, "pcma") == [alaw_to_ulaw(alaw)]
+    t.to_caller_g711(frame[:30], "pcmu")
+    t.reset_to_caller()
+    assert t.pending_to_caller_samples == 0 and t.flush_to_caller() is None
+    with pytest.raises(ValueError, match="pcmu/pcma"):
+        t.from_caller_g711(frame, "opus")

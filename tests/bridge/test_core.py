@@ -39,6 +39,7 @@ from gateway.errors import (
     CarrierProtocolError,
     CloseCode,
     InternalError,
+    UpstreamCodecRefused,
     UpstreamLost,
     UpstreamRefused,
     UpstreamTimeout,
@@ -292,6 +293,34 @@ def test_opus_decoded_audio_reaches_the_carrier_in_one_hop() -> None:
     assert len(frames) == 5 and all(len(f.payload) == 160 for f in frames)
 
 
+@pytest.mark.parametrize("codec", ["pcmu", "pcma"])
+def test_a_g711_leg_passes_the_bytes_through_both_ways(codec: str) -> None:
+    from gateway.audio.g711 import alaw_to_ulaw, ulaw_to_alaw
+
+    call = live(upstream_codec=codec)
+    loud = (8000 * np.sin(np.arange(160) / 3)).astype(np.int16)
+    msg = media(1, loud)
+    pushed = [e for e in call.core.carrier_message(msg, call.at()) if isinstance(e, PushAudio)]
+    wire = msg.payload if codec == "pcmu" else ulaw_to_alaw(msg.payload)
+    assert [p.frame for p in pushed] == [wire]  # no decode, no resample: the carrier's bytes
+    if codec == "pcmu":
+        assert pushed[0].frame is msg.payload
+
+    call.responding()
+    call.event("output_audio_buffer.started", response_id="resp_1")
+    now = call.at()
+    sent = call.core.model_payload(wire, codec, now, now)  # type: ignore[arg-type]
+    played = [e.msg for e in sent if isinstance(e, ToCarrier) and isinstance(e.msg, PlayAudio)]
+    expected = wire if codec == "pcmu" else alaw_to_ulaw(wire)
+    assert [p.payload for p in played] == [expected]
+    silence = b"\xff" * 160 if codec == "pcmu" else b"\xd5" * 160
+    call.event("output_audio_buffer.stopped", response_id="resp_1")
+    call.event("response.done", response={"id": "resp_1", "status": "completed"})
+    call.echo_marks(sent)
+    now = call.at()
+    assert call.core.model_payload(silence, codec, now, now) == []  # silence between answers
+
+
 def test_silence_between_answers_is_not_forwarded() -> None:
     call = live()
     now = call.at()
@@ -393,10 +422,11 @@ def test_setup_buffers_caller_audio_and_replays_it_from_shortly_before_speech() 
         (UpstreamRefused("busy", status=429), True),
         (UpstreamTimeout("slow"), True),
         (UpstreamRefused("bad key", status=401), False),
+        (UpstreamCodecRefused("no PCMU", code="codec_refused"), False),
     ],
 )
 def test_setup_failures_are_retried_only_when_worth_it(
-    failure: UpstreamRefused | UpstreamTimeout, retried: bool
+    failure: UpstreamRefused | UpstreamTimeout | UpstreamCodecRefused, retried: bool
 ) -> None:
     core = CallCore(metrics=Metrics(), log=LOG, now=0.0, wall_now=1_700_000_000.0)
     core.carrier_message(start_msg(), 0.0)

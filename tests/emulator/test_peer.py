@@ -22,7 +22,7 @@ from av import AudioFrame
 
 from gateway.emulator.config import EmulatorConfig
 from gateway.emulator.peer import opus_packets, opus_silence
-from gateway.errors import UpstreamTimeout
+from gateway.errors import UpstreamRefused, UpstreamTimeout
 from gateway.realtime import events as rt
 from gateway.realtime.config import SetupTimeouts
 from gateway.realtime.receiver import ShortJitterBuffer
@@ -482,3 +482,79 @@ async def emu_stats(emu: Emulator) -> dict[str, Any]:
         resp.raise_for_status()
         result: dict[str, Any] = resp.json()
         return result
+
+
+# ------------------------------------------------------------------ a G.711 leg
+
+
+def _g711_session(codec: str) -> dict[str, Any]:
+    fmt = {"format": {"type": f"audio/{codec}"}}
+    audio = SESSION.get("audio", {})
+    return {
+        **SESSION,
+        "audio": {
+            "input": {**audio.get("input", {}), **fmt},
+            "output": {**audio.get("output", {}), **fmt},
+        },
+    }
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "pcma"])
+async def test_a_g711_session_talks_in_g711_both_ways(codec: str) -> None:
+    from gateway.audio.g711 import alaw_to_array, array_to_ulaw, ulaw_to_alaw, ulaw_to_array
+    from gateway.audio.resample import StreamResampler
+    from gateway.realtime.tracks import EncodedAudio
+
+    async with running() as emu:
+        s = RealtimeSession(emu.config(), _g711_session(codec), codec=codec)  # type: ignore[arg-type]
+        await s.open()
+        rec = Recorder(s)
+        try:
+            assert s.audio_codec == f"audio/{codec.upper()}"
+            [emu_call] = emu.state.calls.values()
+            assert emu_call.codec == f"audio/{codec}"
+            pcm8k = StreamResampler(24000, 8000).process(speech("Hello, what time is it?"))
+            pcm8k = np.concatenate((pcm8k, np.zeros(8000, np.int16)))
+            ulaw = array_to_ulaw(pcm8k[: pcm8k.size // 160 * 160])
+            wire = ulaw if codec == "pcmu" else ulaw_to_alaw(ulaw)
+            frames = [wire[i : i + 160] for i in range(0, len(wire), 160)]
+
+            async def talk() -> None:
+                for f in frames:  # in real time, as a carrier delivers it
+                    s.push_audio(f)
+                    await asyncio.sleep(0.02)
+
+            talker = asyncio.create_task(talk())
+            await rec.wait_for("input_audio_buffer.speech_started")  # the emulator heard speech
+            loud = 0
+            async with asyncio.timeout(20):
+                async for audio in s.model_audio():
+                    assert isinstance(audio, EncodedAudio) and audio.codec == codec
+                    decode = ulaw_to_array if codec == "pcmu" else alaw_to_array
+                    loud += int(np.abs(decode(audio.payload)).max() > 300)
+                    if loud == 25:  # half a second of the answer, as G.711 straight from RTP
+                        break
+            await talker
+        finally:
+            await s.close()
+            await rec.aclose()
+
+
+async def test_a_g711_format_on_an_opus_leg_is_refused_at_creation_and_on_update() -> None:
+    async with running() as emu:
+        s = RealtimeSession(emu.config(), _g711_session("pcmu"))  # an Opus leg
+        with pytest.raises(UpstreamRefused, match=r"audio\.input\.format") as refused:
+            await s.open()
+        assert refused.value.status == 400 and refused.value.code == "invalid_value"
+
+        s = RealtimeSession(emu.config(), _g711_session("pcmu"), codec="pcmu")
+        await s.open()
+        try:
+            rec = Recorder(s)
+            s.send(rt.session_update(_g711_session("pcma")))
+            error = await rec.wait_for("error")
+            assert error["error"]["code"] == "invalid_value"
+            assert error["error"]["param"] == "session.audio.input.format"
+            await rec.aclose()
+        finally:
+            await s.close()

@@ -89,3 +89,24 @@ def test_a_moved_seam_fails_loudly() -> None:
 
     with pytest.raises(ReceiverSeamMoved, match="moved the seam"):
         install_receive_buffer(Elsewhere(), 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "tapped"),
+    [
+        ([0, 1, 2, 3], [0, 1, 2, 3]),
+        # a reorder: 1 and 2 leave together when 1 arrives, no standing delay left behind
+        ([0, 2, 1, 3], [0, 1, 2, 3]),
+        # a loss: skipped after depth (2) later packets, and everything waiting leaves at once
+        ([0, 2, 3, 4, 5], [0, 2, 3, 4, 5]),
+    ],
+)
+def test_a_tap_gets_every_releasable_frame_at_once_and_the_decoder_none(
+    arrivals: list[int], tapped: list[int]
+) -> None:
+    got: list[tuple[bytes, int]] = []
+    buffer = ShortJitterBuffer(2, tap=lambda data, ts: got.append((data, ts)))
+    for seq in arrivals:
+        assert buffer.add(packet(seq)) == (False, None)  # aiortc's decoder queue stays empty
+    assert [ts // 160 for _, ts in got] == tapped
+    assert all(data == bytes([ts // 160 % 256]) * 160 for data, ts in got)

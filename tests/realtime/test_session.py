@@ -12,7 +12,7 @@ import contextlib
 import email
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from gateway.audio.g711 import ulaw_to_array
 from gateway.errors import (
+    AudioFormatError,
+    UpstreamCodecRefused,
     UpstreamError,
     UpstreamLost,
     UpstreamProtocolError,
@@ -35,11 +38,13 @@ from gateway.errors import (
 )
 from gateway.realtime import events as rt
 from gateway.realtime.config import RealtimeConfig, SetupTimeouts
+from gateway.realtime.receiver import install_receive_buffer
 from gateway.realtime.session import RealtimeSession
 from gateway.realtime.tracks import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     CallerAudioTrack,
+    EncodedAudio,
     RemoteAudioReader,
 )
 from gateway.serving import serve_app
@@ -91,6 +96,7 @@ class Behaviour:
     answer_body: str | None = None  # replaces the SDP answer
     update: str = "accept"  # accept | reject | ignore
     tone_hz: float = 660.0
+    rewrite_answer: Callable[[str], str] | None = None  # edits the SDP answer before it goes
 
 
 class FakeRealtime:
@@ -101,6 +107,7 @@ class FakeRealtime:
         self.peers: list[RTCPeerConnection] = []
         self.channels: list[RTCDataChannel] = []
         self.heard: list[npt.NDArray[np.int16]] = []
+        self.payloads: list[bytes] = []  # G.711 RTP payloads received (from a receive tap)
         self.base_url = ""
         self._release = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,6 +169,8 @@ class FakeRealtime:
             if b.answer_body is not None:
                 return Response(b.answer_body, b.status, media_type="application/json")
             answer = await self._answer(offer)
+            if b.rewrite_answer is not None:
+                answer = b.rewrite_answer(answer)
             headers = {"Location": b.location} if b.location else {}
             return Response(answer, b.status, media_type="application/sdp", headers=headers)
 
@@ -194,7 +203,17 @@ class FakeRealtime:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        return str(pc.localDescription.sdp)
+        answer = str(pc.localDescription.sdp)
+        if "opus" not in answer:  # a G.711 leg: record the payloads exactly as they arrive
+            audio = next(t for t in pc.getTransceivers() if t.kind == "audio")
+            install_receive_buffer(audio.receiver, 2, tap=lambda data, _: self._payload(data))
+        return answer
+
+    def _payload(self, data: bytes) -> None:
+        self.payloads.append(data)
+        task = asyncio.ensure_future(self._notify())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
         async for frame, _ in RemoteAudioReader(track):
@@ -255,8 +274,8 @@ def config(fake: FakeRealtime, **kwargs: Any) -> RealtimeConfig:
 
 
 @contextlib.asynccontextmanager
-async def opened(cfg: RealtimeConfig) -> AsyncIterator[RealtimeSession]:
-    session = RealtimeSession(cfg, SESSION)
+async def opened(cfg: RealtimeConfig, **kwargs: Any) -> AsyncIterator[RealtimeSession]:
+    session = RealtimeSession(cfg, SESSION, **kwargs)
     try:
         await session.open()
         yield session
@@ -525,6 +544,97 @@ async def test_pcmu_negotiation(fake: FakeRealtime) -> None:
                 heard += int(np.abs(frame).max() > 2000)
                 if heard == 5:
                     break
+
+
+# ------------------------------------------------------------------ a G.711 leg
+
+
+def _ulaw_hz(payloads: list[bytes]) -> float:
+    pcm = ulaw_to_array(b"".join(payloads)).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+    return float(np.argmax(spectrum) * 8000 / pcm.size)
+
+
+async def test_pcmu_leg_carries_the_callers_bytes_untouched_both_ways(fake: FakeRealtime) -> None:
+    async with opened(config(fake, receive_buffer_packets=2), codec="pcmu") as session:
+        offer = fake.requests[0].parts["sdp"][1]
+        assert b"PCMU/8000" in offer and b"opus" not in offer and b"PCMA" not in offer
+        assert session.audio_codec == "audio/PCMU"
+        assert session.receive_buffer is not None
+
+        rng = np.random.default_rng(7)  # no two frames alike, unlike a tone
+        sent = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(25)]
+        for frame in sent:
+            session.push_audio(frame)
+        await fake.wait_for(lambda: sent[-1] in fake.payloads)
+        # RTP carried the very bytes pushed, in order (the leading frames may be silence).
+        first = fake.payloads.index(sent[0])
+        assert fake.payloads[first : first + len(sent)] == sent
+
+        heard: list[bytes] = []
+        async with asyncio.timeout(10):
+            async for audio in session.model_audio():
+                assert isinstance(audio, EncodedAudio) and audio.codec == "pcmu"
+                if np.abs(ulaw_to_array(audio.payload)).max() > 2000:
+                    heard.append(audio.payload)
+                    if len(heard) == 10:
+                        break
+        assert _ulaw_hz(heard) == pytest.approx(660, abs=15)
+        # aiortc's decoder was never used: the remote track got nothing.
+        assert session.receive_buffer.released >= 10
+
+
+async def test_pcma_leg_is_negotiated_and_declared(fake: FakeRealtime) -> None:
+    async with opened(config(fake), codec="pcma") as session:
+        assert session.audio_codec == "audio/PCMA"
+        offer = fake.requests[0].parts["sdp"][1]
+        assert b"PCMA/8000" in offer and b"PCMU" not in offer
+        session.push_audio(bytes([0xD5]) * 160)
+        with pytest.raises(AudioFormatError, match="160 bytes"):
+            session.push_audio(np.zeros(FRAME_SAMPLES, np.int16))  # PCM on a G.711 leg
+
+
+def _without_static_rtpmaps(answer: str) -> str:
+    # OpenAI's published answer lists 111 0 8 on the m-line with an rtpmap for 111 only.
+    lines = [ln for ln in answer.splitlines() if not ln.startswith(("a=rtpmap:0 ", "a=rtpmap:8 "))]
+    return "\r\n".join(lines) + "\r\n"
+
+
+async def test_an_answer_listing_pcmu_without_its_rtpmap_line_is_understood(
+    fake: FakeRealtime,
+) -> None:
+    fake.behaviour.rewrite_answer = _without_static_rtpmaps
+    async with opened(config(fake), codec="pcmu") as session:
+        assert session.audio_codec == "audio/PCMU"
+        async with asyncio.timeout(10):
+            async for audio in session.model_audio():
+                assert isinstance(audio, EncodedAudio)
+                if np.abs(ulaw_to_array(audio.payload)).max() > 2000:
+                    break
+
+
+async def test_an_answer_without_the_requested_codec_fails_setup_and_hangs_up(
+    fake: FakeRealtime,
+) -> None:
+    def opus_only(answer: str) -> str:
+        # what a service without G.711 would answer: its own codec, not the one offered
+        lines = []
+        for ln in answer.splitlines():
+            if ln.startswith("m=audio"):
+                ln = " ".join([*ln.split()[:3], "111"])
+            elif ln.startswith("a=rtpmap:0 "):
+                ln = "a=rtpmap:111 opus/48000/2"
+            lines.append(ln)
+        return "\r\n".join(lines) + "\r\n"
+
+    fake.behaviour.rewrite_answer = opus_only
+    session = RealtimeSession(config(fake), SESSION, codec="pcmu")
+    with pytest.raises(UpstreamCodecRefused, match="audio/PCMU") as caught:
+        await session.open()
+    assert caught.value.code == "codec_refused" and not caught.value.retryable
+    assert "it listed audio/opus" in str(caught.value)
+    assert session.state == "closed"
+    assert [r.path for r in fake.requests][-1] == "/v1/realtime/calls/rtc_test123/hangup"
 
 
 async def test_malformed_server_message_is_reported_and_stream_goes_on(fake: FakeRealtime) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy.typing as npt
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame
+from av import AudioFrame, Packet
 
 from gateway.errors import AudioFormatError
 from gateway.realtime.tracks import (
@@ -501,3 +502,39 @@ async def test_reader_ends_when_the_connection_closes() -> None:
     with pytest.raises(StopAsyncIteration):
         while True:
             await asyncio.wait_for(anext(frames), 10)
+
+
+# ------------------------------------------------------------------ caller track, G.711 leg
+
+
+async def test_a_g711_track_hands_aiortc_the_pushed_bytes_as_packets_on_an_8k_clock() -> None:
+    ft = FakeTime()
+    track = paced_track(ft, codec="pcmu")
+    frames = [bytes([i]) * 160 for i in (1, 2)]
+    for f in frames:
+        track.push(f)
+    out = [await track.recv() for _ in range(3)]
+    assert all(isinstance(p, Packet) for p in out)
+    assert [bytes(p) for p in out] == [*frames, b"\xff" * 160]  # then μ-law silence
+    assert [p.pts for p in out] == [0, 160, 320]
+    assert all(p.time_base == fractions.Fraction(1, 8000) for p in out)
+    assert track.stats.audio_frames == 2 and track.stats.silence_frames == 1
+    alaw = paced_track(FakeTime(), codec="pcma")
+    assert bytes(await alaw.recv()) == b"\xd5" * 160  # A-law silence
+    with pytest.raises(AudioFormatError, match="160 bytes"):
+        track.push(b"\xff" * 80)
+    with pytest.raises(AudioFormatError, match="480 int16"):
+        paced_track(FakeTime()).push(b"\xff" * 160)  # bytes on an Opus leg
+
+
+async def test_a_quiet_g711_frame_wins_back_a_slot_given_to_silence() -> None:
+    # as the PCM test above: no lead models the clock a frame ahead of the carrier
+    ft = FakeTime()
+    track = paced_track(ft, lead=0.0, codec="pcmu")
+    loud, quiet = b"\x10" * 160, b"\xfe" * 160  # μ-law: 0x10 is loud, 0xfe is almost zero
+    track.push(loud)
+    await track.recv()
+    assert bytes(await track.recv()) == b"\xff" * 160  # the carrier is late: silence
+    track.push(quiet)
+    track.push(loud)
+    assert bytes(await track.recv()) == loud and track.stats.quiet_skipped == 1
