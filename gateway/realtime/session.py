@@ -405,6 +405,8 @@ class RealtimeSession:
                 ),
                 code="codec_refused",
             )
+        if self._audio_codec.lower() == "audio/opus":
+            self._caller_track.encode_opus()  # before media flows: packets, no aiortc encoder
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         except Exception as exc:

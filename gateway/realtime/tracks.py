@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame, Packet
+from av import AudioFrame, CodecContext, Packet
 
 from gateway.audio.format import (
     CARRIER_FRAME_SAMPLES,
@@ -58,6 +58,12 @@ _TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
 _SILENCE: Final = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _SILENCE.setflags(write=False)
 _G711_TIME_BASE: Final = fractions.Fraction(1, CARRIER_RATE)
+OPUS_BITRATE: Final = 40_000
+"""Bits per second of the caller's audio when the track encodes Opus: mono, and the carrier
+narrowed it to 3.4 kHz already, so 40 kbit/s is transparent for it."""
+_OPUS_TIME_BASE: Final = fractions.Fraction(1, 48000)  # Opus's RTP clock, whatever the rate
+_OPUS_TICKS: Final = 960
+_OPUS_SILENCE: Final = bytes([0xF8, 0xFF, 0xFE])  # a 20 ms Opus frame of silence (RFC 6716)
 _G711_SILENCE: Final = {
     "pcmu": bytes([ULAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
     "pcma": bytes([ALAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
@@ -121,6 +127,10 @@ class CallerAudioTrack(MediaStreamTrack):
     ``codec`` is the Realtime leg's: ``opus`` takes 24 kHz PCM frames and hands aiortc
     ``AudioFrame``s to encode; ``pcmu``/``pcma`` take 160-byte frames already in that law and
     hand aiortc ``av.Packet``s on an 8 kHz clock, which its sender packs into RTP unchanged.
+    Once the leg is known to be Opus, :meth:`encode_opus` makes the track encode each frame
+    itself (24 kHz mono, :data:`OPUS_BITRATE`) and hand aiortc the packet: aiortc's own path
+    resamples to 48 kHz stereo, encodes at 96 kbit/s in a thread-pool hop per frame and scans
+    every sample in Python for the RTP audio level, which together cost more than the encoding.
     """
 
     kind = "audio"
@@ -173,8 +183,25 @@ class CallerAudioTrack(MediaStreamTrack):
         self._on_handoff = on_handoff
         self._on_drop = on_drop
         self._pts = -self._frame_ticks  # the first frame gets pts 0
+        self._opus: Any = None  # the Opus encoder once encode_opus() was called
         self._due: float | None = None  # monotonic time the next frame is due
         self.stats = CallerAudioStats()
+
+    def encode_opus(self) -> None:
+        """Encode Opus here from now on (call before media flows, once the answer chose Opus;
+        the packets' clock is Opus's 48 kHz RTP clock)."""
+        if self._g711:
+            raise ValueError(f"a {self.codec} track sends G.711, not Opus")
+        if self._opus is None:
+            ctx = CodecContext.create("libopus", "w")
+            ctx.sample_rate = SAMPLE_RATE
+            ctx.layout = "mono"
+            ctx.format = "s16"
+            ctx.bit_rate = OPUS_BITRATE
+            ctx.options = {"application": "voip"}
+            self._opus = ctx
+            self._frame_ticks = _OPUS_TICKS
+            self._pts = -_OPUS_TICKS
 
     @property
     def queued_frames(self) -> int:
@@ -286,9 +313,19 @@ class CallerAudioTrack(MediaStreamTrack):
         frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
         frame.planes[0].update(samples.tobytes())
         frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
+        if self._opus is None:
+            frame.pts = self._pts
+            frame.time_base = _TIME_BASE
+            return frame
+        # libopus returns one packet per 20 ms frame (its look-ahead delays the audio, not
+        # the packets); the RTP timestamp is ours, on Opus's 48 kHz clock.
+        frame.pts = self.stats.frames_sent * FRAME_SAMPLES
         frame.time_base = _TIME_BASE
-        return frame
+        packets = self._opus.encode(frame)
+        packet = packets[-1] if packets else Packet(_OPUS_SILENCE)
+        packet.pts = self._pts
+        packet.time_base = _OPUS_TIME_BASE
+        return packet
 
     def stop(self) -> None:
         """End the track: aiortc's sender stops pulling and queued audio is discarded."""

@@ -538,3 +538,30 @@ async def test_a_quiet_g711_frame_wins_back_a_slot_given_to_silence() -> None:
     track.push(quiet)
     track.push(loud)
     assert bytes(await track.recv()) == loud and track.stats.quiet_skipped == 1
+
+
+async def test_an_opus_track_encodes_itself_once_told_the_leg_is_opus() -> None:
+    from aiortc.codecs.opus import OpusDecoder
+    from aiortc.jitterbuffer import JitterFrame
+
+    ft = FakeTime()
+    track = paced_track(ft)
+    track.encode_opus()
+    pcm = tone(10, 440.0)
+    for f in frames_of(pcm):
+        track.push(f)
+    out = [await track.recv() for _ in range(10)]
+    assert all(isinstance(p, Packet) for p in out)
+    assert [p.pts for p in out] == [960 * i for i in range(10)]  # Opus's 48 kHz RTP clock
+    assert all(p.time_base == fractions.Fraction(1, 48000) for p in out)
+    decoder = OpusDecoder()  # what the far end does with them
+    decoded = [
+        f.to_ndarray().reshape(-1)[::2]  # left channel of 48 kHz stereo
+        for i, p in enumerate(out)
+        for f in decoder.decode(JitterFrame(bytes(p), 960 * i))
+    ]
+    assert dominant_hz(np.concatenate(decoded[3:]).astype(np.int16), 48000) == pytest.approx(
+        440, abs=10
+    )
+    with pytest.raises(ValueError, match=r"G\.711"):
+        paced_track(FakeTime(), codec="pcmu").encode_opus()
