@@ -106,8 +106,8 @@ class UpstreamSession(Protocol):
 
     def model_audio(self) -> AsyncIterator[DecodedAudio | EncodedAudio]:
         """Model audio for the caller as decoded (any rate the core's transcoder takes: 48 kHz
-        mono or stereo, 24 kHz or 8 kHz mono) or, on a G.711 leg, as the RTP payload, with the
-        time each frame was received."""
+        mono or stereo, 24 kHz or 8 kHz mono; the Realtime session gives 48 kHz mono for Opus)
+        or, on a G.711 leg, as the RTP payload, with the time each frame was received."""
         ...
 
     async def close(self) -> None: ...

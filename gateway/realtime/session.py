@@ -60,7 +60,9 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from gateway.audio.format import CARRIER_RATE, RTP_MIME, UpstreamCodec
 from gateway.audio.g711 import ALAW_SILENCE, ULAW_SILENCE
+from gateway.audio.resample import StreamResampler
 from gateway.errors import (
+    AudioFormatError,
     UpstreamCodecRefused,
     UpstreamError,
     UpstreamLost,
@@ -74,12 +76,16 @@ from gateway.realtime.receiver import ShortJitterBuffer, install_receive_buffer
 from gateway.realtime.sdp import audio_codecs, complete_static_rtpmaps, negotiated_audio_codec
 from gateway.realtime.signalling import Signalling, http_client
 from gateway.realtime.tracks import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
     CallerAudioTrack,
     CallerFrame,
     DecodedAudio,
     EncodedAudio,
     RemoteAudioReader,
     RemoteAudioStats,
+    RtpDecoder,
+    RtpTimeline,
 )
 
 __all__ = ["DATA_CHANNEL_LABEL", "RealtimeSession", "open_peer_connections"]
@@ -105,9 +111,6 @@ _T = TypeVar("_T")
 # A G.711 leg always gets the short receive buffer (its tap is how audio skips the decoder);
 # this depth when the config keeps aiortc's own buffer.
 _G711_RECEIVE_DEPTH: Final = 2
-# Silence filled in for lost G.711 packets, at most this long (a longer timestamp jump is a
-# discontinuity, not a loss).
-_MAX_FILL_SAMPLES: Final = CARRIER_RATE // 5
 
 _PEERS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
@@ -198,9 +201,11 @@ class RealtimeSession:
             codec=codec,
         )
         self._events: asyncio.Queue[_QueueItem] = asyncio.Queue()
-        # G.711 model audio from the receive buffer's tap; None marks the end.
-        self._g711_audio: asyncio.Queue[EncodedAudio | None] = asyncio.Queue()
-        self._g711_next_ts: int | None = None  # RTP timestamp the next payload should carry
+        # Model audio from the receive buffer's tap, as (payload, RTP timestamp, received at);
+        # None marks the end.
+        self._rtp: asyncio.Queue[tuple[bytes, int, float] | None] = asyncio.Queue()
+        self._tapped = False
+        self._audio_stats: RemoteAudioStats | None = None
         self._state: Literal["new", "opening", "open", "closed"] = "new"
         self._pc: RTCPeerConnection | None = None
         self.hung_up: bool | None = None
@@ -282,8 +287,11 @@ class RealtimeSession:
 
     @property
     def model_audio_stats(self) -> RemoteAudioStats | None:
-        """Counters of the model-audio reader, once :meth:`audio_frames` has started."""
-        return None if self._reader is None else self._reader.stats
+        """Counters of the model-audio reader, once :meth:`audio_frames` or
+        :meth:`model_audio` has started."""
+        if self._reader is not None:
+            return self._reader.stats
+        return self._audio_stats
 
     # ------------------------------------------------------------------ setup
 
@@ -340,16 +348,15 @@ class RealtimeSession:
         pc.on("track", self._on_track)
         transceiver = pc.addTransceiver(self._caller_track, direction="sendrecv")
         g711 = self.codec != "opus"
-        if g711:
-            depth = cfg.receive_buffer_packets
+        depth = cfg.receive_buffer_packets
+        if g711 or depth is not None:
+            # Our receive buffer, tapped: model audio never goes through aiortc's decoder
+            # thread (see model_audio); without a depth configured an Opus leg keeps aiortc's.
+            self._tapped = True
             self.receive_buffer = install_receive_buffer(
                 transceiver.receiver,
                 _G711_RECEIVE_DEPTH if depth is None else depth,
-                tap=self._on_g711_payload,
-            )
-        elif cfg.receive_buffer_packets is not None:
-            self.receive_buffer = install_receive_buffer(
-                transceiver.receiver, cfg.receive_buffer_packets
+                tap=self._on_payload,
             )
         offered = (RTP_MIME[self.codec],) if g711 else cfg.audio_codecs
         if offered:
@@ -611,53 +618,92 @@ class RealtimeSession:
         """Drop caller audio queued but not yet sent; returns how many frames."""
         return self._caller_track.clear()
 
+    def _claim_audio(self, what: str) -> None:
+        if self._remote is None or not self._remote.done() or self._remote.cancelled():
+            raise RuntimeError(f"{what} needs an open session")
+        if self._reader is not None or self._audio_stats is not None:
+            raise RuntimeError("the session's audio is already being consumed")
+        if self._tapped:
+            self._audio_stats = RemoteAudioStats()
+        else:
+            self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
+
+    def _negotiated(self) -> UpstreamCodec:
+        """The answer's audio codec as a codec name (what the tap carries)."""
+        mime = (self._audio_codec or "").lower()
+        for codec, name in RTP_MIME.items():
+            if name.lower() == mime:
+                return codec
+        raise AudioFormatError(f"model audio in {self._audio_codec}: cannot decode it")
+
+    async def _payloads(self) -> AsyncIterator[tuple[bytes, int, float]]:
+        queue = self._rtp
+        while (item := await queue.get()) is not None:
+            yield item
+        queue.put_nowait(None)  # every later reader ends the same way
+
     async def audio_frames(self) -> AsyncIterator[tuple[npt.NDArray[np.int16], float]]:
         """Assistant audio as ``(480-sample 24 kHz mono int16 frame, received_at)``.
 
         Call after :meth:`open`. Iteration ends when the session closes. Use one consumer.
         """
-        if self._remote is None or not self._remote.done() or self._remote.cancelled():
-            raise RuntimeError("audio_frames() needs an open session")
+        self._claim_audio("audio_frames()")
         if self._reader is not None:
-            raise RuntimeError("audio_frames() is already being consumed")
-        self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
-        async for item in self._reader:
-            yield item
+            async for item in self._reader:
+                yield item
+            return
+        stats = self._audio_stats
+        assert stats is not None
+        decoder = RtpDecoder(self._negotiated())
+        to_model = StreamResampler(decoder.rate, SAMPLE_RATE)
+        pending = np.zeros(0, dtype=np.int16)
+        async for payload, timestamp, received_at in self._payloads():
+            stats.frames_decoded += 1
+            pcm = to_model.process(decoder.decode(payload, timestamp))
+            if pending.size:
+                pcm = np.concatenate((pending, pcm))
+            n = pcm.size // FRAME_SAMPLES
+            pending = pcm[n * FRAME_SAMPLES :].copy()
+            for i in range(n):
+                stats.frames_out += 1
+                yield pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], received_at
 
     async def model_audio(self) -> AsyncIterator[DecodedAudio | EncodedAudio]:
-        """Assistant audio as it arrives: on an Opus leg as the decoder produced it
-        (:class:`DecodedAudio`, 48 kHz stereo), for a consumer that resamples once, to its own
-        rate; on a G.711 leg as the RTP payload (:class:`EncodedAudio`), never decoded. Same
-        rules as :meth:`audio_frames`; use one or the other."""
-        if self._remote is None or not self._remote.done() or self._remote.cancelled():
-            raise RuntimeError("model_audio() needs an open session")
+        """Assistant audio for a consumer that converts once, to its own rate, as cheaply as
+        the leg allows.
+
+        On a G.711 leg: the RTP payload as it came (:class:`EncodedAudio`), never decoded, a
+        lost packet as silence of its length. On an Opus leg with the short receive buffer:
+        decoded here, on the event loop, to 48 kHz mono (:class:`DecodedAudio`; no decoder
+        thread and its hop back per frame). With aiortc's own receive buffer: as aiortc
+        decoded it (48 kHz stereo). Same rules as :meth:`audio_frames`; use one or the other.
+        """
+        self._claim_audio("model_audio()")
         if self._reader is not None:
-            raise RuntimeError("the session's audio is already being consumed")
-        self._reader = RemoteAudioReader(self._remote.result(), clock=self._clock)
-        if self.codec == "opus":
             async for item in self._reader.decoded():
                 yield item
             return
-        queue = self._g711_audio
-        while (audio := await queue.get()) is not None:
-            yield audio
-        queue.put_nowait(None)
+        stats = self._audio_stats
+        assert stats is not None
+        codec = self._negotiated()
+        if codec == self.codec and codec != "opus":  # G.711 straight through
+            timeline = RtpTimeline(CARRIER_RATE)
+            fill = bytes([ULAW_SILENCE if codec == "pcmu" else ALAW_SILENCE])
+            async for payload, timestamp, received_at in self._payloads():
+                stats.frames_decoded += 1
+                lost = timeline.lost_before(timestamp, len(payload))
+                if lost:
+                    yield EncodedAudio(fill * lost, codec, received_at)
+                yield EncodedAudio(payload, codec, received_at)
+            return
+        decoder = RtpDecoder(codec)
+        async for payload, timestamp, received_at in self._payloads():
+            stats.frames_decoded += 1
+            yield DecodedAudio(decoder.decode(payload, timestamp), decoder.rate, 1, received_at)
 
-    def _on_g711_payload(self, payload: bytes, timestamp: int) -> None:
-        """The receive buffer's tap (on the loop): one G.711 frame, in sequence. A timestamp
-        ahead of the last payload's end is a lost packet: its length of silence goes first,
-        so what the carrier plays keeps the model's timing."""
-        expected = self._g711_next_ts
-        now = self._clock()
-        if expected is not None:
-            gap = (timestamp - expected) & 0xFFFFFFFF
-            if 0 < gap <= _MAX_FILL_SAMPLES:
-                fill = ULAW_SILENCE if self.codec == "pcmu" else ALAW_SILENCE
-                self._g711_audio.put_nowait(EncodedAudio(bytes([fill]) * gap, self.codec, now))
-        self._g711_next_ts = (timestamp + len(payload)) & 0xFFFFFFFF
-        if self._reader is not None:
-            self._reader.stats.frames_decoded += 1
-        self._g711_audio.put_nowait(EncodedAudio(payload, self.codec, now))
+    def _on_payload(self, payload: bytes, timestamp: int) -> None:
+        """The receive buffer's tap (on the loop): one frame of model audio, in sequence."""
+        self._rtp.put_nowait((payload, timestamp, self._clock()))
 
     # ------------------------------------------------------------------ end
 
@@ -697,7 +743,7 @@ class RealtimeSession:
                 self._updated.cancel()
             self._state = "closed"
             self._events.put_nowait(_END)
-            self._g711_audio.put_nowait(None)
+            self._rtp.put_nowait(None)
             self._closed.set()
             log.debug("realtime call %s closed: %s", self._call_id, self._close_reason)
 

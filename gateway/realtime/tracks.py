@@ -32,10 +32,11 @@ from gateway.audio.format import (
     FRAME_MS,
     MODEL_FRAME_SAMPLES,
     MODEL_RATE,
+    WEBRTC_RATE,
     LegFrame,
     UpstreamCodec,
 )
-from gateway.audio.g711 import ALAW_SILENCE, ULAW_SILENCE, g711_peak
+from gateway.audio.g711 import ALAW_SILENCE, ULAW_SILENCE, alaw_to_array, g711_peak, ulaw_to_array
 from gateway.audio.resample import StreamResampler
 from gateway.errors import AudioFormatError
 
@@ -48,6 +49,8 @@ __all__ = [
     "EncodedAudio",
     "RemoteAudioReader",
     "RemoteAudioStats",
+    "RtpDecoder",
+    "RtpTimeline",
 ]
 
 SAMPLE_RATE: Final = MODEL_RATE
@@ -358,10 +361,11 @@ class CallerAudioTrack(MediaStreamTrack):
 
 @dataclass(frozen=True, slots=True)
 class DecodedAudio:
-    """One frame as aiortc's decoder produced it: no resampling on our side.
+    """One decoded frame, not resampled: by aiortc's decoder (Opus: 48 kHz interleaved stereo;
+    PCMU/PCMA: 8 kHz mono) or by :class:`RtpDecoder` (Opus: 48 kHz mono).
 
-    ``pcm`` is int16, interleaved when ``channels`` is 2 (Opus decodes to 48 kHz stereo; PCMU and
-    PCMA to 8 kHz mono). ``received_at`` is the monotonic time the frame was handed over.
+    ``pcm`` is int16, interleaved when ``channels`` is 2. ``received_at`` is the monotonic time
+    the frame was handed over.
     """
 
     pcm: npt.NDArray[np.int16]
@@ -374,11 +378,77 @@ class DecodedAudio:
 class EncodedAudio:
     """Model audio on a G.711 leg, as it came in RTP: ``payload`` in ``codec`` (``pcmu`` or
     ``pcma``, 8 kHz, one byte a sample), never decoded. ``received_at`` as for
-    :class:`DecodedAudio`; a lost packet arrives as silence of its length."""
+    :class:`DecodedAudio`; a lost packet arrives as silence of its length before the next."""
 
     payload: bytes
     codec: UpstreamCodec
     received_at: float
+
+
+class RtpTimeline:
+    """Where each RTP payload of one stream should start, from its timestamps: a payload that
+    starts later than the previous one ended follows a loss. ``clock_rate`` is the codec's RTP
+    clock (8000 for G.711, 48000 for Opus); a jump beyond ``max_fill_s`` is a discontinuity
+    (a new talk spurt, a restarted sender), not a loss, and is not filled."""
+
+    def __init__(self, clock_rate: int, *, max_fill_s: float = 0.2) -> None:
+        self.clock_rate = clock_rate
+        self._max_fill = round(clock_rate * max_fill_s)
+        self._next: int | None = None
+        self.lost_ticks = 0
+
+    def lost_before(self, timestamp: int, duration: int) -> int:
+        """Ticks missing before this payload (0 when in sequence); then it is the last one."""
+        lost = 0
+        if self._next is not None:
+            gap = (timestamp - self._next) & 0xFFFFFFFF
+            if 0 < gap <= self._max_fill:
+                lost = gap
+        self._next = (timestamp + duration) & 0xFFFFFFFF
+        self.lost_ticks += lost
+        return lost
+
+
+class RtpDecoder:
+    """Tapped RTP payloads of one codec as mono PCM16 at the codec's own rate, on the caller's
+    thread: Opus by libopus at 48 kHz mono (ffmpeg's wrapper renders 48 kHz whatever rate is
+    asked; mono halves aiortc's stereo output), G.711 by table at 8 kHz. A lost packet comes
+    back as silence of its length before the next payload, so the model's timing is kept.
+    """
+
+    def __init__(self, codec: UpstreamCodec) -> None:
+        self.codec = codec
+        self._opus: Any = None
+        if codec == "opus":
+            ctx = CodecContext.create("libopus", "r")
+            ctx.sample_rate = WEBRTC_RATE
+            ctx.layout = "mono"
+            ctx.format = "s16"
+            self._opus = ctx
+            self.rate = WEBRTC_RATE
+        elif codec in ("pcmu", "pcma"):
+            self.rate = CARRIER_RATE
+        else:
+            raise AudioFormatError(f"cannot decode {codec!r} audio")
+        self.timeline = RtpTimeline(self.rate)  # both clocks run at the decoded rate
+
+    def decode(self, payload: bytes, timestamp: int) -> npt.NDArray[np.int16]:
+        """The payload's samples, preceded by silence for any packets lost just before it."""
+        if self._opus is not None:
+            packet = Packet(payload)
+            packet.pts = timestamp
+            packet.time_base = _OPUS_TIME_BASE
+            parts = [f.to_ndarray().reshape(-1) for f in self._opus.decode(packet)]
+            pcm = parts[0] if len(parts) == 1 else np.concatenate(parts or [_EMPTY])
+        else:
+            pcm = ulaw_to_array(payload) if self.codec == "pcmu" else alaw_to_array(payload)
+        lost = self.timeline.lost_before(timestamp, pcm.size)
+        if lost:
+            pcm = np.concatenate((np.zeros(lost, np.int16), pcm))
+        return pcm.astype(np.int16, copy=False)
+
+
+_EMPTY: Final = np.zeros(0, dtype=np.int16)
 
 
 def _describe(frame: object) -> str:

@@ -45,7 +45,7 @@ def _span(x: npt.NDArray[np.int16], start: int = 0) -> tuple[int, int] | None:
 
 def score(path: Path) -> dict[str, Any]:
     """PESQ of the caller's sentence (left) against its echo (right) in a demo recording."""
-    from pesq import pesq  # noqa: PLC0415 - optional, built from source
+    from pesq import pesq
 
     with wave.open(str(path)) as w:
         stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)

@@ -565,3 +565,41 @@ async def test_an_opus_track_encodes_itself_once_told_the_leg_is_opus() -> None:
     )
     with pytest.raises(ValueError, match=r"G\.711"):
         paced_track(FakeTime(), codec="pcmu").encode_opus()
+
+
+def test_the_rtp_timeline_finds_losses_and_ignores_discontinuities() -> None:
+    from gateway.realtime.tracks import RtpTimeline
+
+    t = RtpTimeline(8000)
+    assert t.lost_before(1000, 160) == 0
+    assert t.lost_before(1160, 160) == 0  # in sequence
+    assert t.lost_before(1640, 160) == 320  # two 20 ms packets missing
+    assert t.lost_before(1800 + 8000, 160) == 0  # a second's jump: a new spurt, not a loss
+    assert t.lost_before((2**32 - 80) & 0xFFFFFFFF, 160) == 0  # far behind: not a loss either
+    assert t.lost_before(80, 160) == 0  # across the 32-bit wrap, in sequence
+    assert t.lost_ticks == 320
+
+
+@pytest.mark.parametrize("codec", ["opus", "pcmu"])
+def test_the_rtp_decoder_decodes_at_the_codecs_rate_and_fills_losses(codec: str) -> None:
+    from gateway.audio.g711 import array_to_ulaw
+    from gateway.realtime.tracks import RtpDecoder
+
+    decoder = RtpDecoder(codec)  # type: ignore[arg-type]
+    if codec == "opus":
+        track = paced_track(FakeTime())
+        track.encode_opus()
+        pcm = tone(6, 440.0)
+        payloads = []
+        for f in frames_of(pcm):
+            track.push(f)
+        payloads = [bytes(p) for p in [asyncio.run(track.recv()) for _ in range(6)]]
+        ticks = 960
+    else:
+        pcm8k = tone(6, 440.0, rate=8000)
+        payloads = [array_to_ulaw(pcm8k[i : i + 160]) for i in range(0, 960, 160)]
+        ticks = 160
+    assert decoder.rate == (48000 if codec == "opus" else 8000)
+    out = [decoder.decode(p, i * ticks) for i, p in enumerate(payloads) if i != 3]
+    assert [x.size for x in out] == [ticks] * 3 + [2 * ticks, ticks]  # silence for packet 3
+    assert not out[3][:ticks].any()
