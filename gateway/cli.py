@@ -77,7 +77,17 @@ def check_config(
         typer.echo(f"invalid: {exc}", err=True)
         raise typer.Exit(1) from None
     table = Table(title=f"profiles from {profiles.source}")
-    columns = ("number", "voice", "model", "turn detection", "greeting", "tools", "budget", "rec")
+    columns = (
+        "number",
+        "voice",
+        "model",
+        "codec",
+        "turn detection",
+        "greeting",
+        "tools",
+        "budget",
+        "rec",
+    )
     for col in columns:
         table.add_column(col, no_wrap=col == "number", overflow="fold")
     rows = [("default", profiles.default), *sorted(profiles.numbers.items())]
@@ -89,6 +99,7 @@ def check_config(
             number,
             p.voice,
             p.model,
+            p.codec(settings.upstream_codec),
             td,
             "yes" if p.greeting else "no",
             " ".join(tools) or "-",

@@ -59,10 +59,12 @@ def test_help_paragraphs_reflow_to_a_narrow_terminal() -> None:
 
 def test_check_config_good_and_bad(tmp_path: Path) -> None:
     good = tmp_path / "p.yaml"
-    good.write_text('numbers:\n  "+15551230001": {voice: cedar}\n')
+    good.write_text('numbers:\n  "+15551230001": {voice: cedar, upstream_codec: pcmu}\n')
     result = runner.invoke(app, ["check-config", str(good)])
     assert result.exit_code == 0, result.output
     assert "+15551230001" in result.output and "cedar" in result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
+    assert "pcmu" in rows["+15551230001"] and "opus" in rows["default"]
     bad = tmp_path / "bad.yaml"
     bad.write_text('numbers:\n  "+15551230001": {voice: robot}\n')
     result = runner.invoke(app, ["check-config", str(bad)])
