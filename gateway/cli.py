@@ -76,7 +76,17 @@ def check_config(
         typer.echo(f"invalid: {exc}", err=True)
         raise typer.Exit(1) from None
     table = Table(title=f"profiles from {profiles.source}")
-    columns = ("number", "voice", "model", "turn detection", "greeting", "tools", "budget", "rec")
+    columns = (
+        "number",
+        "voice",
+        "model",
+        "turn detection",
+        "greeting",
+        "tools",
+        "budget",
+        "rec",
+        "carrier",
+    )
     for col in columns:
         table.add_column(col, no_wrap=col == "number", overflow="fold")
     rows = [("default", profiles.default), *sorted(profiles.numbers.items())]
@@ -93,6 +103,7 @@ def check_config(
             " ".join(tools) or "-",
             "-" if p.max_cost_usd is None else f"${p.max_cost_usd:g}",
             "yes" if p.record else "no",
+            p.carrier or "any",
         )
     Console(width=max(Console().width, 120)).print(table)  # whole numbers, even when piped
     if not settings.call_control_enabled and profiles.using_tools():
@@ -117,8 +128,29 @@ def check_config(
         typer.echo(f"warning: {problem}")
     typer.echo(f"settings ok; upstream: {upstream}; call records: {records}")
     typer.echo(f"carrier requests: {carrier_auth}")
+    for line in carrier_lines(settings):
+        typer.echo(line)
     if probe:
         _probe_upstream(settings, profiles.default)
+
+
+def carrier_lines(settings: Settings) -> list[str]:
+    """One line per carrier: its routes, and which of its requests are accepted."""
+    from gateway.telephony.carriers import registry
+
+    lines = []
+    for carrier in registry().values():
+        mode = settings.carrier_auth_for(configured=carrier.credential(settings) is not None)
+        how = {
+            "signed": f"signed ({carrier.auth_scheme})",
+            "unsigned": "UNSIGNED from any address (GATEWAY_ALLOW_UNSIGNED=true)",
+            "refused": f"refused (no {carrier.credential_setting})",
+            "loopback": "unsigned from loopback clients only",
+        }[mode]
+        lines.append(
+            f"carrier {carrier.name}: POST {carrier.voice_path}, WS {carrier.media_path}; {how}"
+        )
+    return lines
 
 
 def _probe_upstream(settings: Settings, profile: Profile) -> None:

@@ -168,6 +168,11 @@ class Profile(_Strict):
         default=False, description="Record the call as a stereo WAV (caller left, assistant right)"
     )
     fallback: Fallback = Field(default_factory=Fallback)
+    carrier: Literal["twilio", "signalwire", "telnyx", "plivo"] | None = Field(
+        default=None,
+        description="The carrier this number belongs to: its webhook is refused on any other "
+        "carrier's route. Unset: whichever route the call arrives on decides.",
+    )
 
     def session_config(self, *, call_control: bool = False) -> dict[str, Any]:
         """The GA ``session`` object for ``session.update`` / the unified ``session`` part.

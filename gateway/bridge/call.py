@@ -59,7 +59,7 @@ from gateway.numbers import Profile
 from gateway.observability import CallLogger
 from gateway.recordings import RecordingWriter
 from gateway.records.model import CallRecord
-from gateway.telephony.messages import OutboundMessage
+from gateway.telephony.messages import Ignored, InboundMessage, OutboundMessage
 from gateway.telephony.twilio import TwilioCodec
 
 log = logging.getLogger("gateway.call")
@@ -86,6 +86,7 @@ class CallRunner:
         host: CallHost,
         *,
         codec: CarrierCodec | None = None,
+        carrier_api: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.socket: CarrierSocket = StarletteCarrierSocket(ws) if isinstance(ws, WebSocket) else ws
@@ -96,6 +97,9 @@ class CallRunner:
         self.codec: CarrierCodec = codec or TwilioCodec(
             max_message_bytes=self.settings.max_message_bytes
         )
+        # The REST API in CallServices is Twilio's: a call on another carrier has none, and
+        # call control then closes the stream (the answer document's fallback follows).
+        self._use_carrier_api = carrier_api
         self.core = CallCore(
             metrics=self.metrics,
             log=CallLogger(log),
@@ -109,6 +113,7 @@ class CallRunner:
         self.recording: RecordingWriter | None = None
         self.recording_path: Path | None = None
         self._bound_sid: str | None = None  # only the stream that bound a call releases it
+        self._early: list[InboundMessage] = []
         self._ended = asyncio.Event()
         self._replace = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -225,10 +230,13 @@ class CallRunner:
             async with asyncio.timeout(START_TIMEOUT_S):
                 while self.core.phase is Phase.AWAITING_START:
                     raw = await self.socket.receive()
-                    effects = self.core.carrier_message(self.codec.parse(raw), self.clock())
-                    for effect in effects:
-                        if isinstance(effect, Bind):
-                            self._bind(effect)
+                    msgs = [self.codec.parse(raw), *self.codec.drain()]
+                    while msgs and self.core.phase is Phase.AWAITING_START:
+                        for effect in self.core.carrier_message(msgs.pop(0), self.clock()):
+                            if isinstance(effect, Bind):
+                                self._bind(effect)
+                    # What a reordering dialect released after 'start' is the call's first media.
+                    self._early = [m for m in msgs if not isinstance(m, Ignored)]
         except TimeoutError:
             self.core.start_timed_out(START_TIMEOUT_S, self.clock())
 
@@ -266,6 +274,9 @@ class CallRunner:
     async def _carrier_loop(self) -> None:
         idle_s = self.settings.carrier_idle_timeout_s
         core, codec = self.core, self.codec
+        early, self._early = self._early, []
+        for first in early:
+            await self._execute(core.carrier_message(first, self.clock()))
         while not self._ended.is_set():
             try:
                 async with asyncio.timeout(idle_s):
@@ -282,6 +293,8 @@ class CallRunner:
                 await self._execute(core.carrier_error(exc, now))
                 continue
             await self._execute(core.carrier_message(msg, now))
+            for held in codec.drain():  # frames a reordering dialect held back, now in order
+                await self._execute(core.carrier_message(held, now))
 
     async def _carrier_action(self, action: cc.HangUp | cc.Transfer) -> None:
         """Hang up or transfer through the carrier's REST API; the core decides what follows.
@@ -290,7 +303,8 @@ class CallRunner:
         runs the TwiML after ``<Connect>`` (the profile's fallback).
         """
         assert self._bound_sid is not None
-        api, error = self.services.carrier_api, None
+        api = self.services.carrier_api if self._use_carrier_api else None
+        error: Exception | None = None
         if api is not None:
             try:
                 if isinstance(action, cc.HangUp):
