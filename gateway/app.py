@@ -453,9 +453,8 @@ def _authorize_carrier(
         return
     body, form = webhook
     method = conn.scope.get("method", "POST")
-    carrier.check_webhook(
-        credential, SignedRequest(url, method, headers, body, form, state.wall_clock())
-    )
+    signed = SignedRequest(url, method, headers, body, form, state.wall_clock())
+    carrier.check_webhook(credential, signed, state.settings)
 
 
 def _unsigned_allowed(host: str | None, state: GatewayState, carrier: Carrier) -> None:

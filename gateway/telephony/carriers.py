@@ -39,7 +39,9 @@ __all__ = [
     "StreamTarget",
     "carrier_named",
     "registry",
+    "unsigned_upgrade",
     "xml_element",
+    "xml_parent",
 ]
 
 CALL_TOKEN_PARAM: Final = "gateway_call_token"
@@ -119,7 +121,7 @@ class Carrier(Protocol):
         """The secret or key its requests are checked with; ``None`` when not configured."""
         ...
 
-    def check_webhook(self, credential: str, request: SignedRequest) -> None:
+    def check_webhook(self, credential: str, request: SignedRequest, settings: Settings) -> None:
         """Raise :class:`~gateway.errors.Forbidden` unless ``request`` is the carrier's."""
         ...
 
@@ -154,6 +156,12 @@ def xml_element(tag: str, text: str | None = None, /, **attrs: str | None) -> st
     return f"<{tag}{rendered}>{escape(text)}</{tag}>"
 
 
+def xml_parent(tag: str, inner: str, /, **attrs: str | None) -> str:
+    """``<tag a="v">inner</tag>`` where ``inner`` is XML already rendered."""
+    rendered = "".join(f" {k}={quoteattr(v)}" for k, v in attrs.items() if v is not None)
+    return f"<{tag}{rendered}>{inner}</{tag}>"
+
+
 def unsigned_upgrade(credential: str, url: str, headers: Mapping[str, str]) -> None:
     """For carriers that do not sign the media upgrade: nothing to check here."""
     del credential, url, headers
@@ -161,9 +169,10 @@ def unsigned_upgrade(credential: str, url: str, headers: Mapping[str, str]) -> N
 
 def registry() -> dict[str, Carrier]:
     """Every carrier the gateway serves, by name (imported late: the dialects import this)."""
+    from gateway.telephony.telnyx import TELNYX
     from gateway.telephony.twilio_carrier import SIGNALWIRE, TWILIO
 
-    carriers: tuple[Carrier, ...] = (TWILIO, SIGNALWIRE)
+    carriers: tuple[Carrier, ...] = (TWILIO, SIGNALWIRE, TELNYX)
     return {c.name: c for c in carriers}
 
 
