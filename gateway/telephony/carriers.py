@@ -169,10 +169,11 @@ def unsigned_upgrade(credential: str, url: str, headers: Mapping[str, str]) -> N
 
 def registry() -> dict[str, Carrier]:
     """Every carrier the gateway serves, by name (imported late: the dialects import this)."""
+    from gateway.telephony.plivo import PLIVO
     from gateway.telephony.telnyx import TELNYX
     from gateway.telephony.twilio_carrier import SIGNALWIRE, TWILIO
 
-    carriers: tuple[Carrier, ...] = (TWILIO, SIGNALWIRE, TELNYX)
+    carriers: tuple[Carrier, ...] = (TWILIO, SIGNALWIRE, TELNYX, PLIVO)
     return {c.name: c for c in carriers}
 
 
