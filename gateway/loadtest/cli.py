@@ -92,6 +92,13 @@ def loadtest_command(
             show_default=False,
         ),
     ] = None,
+    carrier: Annotated[
+        str,
+        typer.Option(
+            help="The carrier dialect the calls speak: twilio, signalwire, telnyx or plivo "
+            "(--auth-token is then that carrier's secret; see docs/carriers.md)"
+        ),
+    ] = "twilio",
     max_call_s: Annotated[
         float, typer.Option(min=1, help="A call still running after this fails as max_duration")
     ] = 300.0,
@@ -154,6 +161,10 @@ def loadtest_command(
 
     if spawn == (url is not None):
         raise usage("give the gateway URL, or --spawn to start one (not both)")
+    from gateway.loadtest.dialects import DIALECTS
+
+    if carrier not in DIALECTS:
+        raise usage(f"--carrier {carrier!r}: one of {', '.join(DIALECTS)}")
     if url is not None and not allow_remote and not is_loopback_url(url):
         raise usage(
             f"{url} is not on this machine; load tests target loopback unless --allow-remote"
@@ -205,7 +216,7 @@ def loadtest_command(
     async def main() -> LoadResult:
         if not spawn:
             assert url is not None
-            target = Target(url, auth_token=auth_token, numbers=numbers)
+            target = Target.for_carrier(url, carrier, auth_token=auth_token, numbers=numbers)
             return await _run(plan, target, mix, lines, err, display)
         err.print("starting the emulator and a gateway ...")
         async with spawned_stack(
@@ -222,7 +233,12 @@ def loadtest_command(
                 + (f", CPUs {sorted(e_cpus)}" if e_cpus else "")
                 + f"), logs in {stack.log_dir}"
             )
-            target = Target(stack.gateway_url, auth_token=stack.auth_token, numbers=numbers)
+            # The spawned gateway holds a Twilio token only: other carriers' calls come from
+            # loopback, unsigned, as their rule without a credential allows.
+            token = stack.auth_token if carrier == "twilio" else None
+            target = Target.for_carrier(
+                stack.gateway_url, carrier, auth_token=token, numbers=numbers
+            )
             result = await _run(plan, target, mix, lines, err, display)
             result.extra["spawned"] = {
                 "emulator_latency_ms": emulator_latency_ms,
