@@ -341,7 +341,24 @@ class Settings(BaseSettings):
             else:
                 summary = f"signed (X-Twilio-Signature for {self.public_url})"
             if self.allow_unsigned:
-                warnings.append("GATEWAY_ALLOW_UNSIGNED has no effect: TWILIO_AUTH_TOKEN is set")
+                unsigned = [
+                    name
+                    for name, configured in (
+                        ("SignalWire", self.signalwire_signing_key is not None),
+                        ("Telnyx", self.telnyx_public_key is not None),
+                        ("Plivo", self.plivo_auth_token is not None),
+                    )
+                    if not configured
+                ]
+                warnings.append(
+                    "GATEWAY_ALLOW_UNSIGNED has no effect on Twilio: TWILIO_AUTH_TOKEN is set"
+                    + (
+                        f"; it still accepts UNSIGNED {', '.join(unsigned)} requests from any "
+                        "address (their credentials are not set)"
+                        if unsigned
+                        else ""
+                    )
+                )
         elif mode == "unsigned":
             summary = "UNSIGNED from any address (GATEWAY_ALLOW_UNSIGNED=true)"
             warnings.append(
