@@ -222,6 +222,9 @@ def demo(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the full report as JSON instead of text")
     ] = False,
+    carrier: Annotated[
+        str, typer.Option(help="The carrier the call plays: twilio, signalwire, telnyx or plivo")
+    ] = "twilio",
 ) -> None:
     """Place one simulated phone call through a local gateway and show what the caller heard.
 
@@ -243,6 +246,10 @@ def demo(
 
     if reply not in ("speech", "echo", "tone"):
         raise typer.BadParameter("must be speech, echo or tone", param_hint="--reply")
+    from gateway.loadtest.dialects import DIALECTS
+
+    if carrier not in DIALECTS:
+        raise typer.BadParameter(f"must be one of {', '.join(DIALECTS)}", param_hint="--carrier")
     settings = settings_or_exit()
     configure_logging("error" if json_out else "warning", settings.log_format)
     if settings.uses_embedded_emulator:
@@ -262,6 +269,7 @@ def demo(
             record=record,
             emulator_options={"reply": reply, "latency_ms": latency_ms},
             on_event=timeline.append,
+            carrier=carrier,
         )
     )
     if json_out:
