@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Coroutine, Sequence
@@ -55,7 +56,7 @@ from gateway.errors import (
     UpstreamTimeout,
     close_code_for,
 )
-from gateway.numbers import Profile
+from gateway.numbers import Profile, Tools
 from gateway.observability import CallLogger
 from gateway.recordings import RecordingWriter
 from gateway.records.model import CallRecord
@@ -92,14 +93,16 @@ class CallRunner:
         self.socket: CarrierSocket = StarletteCarrierSocket(ws) if isinstance(ws, WebSocket) else ws
         self.host = host
         self.settings, self.metrics, self.services = host.settings, host.metrics, host.services
+        if not carrier_api and self.services.carrier_api is not None:
+            # The REST API in CallServices is Twilio's: a call on another carrier has none, so
+            # its model is offered no call-control tools and a hang-up closes the stream (the
+            # answer document's fallback follows), as on Twilio without REST credentials.
+            self.services = dataclasses.replace(self.services, carrier_api=None)
         self.admissions, self.registry = host.admissions, host.calls
         self.clock, self.wall_clock = host.clock, host.wall_clock
         self.codec: CarrierCodec = codec or TwilioCodec(
             max_message_bytes=self.settings.max_message_bytes
         )
-        # The REST API in CallServices is Twilio's: a call on another carrier has none, and
-        # call control then closes the stream (the answer document's fallback follows).
-        self._use_carrier_api = carrier_api
         self.core = CallCore(
             metrics=self.metrics,
             log=CallLogger(log),
@@ -250,7 +253,12 @@ class CallRunner:
             called=start.custom_parameters.get(PROFILE_PARAM),
         )
         self._bound_sid = start.call_sid
-        self.profile = profile = self.host.profiles.for_number(admission.called)
+        profile = self.host.profiles.for_number(admission.called)
+        if self.services.carrier_api is None and self.host.services.carrier_api is not None:
+            # This call's carrier has no API here: its model must not be offered tools that
+            # would only close the stream (the session's tools come from the profile).
+            profile = profile.model_copy(update={"tools": Tools()})
+        self.profile = profile
         wiring = prepare_call(
             start,
             profile,
@@ -303,8 +311,7 @@ class CallRunner:
         runs the TwiML after ``<Connect>`` (the profile's fallback).
         """
         assert self._bound_sid is not None
-        api = self.services.carrier_api if self._use_carrier_api else None
-        error: Exception | None = None
+        api, error = self.services.carrier_api, None
         if api is not None:
             try:
                 if isinstance(action, cc.HangUp):
