@@ -554,6 +554,7 @@ class TelnyxCarrier:
             "Stream",
             inner,
             url=target.url,
+            codec="PCMU",  # the caller's audio as PCMU even on a PCMA call (Telnyx transcodes)
             bidirectionalMode="rtp",
             bidirectionalCodec="PCMU",
             bidirectionalSamplingRate="8000",

@@ -357,6 +357,7 @@ def test_texml_answer_streams_bidirectionally_with_binding_parameters() -> None:
     assert stream.get("url") == "wss://gw.example.com/telnyx/media"
     assert stream.get("bidirectionalMode") == "rtp"
     assert stream.get("bidirectionalCodec") == "PCMU"
+    assert stream.get("codec") == "PCMU"
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     assert params == {"gateway_call_token": "t&", CALL_SID_PARAM: "v3:c"}
     assert root.findtext("Say") == "Sorry"  # the fallback after the stream
