@@ -284,10 +284,13 @@ class TelnyxCodec:
         if event not in ("media", "mark", "dtmf", "stop", "error"):
             return Ignored(event[:64], "event not handled by the gateway")
         start = self._started(obj, event)
-        seq = _wire.number(obj, "sequence_number", event)
         if event == "error":
             body = obj.get("payload")
             raise CarrierProtocolError(f"Telnyx reports a stream error: {json.dumps(body)[:200]}")
+        # A mark echo, key press or stop without a number (not every example shows one)
+        # cannot be put in place: it is delivered as it comes rather than refused.
+        numbered = event == "media" or "sequence_number" in obj
+        seq = _wire.number(obj, "sequence_number", event) if numbered else 0
         msg = self._message(event, obj, seq, start)
         if isinstance(msg, Ignored):
             released = self.reorder.push(seq, None)  # keeps the numbering whole
@@ -296,6 +299,8 @@ class TelnyxCodec:
         if isinstance(msg, Stop):
             released = [*self.reorder.flush(), msg]
             self.stopped = True
+        elif not numbered:
+            released = [msg]
         else:
             released = self.reorder.push(seq, msg)
         if not released:

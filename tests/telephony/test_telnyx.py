@@ -215,6 +215,16 @@ def test_stop_releases_what_is_held_first() -> None:
     assert len(rest) == 1 and isinstance(rest[0], Stop)
 
 
+def test_an_unnumbered_mark_or_stop_is_delivered_as_it_comes() -> None:
+    codec = started()
+    assert isinstance(codec.parse(media(3)), Ignored)  # held, waiting for 2
+    mark = {"event": "mark", "stream_id": SID, "mark": {"name": "m"}}
+    assert codec.parse(json.dumps(mark)) == Mark(SID, 0, "m")
+    first = codec.parse(json.dumps({"event": "stop", "stream_id": SID}))
+    assert isinstance(first, Media) and first.sequence_number == 3  # what was held comes first
+    assert [type(m) for m in codec.drain()] == [Stop]
+
+
 def test_other_tracks_keep_the_numbering_whole() -> None:
     codec = started()
     assert isinstance(codec.parse(media(3)), Ignored)  # held
