@@ -4,6 +4,8 @@ Routes:
 
 - ``POST /twilio/voice``  the number's Voice URL: validate, admit, answer TwiML
 - ``WS   /twilio/media``  the bidirectional Media Stream of an admitted call
+- the same pair for every other carrier of :func:`gateway.telephony.carriers.registry`
+  (``/signalwire/voice``, ``/telnyx/voice``, ``/plivo/answer``; docs/carriers.md)
 - ``GET  /healthz``       liveness (no dependencies)
 - ``GET  /readyz``        503 while draining or at capacity
 - ``GET  /metrics``       Prometheus text format
@@ -33,28 +35,33 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from gateway import proxies
 from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.aio import cancel_and_wait
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
-from gateway.numbers import Profile, ProfileStore
+from gateway.numbers import ProfileStore
 from gateway.observability import Metrics, mask_number
 from gateway.records.pricing import Usage
 from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
 from gateway.settings import Settings
 from gateway.telephony import signature
-from gateway.telephony.signature import Params
+from gateway.telephony.carriers import (
+    CALL_TOKEN_PARAM,
+    PROFILE_PARAM,
+    Answer,
+    Carrier,
+    SignedRequest,
+    StreamTarget,
+    registry,
+)
 from gateway.tracing import TRACEPARENT_PARAM
 
 log = logging.getLogger("gateway.app")
 
 MEDIA_PATH = "/twilio/media"
 VOICE_PATH = "/twilio/voice"
-CALL_TOKEN_PARAM = "gateway_call_token"
-PROFILE_PARAM = "gateway_number"
 
 
 @dataclass
@@ -139,67 +146,8 @@ def create_app(
     async def metrics_route() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post(VOICE_PATH)
-    async def incoming_call(request: Request) -> Response:
-        try:
-            form = await _read_form(request, state.settings.max_webhook_bytes)
-        except _BadBody as exc:
-            state.metrics.webhooks.labels(exc.result).inc()
-            log.warning("webhook refused: %s", exc)
-            return PlainTextResponse(exc.result.replace("_", " "), status_code=exc.status)
-        params = {name: values[-1] for name, values in form.items()}
-        origin = _origin(request, state)
-        try:
-            _authorize_carrier(request, state, origin, form)
-        except Forbidden as exc:
-            state.metrics.webhooks.labels("forbidden").inc()
-            log.warning("webhook refused: %s", exc)
-            return PlainTextResponse("forbidden", status_code=403)
-        call_sid = params.get("CallSid", "")
-        if not call_sid:
-            state.metrics.webhooks.labels("bad_request").inc()
-            return PlainTextResponse("missing CallSid", status_code=400)
-        called, caller = params.get("To"), params.get("From")
-        profile = state.profiles.for_number(called)
-        with state.services.tracing.webhook(call_sid, called) as traceparent:
-            try:
-                admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
-            except Replayed as exc:
-                state.metrics.webhooks.labels("replayed").inc()
-                log.warning("webhook refused: %s", exc)
-                return PlainTextResponse("forbidden", status_code=403)
-            except CapacityError as exc:
-                state.metrics.webhooks.labels("refused_capacity").inc()
-                log.warning("call %s refused: %s", call_sid, exc)
-                return _twiml(_fallback_only(profile))
-        state.metrics.webhooks.labels("admitted").inc()
-        log.info(
-            "call %s admitted for %s (profile %s) from %s",
-            call_sid,
-            called or "an unnamed number (no 'To' in the webhook)",
-            profile.name,
-            mask_number(caller),
-        )
-        stream_url = _carrier_url(state, origin, MEDIA_PATH, websocket=True)
-        twiml = _connect_twiml(stream_url, admission.token, called, profile, traceparent)
-        return _twiml(twiml)
-
-    @app.websocket(MEDIA_PATH)
-    async def media_stream(ws: WebSocket) -> None:
-        runner = CallRunner(ws, state)
-        try:
-            _authorize_carrier(ws, state, _origin(ws, state), None)
-        except Forbidden as exc:
-            await runner.refuse(exc)
-            return
-        state.streams += 1
-        state.idle.clear()
-        try:
-            await runner.run()
-        finally:
-            state.streams -= 1
-            if state.streams == 0:
-                state.idle.set()
+    for carrier in registry().values():
+        _carrier_routes(app, state, carrier)
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:
@@ -318,38 +266,97 @@ def _admissions(settings: Settings) -> Admissions:
     )
 
 
-def _twiml(resp: VoiceResponse) -> Response:
-    return Response(str(resp), media_type="application/xml")
+def _carrier_routes(app: FastAPI, state: GatewayState, carrier: Carrier) -> None:
+    """The webhook and media routes of one carrier: the same steps for every carrier, each
+    carrier-specific one a method of ``carrier``."""
+
+    @app.post(carrier.voice_path, name=f"{carrier.name}_voice")
+    async def incoming_call(request: Request) -> Response:
+        try:
+            body, form = await _read_form(request, state.settings.max_webhook_bytes)
+        except _BadBody as exc:
+            state.metrics.webhooks.labels(exc.result).inc()
+            log.warning("webhook refused: %s", exc)
+            return PlainTextResponse(exc.result.replace("_", " "), status_code=exc.status)
+        params = {name: values[-1] for name, values in form.items()}
+        origin = _origin(request, state)
+        try:
+            _authorize_carrier(request, state, origin, carrier, (body, form))
+        except Forbidden as exc:
+            state.metrics.webhooks.labels("forbidden").inc()
+            log.warning("webhook refused: %s", exc)
+            return PlainTextResponse("forbidden", status_code=403)
+        try:
+            call = carrier.incoming_call(params)
+        except ValueError as exc:
+            state.metrics.webhooks.labels("bad_request").inc()
+            return PlainTextResponse(str(exc), status_code=400)
+        call_sid, called, caller = call.call_sid, call.called, call.caller
+        profile = state.profiles.for_number(called)
+        if profile.carrier is not None and profile.carrier != carrier.name:
+            state.metrics.webhooks.labels("forbidden").inc()
+            log.warning(
+                "webhook refused: %s belongs to %s (its profile), not %s",
+                mask_number(called),
+                profile.carrier,
+                carrier.name,
+            )
+            return PlainTextResponse("forbidden", status_code=403)
+        with state.services.tracing.webhook(call_sid, called) as traceparent:
+            try:
+                admission = state.admissions.admit(call_sid, called, caller, state.wall_clock())
+            except Replayed as exc:
+                state.metrics.webhooks.labels("replayed").inc()
+                log.warning("webhook refused: %s", exc)
+                return PlainTextResponse("forbidden", status_code=403)
+            except CapacityError as exc:
+                state.metrics.webhooks.labels("refused_capacity").inc()
+                log.warning("call %s refused: %s", call_sid, exc)
+                return _answer(carrier.fallback(profile.fallback))
+        state.metrics.webhooks.labels("admitted").inc()
+        log.info(
+            "call %s admitted for %s (profile %s) from %s%s",
+            call_sid,
+            called or "an unnamed number (no 'To' in the webhook)",
+            profile.name,
+            mask_number(caller),
+            "" if carrier.name == "twilio" else f" via {carrier.name}",
+        )
+        parameters = {CALL_TOKEN_PARAM: admission.token}
+        if called:
+            parameters[PROFILE_PARAM] = called
+        if traceparent:  # the stream's span continues the webhook's trace, on any replica
+            parameters[TRACEPARENT_PARAM] = traceparent
+        stream_url = _carrier_url(state, origin, carrier.media_path, websocket=True)
+        target = StreamTarget(stream_url, parameters, call_sid)
+        return _answer(carrier.answer(target, profile.fallback))
+
+    @app.websocket(carrier.media_path, name=f"{carrier.name}_media")
+    async def media_stream(ws: WebSocket) -> None:
+        query = dict(parse_qsl(ws.url.query, keep_blank_values=True))
+        runner = CallRunner(
+            ws,
+            state,
+            codec=carrier.new_codec(state.settings, query),
+            carrier_api=carrier.name == "twilio",
+        )
+        try:
+            _authorize_carrier(ws, state, _origin(ws, state), carrier, None)
+        except Forbidden as exc:
+            await runner.refuse(exc)
+            return
+        state.streams += 1
+        state.idle.clear()
+        try:
+            await runner.run()
+        finally:
+            state.streams -= 1
+            if state.streams == 0:
+                state.idle.set()
 
 
-def _fallback(resp: VoiceResponse, profile: Profile) -> VoiceResponse:
-    if profile.fallback.number:
-        resp.dial(profile.fallback.number)
-    else:
-        resp.say(profile.fallback.message)
-        resp.hangup()
-    return resp
-
-
-def _fallback_only(profile: Profile) -> VoiceResponse:
-    return _fallback(VoiceResponse(), profile)
-
-
-def _connect_twiml(
-    url: str, token: str, called: str | None, profile: Profile, traceparent: str | None = None
-) -> VoiceResponse:
-    resp = VoiceResponse()
-    connect = Connect()
-    stream = Stream(url=url)
-    stream.parameter(name=CALL_TOKEN_PARAM, value=token)
-    if called:
-        stream.parameter(name=PROFILE_PARAM, value=called)
-    if traceparent:  # the stream's span continues the webhook's trace, on any replica
-        stream.parameter(name=TRACEPARENT_PARAM, value=traceparent)
-    connect.append(stream)
-    resp.append(connect)
-    # Twilio runs what follows <Connect> only when the stream ends: our fallback.
-    return _fallback(resp, profile)
+def _answer(answer: Answer) -> Response:
+    return Response(answer.body, media_type=answer.media_type)
 
 
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -363,12 +370,13 @@ class _BadBody(Exception):
         self.status, self.result = status, result
 
 
-async def _read_form(request: Request, limit: int) -> dict[str, list[str]]:
-    """The webhook's form fields, each name with its values in order; raise :class:`_BadBody`.
+async def _read_form(request: Request, limit: int) -> tuple[bytes, dict[str, list[str]]]:
+    """The webhook's raw body and form fields, each name with its values in order; raise
+    :class:`_BadBody`.
 
     The body comes before the signature can be checked, so anyone can send one: it is read
     only up to ``limit`` bytes (a declared ``Content-Length`` above it is refused unread) and
-    only as the urlencoded form Twilio sends, never multipart (files, spooling).
+    only as the urlencoded form the carriers send, never multipart (files, spooling).
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != FORM_TYPE:
@@ -389,7 +397,7 @@ async def _read_form(request: Request, limit: int) -> dict[str, list[str]]:
     form: dict[str, list[str]] = {}
     for name, value in pairs:
         form.setdefault(name, []).append(value)
-    return form
+    return bytes(body), form
 
 
 def _origin(conn: HTTPConnection, state: GatewayState) -> proxies.Origin:
@@ -417,49 +425,53 @@ def _carrier_url(
 
 
 def _authorize_carrier(
-    conn: HTTPConnection, state: GatewayState, origin: proxies.Origin, params: Params | None
+    conn: HTTPConnection,
+    state: GatewayState,
+    origin: proxies.Origin,
+    carrier: Carrier,
+    webhook: tuple[bytes, dict[str, list[str]]] | None,
 ) -> None:
-    """Raise :class:`Forbidden` unless this carrier request may go on: the webhook (form
-    ``params``) or, with ``params=None``, the media-stream upgrade."""
-    token = state.settings.twilio_auth_token
-    if token is None:
-        _unsigned_allowed(origin.client, state)
+    """Raise :class:`Forbidden` unless this carrier request may go on: the webhook (its raw
+    body and form) or, with ``webhook=None``, the media-stream upgrade."""
+    credential = carrier.credential(state.settings)
+    if credential is None:
+        _unsigned_allowed(origin.client, state, carrier)
         return
     if state.settings.public_url is None and not is_loopback_host(origin.hostname):
         # Without a public URL the signature would be checked against whatever Host the
-        # request names, and the TwiML would send the stream there.
+        # request names, and the answer would send the stream there.
         raise Forbidden(
-            f"Host {origin.host!r} is not accepted: with TWILIO_AUTH_TOKEN set, set "
-            "GATEWAY_PUBLIC_URL to the URL Twilio calls (only loopback hosts work without it)"
+            f"Host {origin.host!r} is not accepted: with {carrier.credential_setting} set, set "
+            f"GATEWAY_PUBLIC_URL to the URL {carrier.name.capitalize()} calls (only loopback "
+            "hosts work without it)"
         )
-    websocket = params is None
+    websocket = webhook is None
     url = _carrier_url(state, origin, conn.url.path, websocket=websocket, query=conn.url.query)
-    sig = conn.headers.get("x-twilio-signature", "")
-    secret = token.get_secret_value()
-    if websocket:
-        valid = signature.validate_websocket_upgrade(secret, url, sig)
-    else:
-        assert params is not None
-        valid = signature.validate_webhook(secret, url, params, sig)
-    if not valid:
-        what = "media stream upgrade" if websocket else "webhook request"
-        raise Forbidden(f"X-Twilio-Signature does not match the {what} (checked against {url})")
+    headers = {k.lower(): v for k, v in conn.headers.items()}
+    if webhook is None:
+        carrier.check_upgrade(credential, url, headers)
+        return
+    body, form = webhook
+    method = conn.scope.get("method", "POST")
+    signed = SignedRequest(url, method, headers, body, form, state.wall_clock())
+    carrier.check_webhook(credential, signed, state.settings)
 
 
-def _unsigned_allowed(host: str | None, state: GatewayState) -> None:
-    mode = state.settings.carrier_auth
+def _unsigned_allowed(host: str | None, state: GatewayState, carrier: Carrier) -> None:
+    setting = carrier.credential_setting
+    mode = state.settings.carrier_auth_for(configured=False)
     if mode == "unsigned":
         log.warning("accepting an UNSIGNED carrier request from %s (GATEWAY_ALLOW_UNSIGNED)", host)
         return
     if mode == "refused":
         raise Forbidden(
-            "OPENAI_API_KEY is set and TWILIO_AUTH_TOKEN is not, so unsigned carrier requests "
-            "are refused (set the token, or GATEWAY_ALLOW_UNSIGNED=true for development)"
+            f"OPENAI_API_KEY is set and {setting} is not, so unsigned carrier requests "
+            "are refused (set it, or GATEWAY_ALLOW_UNSIGNED=true for development)"
         )
     if not is_loopback_host(host):
         raise Forbidden(
-            "no TWILIO_AUTH_TOKEN is configured, so only loopback clients are accepted "
-            "(set the token, or GATEWAY_ALLOW_UNSIGNED=true for development)"
+            f"no {setting} is configured, so only loopback clients are accepted "
+            "(set it, or GATEWAY_ALLOW_UNSIGNED=true for development)"
         )
 
 

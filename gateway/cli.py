@@ -87,6 +87,7 @@ def check_config(
         "tools",
         "budget",
         "rec",
+        "carrier",
     )
     for col in columns:
         table.add_column(col, no_wrap=col == "number", overflow="fold")
@@ -105,6 +106,7 @@ def check_config(
             " ".join(tools) or "-",
             "-" if p.max_cost_usd is None else f"${p.max_cost_usd:g}",
             "yes" if p.record else "no",
+            p.carrier or "any",
         )
     Console(width=max(Console().width, 120)).print(table)  # whole numbers, even when piped
     if not settings.call_control_enabled and profiles.using_tools():
@@ -129,8 +131,29 @@ def check_config(
         typer.echo(f"warning: {problem}")
     typer.echo(f"settings ok; upstream: {upstream}; call records: {records}")
     typer.echo(f"carrier requests: {carrier_auth}")
+    for line in carrier_lines(settings):
+        typer.echo(line)
     if probe:
         _probe_upstream(settings, profiles.default)
+
+
+def carrier_lines(settings: Settings) -> list[str]:
+    """One line per carrier: its routes, and which of its requests are accepted."""
+    from gateway.telephony.carriers import registry
+
+    lines = []
+    for carrier in registry().values():
+        mode = settings.carrier_auth_for(configured=carrier.credential(settings) is not None)
+        how = {
+            "signed": f"signed ({carrier.auth_scheme})",
+            "unsigned": "UNSIGNED from any address (GATEWAY_ALLOW_UNSIGNED=true)",
+            "refused": f"refused (no {carrier.credential_setting})",
+            "loopback": "unsigned from loopback clients only",
+        }[mode]
+        lines.append(
+            f"carrier {carrier.name}: POST {carrier.voice_path}, WS {carrier.media_path}; {how}"
+        )
+    return lines
 
 
 def _probe_upstream(settings: Settings, profile: Profile) -> None:
@@ -211,6 +234,9 @@ def demo(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the full report as JSON instead of text")
     ] = False,
+    carrier: Annotated[
+        str, typer.Option(help="The carrier the call plays: twilio, signalwire, telnyx or plivo")
+    ] = "twilio",
 ) -> None:
     """Place one simulated phone call through a local gateway and show what the caller heard.
 
@@ -232,6 +258,10 @@ def demo(
 
     if reply not in ("speech", "echo", "tone"):
         raise typer.BadParameter("must be speech, echo or tone", param_hint="--reply")
+    from gateway.loadtest.dialects import DIALECTS
+
+    if carrier not in DIALECTS:
+        raise typer.BadParameter(f"must be one of {', '.join(DIALECTS)}", param_hint="--carrier")
     if codec is not None and codec not in UPSTREAM_CODECS:
         raise typer.BadParameter("must be opus, pcmu or pcma", param_hint="--codec")
     settings = settings_or_exit()
@@ -255,6 +285,7 @@ def demo(
             record=record,
             emulator_options={"reply": reply, "latency_ms": latency_ms},
             on_event=timeline.append,
+            carrier=carrier,
         )
     )
     if json_out:

@@ -31,6 +31,7 @@ from gateway.loadtest.caller import (
     TimelineEntry,
     WaitForAnswer,
 )
+from gateway.loadtest.dialects import dialect_named
 from gateway.observability import histogram_quantile, percentile
 from gateway.service import running_gateway
 from gateway.settings import Settings
@@ -152,6 +153,17 @@ def demo_script(turns: int = 2, barge_in: bool = True) -> list[Step]:
     return script
 
 
+def _demo_secret(settings: Settings, carrier: str) -> str | None:
+    """What the simulated carrier signs with: the carrier's shared secret when it has one.
+    Telnyx signs with a private key the gateway never holds: its demo calls go unsigned."""
+    secret = {
+        "twilio": settings.twilio_auth_token,
+        "signalwire": settings.signalwire_signing_key,
+        "plivo": settings.plivo_auth_token,
+    }.get(carrier)
+    return secret.get_secret_value() if secret is not None else None
+
+
 async def run_demo(
     settings: Settings,
     *,
@@ -160,6 +172,7 @@ async def run_demo(
     record: Path | None = None,
     emulator_options: dict[str, object] | None = None,
     on_event: Callable[[TimelineEntry], None] | None = None,
+    carrier: str = "twilio",
 ) -> DemoReport:
     """Start a gateway on a free loopback port, place one call, return what happened.
 
@@ -171,10 +184,10 @@ async def run_demo(
     async with running_gateway(
         settings, host="127.0.0.1", port=0, emulator_options=emulator_options
     ) as gw:
-        auth = settings.twilio_auth_token
         options = CallOptions(
-            webhook_url=f"{gw.url}/twilio/voice",
-            auth_token=auth.get_secret_value() if auth is not None else None,
+            webhook_url=f"{gw.url}{dialect_named(carrier).voice_path}",
+            auth_token=_demo_secret(settings, carrier),
+            carrier=carrier,
             to_number=number,
             record_audio=record is not None,
             max_duration_s=120,

@@ -175,6 +175,11 @@ class Profile(_Strict):
         ),
     )
     fallback: Fallback = Field(default_factory=Fallback)
+    carrier: Literal["twilio", "signalwire", "telnyx", "plivo"] | None = Field(
+        default=None,
+        description="The carrier this number belongs to: its webhook is refused on any other "
+        "carrier's route. Unset: whichever route the call arrives on decides.",
+    )
 
     def codec(self, default: UpstreamCodec) -> UpstreamCodec:
         """The Realtime leg's codec for this number: its own, else the process default."""

@@ -48,6 +48,7 @@ from gateway.records import (
 from gateway.records.store import SqlRecordStore
 from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
+from gateway.telephony.carriers import registry
 from gateway.telephony.rest import TwilioRestClient
 from gateway.tracing import Tracing
 from gateway.upstream import realtime_config, session_factory
@@ -354,6 +355,14 @@ async def _serve_until_stopped(
                 gw.url,
                 VOICE_PATH,
             )
+        for carrier in registry().values():
+            if carrier.name != "twilio" and carrier.credential(settings) is not None:
+                log.info(
+                    "%s answer URL: %s%s",
+                    carrier.name,
+                    settings.public_url or "<public origin>",
+                    carrier.voice_path,
+                )
         if on_ready is not None:
             on_ready(gw)
         try:

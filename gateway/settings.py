@@ -119,6 +119,30 @@ class Settings(BaseSettings):
         description="Twilio REST API base URL (a regional edge, or a local stand-in in tests)",
     )
 
+    # --- other carriers (docs/carriers.md) --------------------------------------------------
+    signalwire_signing_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SIGNALWIRE_SIGNING_KEY", "GATEWAY_SIGNALWIRE_SIGNING_KEY"),
+        description="SignalWire Signing Key: checks X-SignalWire-Signature on /signalwire/*",
+    )
+    telnyx_public_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TELNYX_PUBLIC_KEY", "GATEWAY_TELNYX_PUBLIC_KEY"),
+        description="Telnyx account public key (base64 Ed25519): checks "
+        "telnyx-signature-ed25519 on /telnyx/voice",
+    )
+    telnyx_signature_tolerance_s: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="Telnyx webhooks older or newer than this (telnyx-timestamp) are refused",
+    )
+    plivo_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PLIVO_AUTH_TOKEN", "GATEWAY_PLIVO_AUTH_TOKEN"),
+        description="Plivo Auth Token: checks X-Plivo-Signature-V3 on /plivo/answer",
+    )
+
     # --- service -------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -213,6 +237,22 @@ class Settings(BaseSettings):
 
         return parse_networks(self.trusted_proxies)
 
+    @field_validator("telnyx_public_key")
+    @classmethod
+    def _telnyx_key(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        import base64
+        import binascii
+
+        try:
+            raw = base64.b64decode(v.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be the base64 public key from the Telnyx portal") from None
+        if len(raw) != 32:
+            raise ValueError(f"decodes to {len(raw)} bytes; an Ed25519 public key has 32")
+        return v.strip()
+
     @field_validator("twilio_api_base_url")
     @classmethod
     def _strip_api_slash(cls, v: str) -> str:
@@ -278,8 +318,13 @@ class Settings(BaseSettings):
 
     @property
     def carrier_auth(self) -> CarrierAuth:
-        """Which carrier requests (webhook, media stream) are accepted; see :data:`CarrierAuth`."""
-        if self.twilio_auth_token is not None:
+        """Which Twilio requests (webhook, media stream) are accepted; see :data:`CarrierAuth`."""
+        return self.carrier_auth_for(configured=self.twilio_auth_token is not None)
+
+    def carrier_auth_for(self, *, configured: bool) -> CarrierAuth:
+        """Which requests of a carrier whose credential is (or is not) ``configured`` are
+        accepted: the same rule for every carrier."""
+        if configured:
             return "signed"
         if self.allow_unsigned:
             return "unsigned"
@@ -304,7 +349,24 @@ class Settings(BaseSettings):
             else:
                 summary = f"signed (X-Twilio-Signature for {self.public_url})"
             if self.allow_unsigned:
-                warnings.append("GATEWAY_ALLOW_UNSIGNED has no effect: TWILIO_AUTH_TOKEN is set")
+                unsigned = [
+                    name
+                    for name, configured in (
+                        ("SignalWire", self.signalwire_signing_key is not None),
+                        ("Telnyx", self.telnyx_public_key is not None),
+                        ("Plivo", self.plivo_auth_token is not None),
+                    )
+                    if not configured
+                ]
+                warnings.append(
+                    "GATEWAY_ALLOW_UNSIGNED has no effect on Twilio: TWILIO_AUTH_TOKEN is set"
+                    + (
+                        f"; it still accepts UNSIGNED {', '.join(unsigned)} requests from any "
+                        "address (their credentials are not set)"
+                        if unsigned
+                        else ""
+                    )
+                )
         elif mode == "unsigned":
             summary = "UNSIGNED from any address (GATEWAY_ALLOW_UNSIGNED=true)"
             warnings.append(

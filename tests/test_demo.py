@@ -48,6 +48,28 @@ def test_demo_json_reports_what_the_caller_heard(
         assert w.getnframes() > 8000 * 3
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("carrier", ["plivo"])
+def test_demo_plays_another_carrier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, carrier: str
+) -> None:
+    for name in ("OPENAI_API_KEY", "GATEWAY_REALTIME_BASE_URL", "PLIVO_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--json", "--turns", "1", "--no-barge-in", "--latency-ms", "150"]
+    result = CliRunner().invoke(app, [*args, "--carrier", carrier])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert len(report["response_latency_ms"]) >= 1
+
+
+def test_demo_refuses_an_unknown_carrier() -> None:
+    result = CliRunner().invoke(app, ["demo", "--carrier", "vonage"])
+    assert result.exit_code == 2
+    assert "--carrier" in result.output
+
+
 def test_transcript_pairs_answers_with_the_audio_heard_between_turns() -> None:
     r = CallResult(call_sid="CA1", stream_sid="MZ1")
     r.turns = [Turn(0, "hi", False, onset_ms=3000, end_ms=4000)]

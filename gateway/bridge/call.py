@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Coroutine, Sequence
@@ -56,11 +57,11 @@ from gateway.errors import (
     UpstreamTimeout,
     close_code_for,
 )
-from gateway.numbers import Profile
+from gateway.numbers import Profile, Tools
 from gateway.observability import CallLogger
 from gateway.recordings import RecordingWriter
 from gateway.records.model import CallRecord
-from gateway.telephony.messages import OutboundMessage
+from gateway.telephony.messages import Ignored, InboundMessage, OutboundMessage
 from gateway.telephony.twilio import TwilioCodec
 
 log = logging.getLogger("gateway.call")
@@ -87,11 +88,17 @@ class CallRunner:
         host: CallHost,
         *,
         codec: CarrierCodec | None = None,
+        carrier_api: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.socket: CarrierSocket = StarletteCarrierSocket(ws) if isinstance(ws, WebSocket) else ws
         self.host = host
         self.settings, self.metrics, self.services = host.settings, host.metrics, host.services
+        if not carrier_api and self.services.carrier_api is not None:
+            # The REST API in CallServices is Twilio's: a call on another carrier has none, so
+            # its model is offered no call-control tools and a hang-up closes the stream (the
+            # answer document's fallback follows), as on Twilio without REST credentials.
+            self.services = dataclasses.replace(self.services, carrier_api=None)
         self.admissions, self.registry = host.admissions, host.calls
         self.clock, self.wall_clock = host.clock, host.wall_clock
         self.codec: CarrierCodec = codec or TwilioCodec(
@@ -110,6 +117,7 @@ class CallRunner:
         self.recording: RecordingWriter | None = None
         self.recording_path: Path | None = None
         self._bound_sid: str | None = None  # only the stream that bound a call releases it
+        self._early: list[InboundMessage] = []
         self._ended = asyncio.Event()
         self._replace = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -226,10 +234,13 @@ class CallRunner:
             async with asyncio.timeout(START_TIMEOUT_S):
                 while self.core.phase is Phase.AWAITING_START:
                     raw = await self.socket.receive()
-                    effects = self.core.carrier_message(self.codec.parse(raw), self.clock())
-                    for effect in effects:
-                        if isinstance(effect, Bind):
-                            self._bind(effect)
+                    msgs = [self.codec.parse(raw), *self.codec.drain()]
+                    while msgs and self.core.phase is Phase.AWAITING_START:
+                        for effect in self.core.carrier_message(msgs.pop(0), self.clock()):
+                            if isinstance(effect, Bind):
+                                self._bind(effect)
+                    # What a reordering dialect released after 'start' is the call's first media.
+                    self._early = [m for m in msgs if not isinstance(m, Ignored)]
         except TimeoutError:
             self.core.start_timed_out(START_TIMEOUT_S, self.clock())
 
@@ -243,7 +254,12 @@ class CallRunner:
             called=start.custom_parameters.get(PROFILE_PARAM),
         )
         self._bound_sid = start.call_sid
-        self.profile = profile = self.host.profiles.for_number(admission.called)
+        profile = self.host.profiles.for_number(admission.called)
+        if self.services.carrier_api is None and self.host.services.carrier_api is not None:
+            # This call's carrier has no API here: its model must not be offered tools that
+            # would only close the stream (the session's tools come from the profile).
+            profile = profile.model_copy(update={"tools": Tools()})
+        self.profile = profile
         wiring = prepare_call(
             start,
             profile,
@@ -267,6 +283,9 @@ class CallRunner:
     async def _carrier_loop(self) -> None:
         idle_s = self.settings.carrier_idle_timeout_s
         core, codec = self.core, self.codec
+        early, self._early = self._early, []
+        for first in early:
+            await self._execute(core.carrier_message(first, self.clock()))
         while not self._ended.is_set():
             try:
                 async with asyncio.timeout(idle_s):
@@ -283,6 +302,8 @@ class CallRunner:
                 await self._execute(core.carrier_error(exc, now))
                 continue
             await self._execute(core.carrier_message(msg, now))
+            for held in codec.drain():  # frames a reordering dialect held back, now in order
+                await self._execute(core.carrier_message(held, now))
 
     async def _carrier_action(self, action: cc.HangUp | cc.Transfer) -> None:
         """Hang up or transfer through the carrier's REST API; the core decides what follows.

@@ -39,21 +39,20 @@ import contextlib
 import logging
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway.loadtest.carrier import AUDIBLE_PEAK, CallerStream
+from gateway.loadtest.dialects import dialect_named, websocket_url
 from gateway.loadtest.flow import FRAME_S, CallFailed, CallFlow
 from gateway.loadtest.result import CallResult, Span, TimelineEntry, Turn
 from gateway.loadtest.script import BargeIn, HangUp, Pause, PressDigits, Say, Step, WaitForAnswer
-from gateway.telephony.signature import sign
 
 if TYPE_CHECKING:
     from gateway.loadtest.twilio_api import CallUpdate, TwilioApiStandIn
@@ -92,7 +91,10 @@ class CallOptions:
     webhook_url: str | None = None
     media_url: str | None = None
     auth_token: str | None = None
-    """Sign the webhook and the upgrade with ``X-Twilio-Signature`` when set."""
+    """Sign the webhook and the upgrade with ``X-Twilio-Signature`` when set (for another
+    ``carrier``, with its scheme: see :mod:`gateway.loadtest.dialects`)."""
+    carrier: str = "twilio"
+    """The carrier to play: ``twilio``, ``signalwire``, ``telnyx`` or ``plivo``."""
     from_number: str = "+15550100001"
     to_number: str = "+15550100002"
     custom_parameters: Mapping[str, str] = field(default_factory=dict)
@@ -143,6 +145,9 @@ class SimulatedCall:
         if not options.webhook_url and not options.media_url:
             raise ValueError("CallOptions needs webhook_url or media_url")
         self._account_sid = options.account_sid
+        self._dialect = dialect_named(options.carrier)
+        if options.twilio_api is not None and options.carrier != "twilio":
+            raise ValueError("twilio_api is Twilio's REST stand-in: only for carrier='twilio'")
         if options.twilio_api is not None:
             api_account = options.twilio_api.account_sid
             if options.account_sid not in (_PLACEHOLDER_ACCOUNT, api_account):
@@ -214,26 +219,24 @@ class SimulatedCall:
         if not opts.webhook_url:
             assert opts.media_url is not None
             return opts.media_url, dict(opts.custom_parameters)
+        dialect = self._dialect
         form = {
-            "AccountSid": self._account_sid,
-            "ApiVersion": "2010-04-01",
-            "CallSid": self.result.call_sid,
-            "CallStatus": "ringing",
-            "Direction": "inbound",
-            "From": opts.from_number,
-            "To": opts.to_number,
+            **dialect.webhook_form(
+                self.result.call_sid, self._account_sid, opts.from_number, opts.to_number
+            ),
             **opts.webhook_params,
         }
-        headers = {}
+        body = urlencode(form).encode()
+        headers = {"content-type": "application/x-www-form-urlencoded"}
         if opts.auth_token:
-            headers["X-Twilio-Signature"] = sign(opts.auth_token, opts.webhook_url, form)
+            headers.update(dialect.sign_webhook(opts.auth_token, opts.webhook_url, form, body))
         t0 = self._clock()
         try:
             if self._http is not None:
-                response = await self._post(self._http, opts.webhook_url, form, headers)
+                response = await self._post(self._http, opts.webhook_url, body, headers)
             else:
                 async with httpx.AsyncClient(trust_env=opts.use_env_proxy) as client:
-                    response = await self._post(client, opts.webhook_url, form, headers)
+                    response = await self._post(client, opts.webhook_url, body, headers)
         except httpx.TimeoutException as exc:
             raise CallFailed("webhook_timeout", str(exc) or type(exc).__name__) from None
         except httpx.HTTPError as exc:
@@ -241,7 +244,7 @@ class SimulatedCall:
         self.result.webhook_ms = (self._clock() - t0) * 1000
         if response.status_code != 200:
             raise CallFailed(f"webhook_http_{response.status_code}", response.text[:200])
-        url, parameters = _stream_from_twiml(response.text, opts.webhook_url)
+        url, parameters = dialect.stream_from_answer(response.text, opts.webhook_url)
         parameters.update(opts.custom_parameters)
         return url, parameters
 
@@ -249,11 +252,11 @@ class SimulatedCall:
         self,
         client: httpx.AsyncClient,
         url: str,
-        form: dict[str, str],
+        body: bytes,
         headers: dict[str, str],
     ) -> httpx.Response:
         return await client.post(
-            url, data=form, headers=headers, timeout=self.options.connect_timeout_s
+            url, content=body, headers=headers, timeout=self.options.connect_timeout_s
         )
 
     # --- websocket -------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ class SimulatedCall:
     async def _connect(self, url: str) -> None:
         headers = {}
         if self.options.auth_token:
-            headers["X-Twilio-Signature"] = sign(self.options.auth_token, url)
+            headers = self._dialect.sign_upgrade(self.options.auth_token, url)
         t0 = self._clock()
         try:
             self._ws = await connect(
@@ -296,10 +299,13 @@ class SimulatedCall:
             call_sid=self.result.call_sid,
             account_sid=self._account_sid,
             custom_parameters=parameters,
+            codec=self._dialect.codec(self.result.stream_sid),
+            connected=self._dialect.connected,
         )
         self._stream = stream
         try:
-            await ws.send(stream.connected())
+            if self._dialect.connected is not None:
+                await ws.send(stream.connected())
             epoch = self._clock()
             await ws.send(stream.start())
         except ConnectionClosed as exc:
@@ -401,35 +407,6 @@ class SimulatedCall:
         code = self.result.close_code
         reason = self.result.close_reason
         return f"websocket closed with code {code}" + (f" ({reason})" if reason else "")
-
-
-def _stream_from_twiml(text: str, webhook_url: str) -> tuple[str, dict[str, str]]:
-    """The ``<Connect><Stream>`` URL and ``<Parameter>`` pairs of a TwiML answer."""
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise CallFailed("webhook_bad_twiml", f"{exc}: {text[:120]!r}") from None
-    stream = root.find("./Connect/Stream")
-    if root.tag != "Response" or stream is None:
-        said = " ".join(t.strip() for t in root.itertext() if t.strip())
-        raise CallFailed("webhook_refused", f"TwiML without <Connect><Stream>: {said[:160]!r}")
-    url = stream.get("url", "")
-    if not url:
-        raise CallFailed("webhook_bad_twiml", "<Stream> without a url")
-    if not urlsplit(url).scheme:
-        base = urlsplit(websocket_url(webhook_url))
-        url = urljoin(urlunsplit((base.scheme, base.netloc, base.path, "", "")), url)
-    parameters = {
-        p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")
-    }
-    return url, parameters
-
-
-def websocket_url(url: str) -> str:
-    """``url`` with ``http``/``https`` turned into ``ws``/``wss`` (other schemes kept)."""
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit(parts._replace(scheme=scheme))
 
 
 def _body(body: bytes | bytearray | None) -> str:

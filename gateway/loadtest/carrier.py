@@ -11,8 +11,9 @@ pending marks at once. It works on a sample-exact media clock: every byte has a 
 
 :class:`CallerStream` is the caller's side of one stream: it numbers messages the way Twilio
 does (``sequenceNumber`` from 1 across all messages, ``chunk`` from 1 per track, ``timestamp``
-in ms of media since the stream started) and renders them with
-:class:`~gateway.telephony.twilio.TwilioCarrierCodec`.
+in ms of media since the stream started) and renders them with a carrier-side codec
+(:class:`~gateway.telephony.twilio.TwilioCarrierCodec` unless told otherwise: the other
+dialects are in :mod:`gateway.loadtest.dialects`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from gateway.audio.format import CARRIER_FRAME_SAMPLES, CARRIER_RATE, FRAME_MS
 from gateway.telephony.messages import (
     Connected,
     Dtmf,
     Ignored,
+    InboundMessage,
     Mark,
     Media,
     OutboundMessage,
@@ -51,6 +53,7 @@ __all__ = [
     "SILENCE_FRAME",
     "AudioPlayed",
     "CallerStream",
+    "CarrierSideCodec",
     "Histogram",
     "MarkEchoed",
     "PlayoutBuffer",
@@ -323,6 +326,24 @@ class PlayoutBuffer:
 # --- the caller's side of the stream -------------------------------------------------------------
 
 
+class CarrierSideCodec(Protocol):
+    """A carrier's end of a media stream (``TwilioCarrierCodec``, ``TelnyxCarrierCodec``,
+    ``PlivoCarrierCodec``): renders what the carrier sends, parses what the gateway sends."""
+
+    def encode(self, msg: InboundMessage) -> str: ...
+
+    def encode_media(
+        self,
+        sequence_number: int,
+        chunk: int,
+        timestamp_ms: int,
+        payload_b64: str,
+        track: str = "inbound",
+    ) -> str: ...
+
+    def parse(self, frame: str | bytes) -> OutboundMessage | Ignored: ...
+
+
 class CallerStream:
     """Numbers and renders the messages a carrier sends on one stream, as Twilio does.
 
@@ -339,12 +360,15 @@ class CallerStream:
         call_sid: str,
         account_sid: str,
         custom_parameters: Mapping[str, str] | None = None,
+        codec: CarrierSideCodec | None = None,
+        connected: Connected | None = None,
     ) -> None:
         self.stream_sid = stream_sid
         self.call_sid = call_sid
         self.account_sid = account_sid
         self.custom_parameters = dict(custom_parameters or {})
-        self.codec = TwilioCarrierCodec(stream_sid)
+        self.codec: CarrierSideCodec = codec or TwilioCarrierCodec(stream_sid)
+        self._connected = connected or Connected("Call", "1.0.0")
         self.sequence_number = 0
         self.chunk = 0
 
@@ -353,7 +377,7 @@ class CallerStream:
         return self.sequence_number
 
     def connected(self) -> str:
-        return self.codec.encode(Connected("Call", "1.0.0"))
+        return self.codec.encode(self._connected)
 
     def start(self) -> str:
         return self.codec.encode(

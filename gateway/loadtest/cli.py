@@ -93,6 +93,13 @@ def loadtest_command(
             show_default=False,
         ),
     ] = None,
+    carrier: Annotated[
+        str,
+        typer.Option(
+            help="The carrier dialect the calls speak: twilio, signalwire, telnyx or plivo "
+            "(--auth-token is then that carrier's secret; see docs/carriers.md)"
+        ),
+    ] = "twilio",
     max_call_s: Annotated[
         float, typer.Option(min=1, help="A call still running after this fails as max_duration")
     ] = 300.0,
@@ -159,6 +166,10 @@ def loadtest_command(
 
     if spawn == (url is not None):
         raise usage("give the gateway URL, or --spawn to start one (not both)")
+    from gateway.loadtest.dialects import DIALECTS
+
+    if carrier not in DIALECTS:
+        raise usage(f"--carrier {carrier!r}: one of {', '.join(DIALECTS)}")
     if codec not in UPSTREAM_CODECS:
         raise usage(f"--codec must be one of {', '.join(UPSTREAM_CODECS)}, got {codec!r}")
     if codec != "opus" and not spawn:
@@ -214,7 +225,7 @@ def loadtest_command(
     async def main() -> LoadResult:
         if not spawn:
             assert url is not None
-            target = Target(url, auth_token=auth_token, numbers=numbers)
+            target = Target.for_carrier(url, carrier, auth_token=auth_token, numbers=numbers)
             return await _run(plan, target, mix, lines, err, display)
         err.print("starting the emulator and a gateway ...")
         async with spawned_stack(
@@ -232,7 +243,12 @@ def loadtest_command(
                 + (f", CPUs {sorted(e_cpus)}" if e_cpus else "")
                 + f"), logs in {stack.log_dir}"
             )
-            target = Target(stack.gateway_url, auth_token=stack.auth_token, numbers=numbers)
+            # The spawned gateway holds a Twilio token only: other carriers' calls come from
+            # loopback, unsigned, as their rule without a credential allows.
+            token = stack.auth_token if carrier == "twilio" else None
+            target = Target.for_carrier(
+                stack.gateway_url, carrier, auth_token=token, numbers=numbers
+            )
             result = await _run(plan, target, mix, lines, err, display)
             result.extra["spawned"] = {
                 "emulator_latency_ms": emulator_latency_ms,

@@ -23,6 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -64,6 +65,16 @@ class Target:
     """Sign webhooks and upgrades (``X-Twilio-Signature``) with this Twilio auth token."""
     numbers: tuple[str, ...] = ("+15550100002",)
     """Numbers dialled, round robin (each selects the gateway's profile for it)."""
+    carrier: str = "twilio"
+    """The dialect the calls speak (:mod:`gateway.loadtest.dialects`); set ``webhook_path``
+    to its route (:meth:`for_carrier`)."""
+
+    @classmethod
+    def for_carrier(cls, base_url: str, carrier: str, **kw: Any) -> Target:
+        """A target whose calls play ``carrier`` on its own webhook route."""
+        from gateway.loadtest.dialects import dialect_named
+
+        return cls(base_url, webhook_path=dialect_named(carrier).voice_path, carrier=carrier, **kw)
 
     @property
     def webhook_url(self) -> str | None:
@@ -293,6 +304,7 @@ class LoadRun:
             webhook_url=target.webhook_url,
             media_url=None if target.webhook_url else target.media_url,
             auth_token=target.auth_token,
+            carrier=target.carrier,
             to_number=target.numbers[index % len(target.numbers)],
             from_number=f"+1555{2000000 + index % 8000000:07d}",
             max_duration_s=self.plan.max_call_s,

@@ -3,9 +3,9 @@
 Inbound messages (carrier -> gateway) are what a carrier codec's ``parse()`` returns; outbound
 messages (gateway -> carrier) are what its ``encode()`` accepts. All are frozen, slotted value
 objects with audio already decoded to raw 8 kHz μ-law bytes, so the bridge never sees a
-carrier's JSON shape, base64 or field spelling. A dialect (Twilio today; Telnyx, Plivo,
-SignalWire, Vonage, Exotel later) is a class satisfying :class:`CarrierCodec` that maps its wire
-format onto these types.
+carrier's JSON shape, base64 or field spelling. A dialect (Twilio and SignalWire, Telnyx,
+Plivo; see :mod:`gateway.telephony.carriers`) is a class satisfying :class:`CarrierCodec` that
+maps its wire format onto these types.
 
 ::
 
@@ -171,7 +171,9 @@ class CarrierCodec(Protocol):
     """One media stream's codec for one carrier dialect (sans-I/O: no sockets, no clock).
 
     Create one per stream. Feed every received websocket frame to :meth:`parse` and act on
-    the message it returns; send whatever :meth:`encode` returns as one frame. ``parse`` raises
+    the message it returns, then on every message :meth:`drain` returns (a dialect whose frames
+    may arrive out of order holds early ones back and releases them there, in order); send
+    whatever :meth:`encode` returns as one frame. ``parse`` raises
     :class:`gateway.errors.CarrierError` subclasses for bad input and never anything else.
     """
 
@@ -181,5 +183,9 @@ class CarrierCodec(Protocol):
         ...
 
     def parse(self, frame: str | bytes) -> InboundMessage | Ignored: ...
+
+    def drain(self) -> tuple[InboundMessage, ...]:
+        """Messages released after the one :meth:`parse` returned (empty for in-order dialects)."""
+        ...
 
     def encode(self, msg: OutboundMessage) -> str | bytes: ...

@@ -286,6 +286,10 @@ class TwilioCodec:
             return Ignored("media", f"track {track[:32]!r} is not caller audio")
         return Media(self._sid(), seq, chunk, timestamp, payload, track)
 
+    def drain(self) -> tuple[InboundMessage, ...]:
+        """Nothing: Twilio delivers in order, so :meth:`parse` never holds a message back."""
+        return ()
+
     def _start(self, obj: dict[str, Any]) -> Start:
         event = "start"
         if self.start is not None:

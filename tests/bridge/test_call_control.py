@@ -189,3 +189,18 @@ async def test_without_rest_credentials_no_tools_are_offered(tmp_path: Path, que
     assert result.ok and result.ended_by == "caller"
     [update] = _client_events(log, "session.update")
     assert "tools" not in update["session"]
+
+
+async def test_a_call_on_another_carrier_is_offered_no_twilio_tools(
+    tmp_path: Path, question: Say
+) -> None:
+    # Twilio's REST API is configured, but a Plivo call cannot be hung up through it: the model
+    # gets no call-control tools, as on Twilio without REST credentials.
+    async with gateway_with_tools(tmp_path, "end_call") as (gw, log):
+        result = await SimulatedCall(
+            [WaitForAnswer(), question, WaitForAnswer()],
+            CallOptions(webhook_url=f"{gw.url}/plivo/answer", carrier="plivo"),
+        ).run()
+    assert result.ok and result.ended_by == "caller", (result.failure, result.failure_detail)
+    [update] = _client_events(log, "session.update")
+    assert "tools" not in update["session"]

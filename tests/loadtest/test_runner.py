@@ -104,3 +104,13 @@ async def test_duration_stops_new_arrivals(gateway: RunningGateway, lines: Calle
     # call (greeting ~2 s) holds the slot past the 1 s limit, so exactly one call starts
     assert len(result.records) == 1
     assert result.records[0].result.ok, result.records[0].result.failure_detail
+
+
+@pytest.mark.parametrize(
+    ("carrier", "path"),
+    [("twilio", "/twilio/voice"), ("telnyx", "/telnyx/voice"), ("plivo", "/plivo/answer")],
+)
+def test_a_target_for_a_carrier_calls_its_webhook_route(carrier: str, path: str) -> None:
+    target = Target.for_carrier("http://127.0.0.1:8080/", carrier, numbers=("+1555",))
+    assert target.webhook_url == "http://127.0.0.1:8080" + path
+    assert target.carrier == carrier and target.numbers == ("+1555",)
