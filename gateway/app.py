@@ -4,7 +4,7 @@ Routes:
 
 - ``POST /twilio/voice``  the number's Voice URL: validate, admit, answer TwiML
 - ``WS   /twilio/media``  the bidirectional Media Stream of an admitted call
-- the same pair for every other carrier of :func:`gateway.telephony.carriers.registry`
+- the same pair for every other carrier :func:`gateway.telephony.carriers.served` serves
   (``/signalwire/voice``, ``/telnyx/voice``, ``/plivo/answer``; docs/carriers.md)
 - ``GET  /healthz``       liveness (no dependencies)
 - ``GET  /readyz``        503 while draining or at capacity
@@ -54,7 +54,7 @@ from gateway.telephony.carriers import (
     Carrier,
     SignedRequest,
     StreamTarget,
-    registry,
+    served,
 )
 from gateway.tracing import TRACEPARENT_PARAM
 
@@ -146,7 +146,7 @@ def create_app(
     async def metrics_route() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    for carrier in registry().values():
+    for carrier in served(settings).values():
         _carrier_routes(app, state, carrier)
 
     @app.post("/admin/reload")

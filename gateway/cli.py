@@ -139,10 +139,17 @@ def check_config(
 
 def carrier_lines(settings: Settings) -> list[str]:
     """One line per carrier: its routes, and which of its requests are accepted."""
-    from gateway.telephony.carriers import registry
+    from gateway.telephony.carriers import registry, served
 
     lines = []
+    serving = served(settings)
     for carrier in registry().values():
+        if carrier.name not in serving:
+            lines.append(
+                f"carrier {carrier.name}: not served (set {carrier.credential_setting}, or name "
+                "it in GATEWAY_CARRIERS)"
+            )
+            continue
         mode = settings.carrier_auth_for(configured=carrier.credential(settings) is not None)
         how = {
             "signed": f"signed ({carrier.auth_scheme})",

@@ -180,7 +180,8 @@ async def run_demo(
     costs) must not show up beside served calls in the operator's records and usage.
     """
     steps = list(script) if script is not None else demo_script()
-    settings = settings.model_copy(update={"records_url": "off"})
+    carriers = sorted({*settings.carriers, carrier} - {"twilio"})  # serve the demo's carrier
+    settings = settings.model_copy(update={"records_url": "off", "carriers": carriers})
     async with running_gateway(
         settings, host="127.0.0.1", port=0, emulator_options=emulator_options
     ) as gw:

@@ -48,7 +48,7 @@ from gateway.records import (
 from gateway.records.store import SqlRecordStore
 from gateway.serving import RunningServer, serve_app
 from gateway.settings import Settings
-from gateway.telephony.carriers import registry
+from gateway.telephony.carriers import served
 from gateway.telephony.rest import TwilioRestClient
 from gateway.tracing import Tracing
 from gateway.upstream import realtime_config, session_factory
@@ -355,8 +355,8 @@ async def _serve_until_stopped(
                 gw.url,
                 VOICE_PATH,
             )
-        for carrier in registry().values():
-            if carrier.name != "twilio" and carrier.credential(settings) is not None:
+        for carrier in served(settings).values():
+            if carrier.name != "twilio":
                 log.info(
                     "%s answer URL: %s%s",
                     carrier.name,

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     )
 
     # --- other carriers (docs/carriers.md) --------------------------------------------------
+    carriers: list[Literal["twilio", "signalwire", "telnyx", "plivo"]] = Field(
+        default_factory=list,
+        description=(
+            "Carriers served besides Twilio and those whose credential is set, e.g. telnyx for "
+            "a credential-less loopback test; a carrier not served answers 404"
+        ),
+    )
     signalwire_signing_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("SIGNALWIRE_SIGNING_KEY", "GATEWAY_SIGNALWIRE_SIGNING_KEY"),

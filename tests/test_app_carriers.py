@@ -50,7 +50,7 @@ def _no_upstream(_profile: Profile) -> UpstreamSession:
 
 @pytest.fixture
 def settings_fields() -> dict[str, Any]:
-    return {}
+    return {"carriers": ["signalwire", "telnyx", "plivo"]}  # served without their credentials
 
 
 @pytest.fixture
@@ -112,6 +112,15 @@ async def test_a_webhook_without_its_call_id_is_a_bad_request(
     form = {k: v for k, v in FORMS[name].items() if k not in ("CallSid", "CallUUID")}
     r = await _post(server, registry()[name].voice_path, form)
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize("settings_fields", [{"allow_unsigned": True}])
+async def test_a_carrier_nobody_configured_has_no_routes(server: RunningServer) -> None:
+    # Twilio only (no other credential, GATEWAY_CARRIERS empty): even with unsigned requests
+    # allowed, the other carriers' doors do not exist.
+    for name in ("signalwire", "telnyx", "plivo"):
+        assert (await _post(server, registry()[name].voice_path, FORMS[name])).status_code == 404
+    assert (await _post(server, "/twilio/voice", FORMS["twilio"])).status_code == 200
 
 
 async def test_a_number_of_another_carrier_is_refused_on_this_route(server: RunningServer) -> None:

@@ -158,10 +158,14 @@ def test_check_config_probe_with_the_emulator_has_nothing_to_ask() -> None:
 @pytest.mark.timeout(30)
 def test_check_config_lists_every_carrier_and_its_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLIVO_AUTH_TOKEN", "pl-secret")
+    monkeypatch.setenv("GATEWAY_CARRIERS", '["telnyx"]')
     result = runner.invoke(app, ["check-config"])
     assert result.exit_code == 0, result.output
     assert "carrier twilio: POST /twilio/voice, WS /twilio/media" in result.output
     assert "carrier plivo: POST /plivo/answer, WS /plivo/media; signed (X-Plivo" in result.output
     assert "carrier telnyx: POST /telnyx/voice, WS /telnyx/media; unsigned from loopback" in (
+        result.output
+    )
+    assert "carrier signalwire: not served (set SIGNALWIRE_SIGNING_KEY, or name it in" in (
         result.output
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -36,6 +37,13 @@ from gateway.telephony.telnyx import TelnyxCarrierCodec
 from tests.support import emulator_sessions, wait_all_ended
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    """Every carrier served: unsigned from loopback unless a test gives its credentials."""
+    return {"max_calls": 4, "carriers": ["signalwire", "telnyx", "plivo"]}
+
 
 CARRIERS = ["signalwire", "telnyx", "plivo"]
 PROFILES = """
@@ -137,6 +145,7 @@ async def test_barge_in_clears_the_carrier(
     "gateway_settings",
     [
         {
+            "max_calls": 4,
             "signalwire_signing_key": SECRETS["signalwire"],
             "telnyx_public_key": TELNYX_PUBLIC,
             "plivo_auth_token": SECRETS["plivo"],

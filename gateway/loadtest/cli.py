@@ -234,7 +234,10 @@ def loadtest_command(
             emulator_args=["--latency-ms", str(emulator_latency_ms)],
             max_calls=max(plan.concurrency + 10, 30),
             log_dir=logs,
-            gateway_env={"GATEWAY_UPSTREAM_CODEC": codec},
+            gateway_env={
+                "GATEWAY_UPSTREAM_CODEC": codec,
+                "GATEWAY_CARRIERS": json.dumps([carrier]),  # serve the carrier the calls speak
+            },
         ) as stack:
             err.print(
                 f"gateway {stack.gateway_url} (pid {stack.gateway_pid}, codec {codec}"

@@ -39,6 +39,7 @@ __all__ = [
     "StreamTarget",
     "carrier_named",
     "registry",
+    "served",
     "unsigned_upgrade",
     "xml_element",
     "xml_parent",
@@ -175,6 +176,18 @@ def registry() -> dict[str, Carrier]:
 
     carriers: tuple[Carrier, ...] = (TWILIO, SIGNALWIRE, TELNYX, PLIVO)
     return {c.name: c for c in carriers}
+
+
+def served(settings: Settings) -> dict[str, Carrier]:
+    """The carriers whose routes this gateway serves: Twilio always, every other carrier whose
+    credential is set or that ``GATEWAY_CARRIERS`` names. A carrier nobody configured has no
+    routes at all, so a leftover ``GATEWAY_ALLOW_UNSIGNED`` cannot open one."""
+    named = set(settings.carriers)
+    return {
+        name: c
+        for name, c in registry().items()
+        if name == "twilio" or name in named or c.credential(settings) is not None
+    }
 
 
 def carrier_named(name: str) -> Carrier:
