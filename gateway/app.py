@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +40,7 @@ from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.aio import cancel_and_wait
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
+from gateway.limits import Notice
 from gateway.numbers import Profile, ProfileStore
 from gateway.observability import Metrics, mask_number
 from gateway.records.pricing import Usage
@@ -79,6 +80,8 @@ class GatewayState:
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
     # Set while no media stream is open: what a drain waits for.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Upgrades refused before the handshake: one log line a minute, however many there are.
+    refused_upgrades: Notice = field(default_factory=Notice)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -277,6 +280,43 @@ def create_app(
         return JSONResponse({"numbers": [r.to_dict() for r in rows], "total": total})
 
     return app
+
+
+def upgrade_screen(app: FastAPI) -> Callable[[Mapping[str, Any]], bool]:
+    """The websocket upgrades ``app`` wants to see, decided before the handshake (for
+    :func:`gateway.serving.serve_app`'s ``screen=``).
+
+    A media-stream upgrade that fails the same carrier check as the route (signature, or
+    loopback-only without a token) is refused there and then: counted as
+    ``gateway_calls_total{outcome="refused"}`` like a refusal by the route, logged once a
+    minute with how many there were, and never given a websocket, a task or a call. Upgrades
+    to any other path are refused too: the app has no other websocket route. The route keeps
+    its own check, for servers without a screen.
+    """
+    state = gateway_state(app)
+
+    def screen(scope: Mapping[str, Any]) -> bool:
+        if scope.get("path") != MEDIA_PATH:
+            return False
+        if state.settings.carrier_auth == "unsigned":
+            return True  # accepted from anywhere, and the route logs it
+        conn = HTTPConnection(dict(scope))
+        try:
+            _authorize_carrier(conn, state, _origin(conn, state), None)
+        except Forbidden as exc:
+            state.metrics.calls.labels("refused").inc()
+            n = state.refused_upgrades.count(state.clock())
+            if n is not None:
+                log.warning(
+                    "media stream refused: %s (%d upgrade(s) refused before the handshake "
+                    "since the last such line; at most one line a minute)",
+                    exc,
+                    n,
+                )
+            return False
+        return True
+
+    return screen
 
 
 def _records(state: GatewayState) -> RecordStore:

@@ -24,7 +24,7 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.aio import cancel_and_wait
-from gateway.app import VOICE_PATH, create_app, gateway_state
+from gateway.app import VOICE_PATH, create_app, gateway_state, upgrade_screen
 from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.limits import (
@@ -178,6 +178,7 @@ async def running_gateway(
                 port=settings.port if port is None else port,
                 ws_max_size=settings.max_message_bytes,
                 guard=guard,
+                screen=upgrade_screen(app),
                 timeout_keep_alive=settings.keep_alive_timeout_s,
             )
         )
