@@ -62,6 +62,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late the serving event loop woke for a timer (sampled every 20 ms): what a "
+            "burst of work makes every call's audio wait",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.barge_in_seconds = Histogram(
             "gateway_barge_in_reaction_seconds",
             "Caller-speech event received to carrier clear written",
