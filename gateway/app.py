@@ -175,6 +175,13 @@ def create_app(
                 state.metrics.webhooks.labels("refused_capacity").inc()
                 log.warning("call %s refused: %s", call_sid, exc)
                 return _twiml(_fallback_only(profile))
+        wait = admission.answer_at - state.wall_clock()
+        state.metrics.setup_queue_seconds.observe(max(0.0, wait))
+        if wait > 0:
+            # Setups are paced: this call's turn comes in `wait` s; its answer (and so its
+            # stream and upstream session) waits until then, the live calls keep the loop.
+            log.info("call %s queued %.0f ms for its setup turn", call_sid, wait * 1000)
+            await asyncio.sleep(wait)
         state.metrics.webhooks.labels("admitted").inc()
         log.info(
             "call %s admitted for %s (profile %s) from %s",
@@ -350,12 +357,15 @@ def _instant(name: str, value: str | None) -> datetime | None:
 
 
 def _admissions(settings: Settings) -> Admissions:
-    key = settings.call_token_key()
-    if key is None:
-        return Admissions(max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate)
-    return Admissions(
-        max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate, secret=key
+    admissions = Admissions(
+        max_calls=settings.max_calls,
+        max_setup_rate=settings.max_setup_rate,
+        setup_queue_s=settings.setup_queue_s,
     )
+    key = settings.call_token_key()
+    if key is not None:
+        admissions.secret = key
+    return admissions
 
 
 def _twiml(resp: VoiceResponse) -> Response:

@@ -54,6 +54,13 @@ class Metrics:
             buckets=_SETUP_BUCKETS,
             registry=r,
         )
+        self.setup_queue_seconds = Histogram(
+            "gateway_setup_queue_seconds",
+            "Time an admitted call's webhook answer waited for its setup turn "
+            "(GATEWAY_MAX_SETUP_RATE); 0 for a call that did not wait",
+            buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=r,
+        )
         self.added_latency = Histogram(
             "gateway_added_latency_seconds",
             "Time audio spends inside the gateway: inbound = carrier frame received to handed "
