@@ -40,7 +40,10 @@ UpgradeScreen = Callable[[Mapping[str, Any]], bool]
 the handshake), whether the app should see it at all; ``False`` answers ``403`` at once. It
 runs on the event loop for every upgrade: keep it cheap, never await, never raise."""
 
-_FORBIDDEN: Final = b"forbidden"
+_REFUSAL: Final = (
+    b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 9\r\nconnection: close\r\n\r\nforbidden"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,19 +162,10 @@ class _GuardedHttp(H11Protocol):
         return {**self.scope, "type": "websocket", "scheme": scheme, "subprotocols": []}
 
     def _refuse_upgrade(self) -> None:
-        """``403`` and close, through h11 (as uvicorn's own ``400``), the app never called."""
+        """``403`` and close, the app never called: one constant response in one write (h11
+        would build the same bytes through its state machine, three sends instead of one)."""
         self._enter(None)
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(_FORBIDDEN)).encode()),
-            (b"connection", b"close"),
-        ]
-        for event in (
-            h11.Response(status_code=403, headers=headers, reason=b"Forbidden"),
-            h11.Data(data=_FORBIDDEN),
-            h11.EndOfMessage(),
-        ):
-            self.transport.write(self.conn.send(event) or b"")
+        self.transport.write(_REFUSAL)
         self.transport.close()
 
     def _follow(self, *, data_arrived: bool) -> None:
