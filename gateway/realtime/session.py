@@ -49,7 +49,6 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 from aiortc import (
-    RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
@@ -305,11 +304,7 @@ class RealtimeSession:
                 iceServers=[
                     RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
                     for s in cfg.ice_servers
-                ],
-                # One ICE gatherer, one DTLS handshake for audio and the data channel: the
-                # answer bundles them anyway, and aiortc's default (balanced) would gather,
-                # check and tear down a second transport per call, ~1.5 ms of setup CPU.
-                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+                ]
             )
         )
         self._pc = pc

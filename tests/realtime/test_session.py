@@ -22,7 +22,6 @@ import numpy.typing as npt
 import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import SessionDescription
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -319,20 +318,6 @@ async def test_unified_flow_posts_multipart_and_gets_ready(fake: FakeRealtime) -
             "total",
         }
         assert all(v >= 0 for v in session.setup_timings.values())
-
-
-async def test_the_offer_carries_audio_and_the_channel_on_one_transport(
-    fake: FakeRealtime,
-) -> None:
-    """max-bundle: one ICE gatherer and one DTLS handshake per call, not one per m-line."""
-    async with opened(config(fake)) as session:
-        assert session.state == "open"
-        [req] = fake.requests
-        offer = SessionDescription.parse(req.parts["sdp"][1].decode())
-    assert [m.kind for m in offer.media] == ["audio", "application"]
-    assert len({m.ice.usernameFragment for m in offer.media}) == 1
-    assert len({m.dtls.fingerprints[0].value for m in offer.media}) == 1
-    assert len({tuple(str(c) for c in m.ice_candidates) for m in offer.media}) == 1
 
 
 async def test_ephemeral_flow_mints_a_key_then_posts_raw_sdp(fake: FakeRealtime) -> None:
