@@ -12,8 +12,9 @@ total and per client. Without it uvicorn's own behaviour applies (the embedded e
 
 With ``screen=`` as well, every websocket upgrade request is first shown to the screen (its
 ASGI scope), and one it refuses is answered ``403`` by the HTTP protocol itself: no websocket
-handshake, no app call. A refused upgrade then costs about what a 404 costs, so a burst of
-upgrades that cannot become calls does not take the event loop from the live calls.
+handshake, no app call: a refused upgrade costs accepting the connection, parsing its head,
+the check and one write, so a burst of upgrades that cannot become calls takes as little of
+the event loop from the live calls as a connection can.
 """
 
 from __future__ import annotations
