@@ -297,14 +297,15 @@ def upgrade_screen(app: FastAPI) -> Callable[[Mapping[str, Any]], bool]:
     loopback-only without a token) is refused there and then: counted as
     ``gateway_calls_total{outcome="refused"}`` like a refusal by the route, logged once a
     minute with how many there were, and never given a websocket, a task or a call. Upgrades
-    to any other path are refused too: the app has no other websocket route. The route keeps
-    its own check, for servers without a screen.
+    to any other path go to the app, which answers them as it always has (a route of its own,
+    or 403): the screen only speaks for the route whose check it repeats. The route keeps its
+    own check, for servers without a screen.
     """
     state = gateway_state(app)
 
     def screen(scope: Mapping[str, Any]) -> bool:
         if scope.get("path") != MEDIA_PATH:
-            return False
+            return True
         if state.settings.carrier_auth == "unsigned":
             return True  # accepted from anywhere, and the route logs it
         conn = HTTPConnection(dict(scope))
