@@ -48,21 +48,29 @@ class Admission:
     called: str | None
     caller: str | None
     expires_at: float
+    answer_at: float = 0.0
+    """When the webhook should answer (same clock as ``now``): later than the admission when
+    setups are paced (``max_setup_rate``) and this one waits its turn in the queue."""
 
 
 @dataclass
 class Admissions:
     """Capacity = live calls + admitted calls whose stream has not started yet.
 
-    ``max_setup_rate`` (calls per second, a token bucket holding ``max(1, rate)`` calls) bounds
-    how fast new calls are admitted: every admitted call opens an upstream session, and a burst
-    of setups is what tips a process over, not the calls it already carries. ``None``: no limit.
+    ``max_setup_rate`` (calls per second, a token bucket holding ``max(1, rate)`` calls) paces
+    new calls: every admitted call opens an upstream session, and a burst of setups is what
+    tips a process over, not the calls it already carries. A call over the rate is *queued*
+    when its turn comes within ``setup_queue_s`` — admitted now, its :attr:`Admission.answer_at`
+    saying when the webhook may answer, so its setup starts in its turn — and refused
+    (:class:`CapacityError`: the fallback) otherwise. Turns are kept in arrival order (the
+    bucket is a GCRA schedule: each admission books the next free turn). ``None``: no limit.
     """
 
     max_calls: int
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     token_ttl_s: float = 60.0
     max_setup_rate: float | None = None
+    setup_queue_s: float = 0.0
     replay_window_s: float = REPLAY_WINDOW_S
     max_remembered: int = MAX_REMEMBERED_CALLS
     draining: bool = False
@@ -71,8 +79,9 @@ class Admissions:
     _bound: dict[str, float] = field(default_factory=dict)  # call SID -> token expiry
     # call SID -> when it was admitted, oldest first: what refuses a replayed webhook.
     _admitted: OrderedDict[str, float] = field(default_factory=OrderedDict)
-    _bucket: float | None = None
-    _bucket_at: float = 0.0
+    # The pacing schedule: when the bucket would be full again after the turns booked so far
+    # (the "theoretical arrival time" of GCRA); None before the first paced admission.
+    _full_at: float | None = None
 
     @property
     def live(self) -> int:
@@ -83,24 +92,31 @@ class Admissions:
         return len(self._live) + len(self._pending)
 
     def has_room(self, now: float) -> bool:
-        return not self.draining and self.load(now) < self.max_calls and self._rate_ok(now)
+        """Whether a call arriving at ``now`` would be admitted (perhaps queued)."""
+        return (
+            not self.draining
+            and self.load(now) < self.max_calls
+            and self._next_turn(now) is not None
+        )
 
-    def _burst(self) -> float:
-        assert self.max_setup_rate is not None
-        return max(1.0, self.max_setup_rate)
+    def _next_turn(self, now: float) -> float | None:
+        """When a setup admitted at ``now`` may start (``now``, or later within
+        ``setup_queue_s``); None when its turn would come later than that."""
+        rate = self.max_setup_rate
+        if rate is None:
+            return now
+        interval = 1.0 / rate
+        tolerance = (max(1.0, rate) - 1.0) * interval  # the bucket's depth, in time
+        full_at = max(now, self._full_at if self._full_at is not None else now)
+        turn = max(now, full_at - tolerance)
+        # a hair of slack: float sums of intervals must not refuse a turn exactly at the edge
+        return turn if turn - now <= self.setup_queue_s + 1e-9 else None
 
-    def _refill(self, now: float) -> float:
+    def _book_turn(self, now: float) -> None:
         if self.max_setup_rate is None:
-            return float("inf")
-        if self._bucket is None:
-            self._bucket, self._bucket_at = self._burst(), now
-        elapsed = max(0.0, now - self._bucket_at)
-        self._bucket = min(self._burst(), self._bucket + elapsed * self.max_setup_rate)
-        self._bucket_at = now
-        return self._bucket
-
-    def _rate_ok(self, now: float) -> bool:
-        return self._refill(now) >= 1.0
+            return
+        full_at = max(now, self._full_at if self._full_at is not None else now)
+        self._full_at = full_at + 1.0 / self.max_setup_rate
 
     def admit(self, call_sid: str, called: str | None, caller: str | None, now: float) -> Admission:
         """Reserve a slot for ``call_sid``; raise :class:`Replayed` when this SID was admitted
@@ -116,19 +132,22 @@ class Admissions:
             raise CapacityError("the gateway is draining and takes no new calls")
         if self.load(now) >= self.max_calls:
             raise CapacityError(f"at capacity ({self.max_calls} calls)")
-        if not self._rate_ok(now):
+        turn = self._next_turn(now)
+        if turn is None:
+            queued = f" and {self.setup_queue_s:g} s of queue" if self.setup_queue_s else ""
             raise CapacityError(
-                f"call setup rate above {self.max_setup_rate:g} per second; try again shortly"
+                f"call setup rate above {self.max_setup_rate:g} per second{queued}; "
+                "try again shortly"
             )
-        if self._bucket is not None:
-            self._bucket -= 1.0
-        expires_at = float(int(now + self.token_ttl_s))
+        self._book_turn(now)
+        expires_at = float(int(turn + self.token_ttl_s))  # the token's life starts at the answer
         adm = Admission(
             call_sid=call_sid,
             token=self._token(call_sid, called, expires_at),
             called=called,
             caller=caller,
             expires_at=expires_at,
+            answer_at=turn,
         )
         self._pending[call_sid] = adm
         self._remember(call_sid, now)

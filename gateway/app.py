@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,7 @@ from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.aio import cancel_and_wait
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
 from gateway.errors import CapacityError, ConfigError, Forbidden
+from gateway.limits import Notice
 from gateway.numbers import ProfileStore
 from gateway.observability import Metrics, mask_number
 from gateway.records.pricing import Usage
@@ -86,6 +87,8 @@ class GatewayState:
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))
     # Set while no media stream is open: what a drain waits for.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Upgrades refused before the handshake: one log line a minute, however many there are.
+    refused_upgrades: Notice = field(default_factory=Notice)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -227,6 +230,48 @@ def create_app(
     return app
 
 
+def upgrade_screen(app: FastAPI) -> Callable[[Mapping[str, Any]], bool]:
+    """The websocket upgrades ``app`` wants to see, decided before the handshake (for
+    :func:`gateway.serving.serve_app`'s ``screen=``).
+
+    A media-stream upgrade (to any served carrier's media path) that fails the same carrier
+    check as the route (signature, or loopback-only without a credential) is refused there
+    and then: counted as
+    ``gateway_calls_total{outcome="refused"}`` like a refusal by the route, logged once a
+    minute with how many there were, and never given a websocket, a task or a call. Upgrades
+    to any other path go to the app, which answers them as it always has (a route of its own,
+    or 403): the screen only speaks for the route whose check it repeats. The route keeps its
+    own check, for servers without a screen.
+    """
+    state = gateway_state(app)
+    by_path = {c.media_path: c for c in served(state.settings).values()}
+
+    def screen(scope: Mapping[str, Any]) -> bool:
+        carrier = by_path.get(str(scope.get("path")))
+        if carrier is None:
+            return True
+        configured = carrier.credential(state.settings) is not None
+        if state.settings.carrier_auth_for(configured=configured) == "unsigned":
+            return True  # accepted from anywhere, and the route logs it
+        conn = HTTPConnection(dict(scope))
+        try:
+            _authorize_carrier(conn, state, _origin(conn, state), carrier, None)
+        except Forbidden as exc:
+            state.metrics.calls.labels("refused").inc()
+            n = state.refused_upgrades.count(state.clock())
+            if n is not None:
+                log.warning(
+                    "media stream refused: %s (%d upgrade(s) refused before the handshake "
+                    "since the last such line; at most one line a minute)",
+                    exc,
+                    n,
+                )
+            return False
+        return True
+
+    return screen
+
+
 def _records(state: GatewayState) -> RecordStore:
     if state.records is None:
         raise HTTPException(404, "call records are off (GATEWAY_RECORDS_URL=off)")
@@ -258,12 +303,15 @@ def _instant(name: str, value: str | None) -> datetime | None:
 
 
 def _admissions(settings: Settings) -> Admissions:
-    key = settings.call_token_key()
-    if key is None:
-        return Admissions(max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate)
-    return Admissions(
-        max_calls=settings.max_calls, max_setup_rate=settings.max_setup_rate, secret=key
+    admissions = Admissions(
+        max_calls=settings.max_calls,
+        max_setup_rate=settings.max_setup_rate,
+        setup_queue_s=settings.setup_queue_s,
     )
+    key = settings.call_token_key()
+    if key is not None:
+        admissions.secret = key
+    return admissions
 
 
 def _carrier_routes(app: FastAPI, state: GatewayState, carrier: Carrier) -> None:
@@ -313,6 +361,13 @@ def _carrier_routes(app: FastAPI, state: GatewayState, carrier: Carrier) -> None
                 state.metrics.webhooks.labels("refused_capacity").inc()
                 log.warning("call %s refused: %s", call_sid, exc)
                 return _answer(carrier.fallback(profile.fallback))
+        wait = admission.answer_at - state.wall_clock()
+        state.metrics.setup_queue_seconds.observe(max(0.0, wait))
+        if wait > 0:
+            # Setups are paced: this call's turn comes in `wait` s; its answer (and so its
+            # stream and upstream session) waits until then, the live calls keep the loop.
+            log.info("call %s queued %.0f ms for its setup turn", call_sid, wait * 1000)
+            await asyncio.sleep(wait)
         state.metrics.webhooks.labels("admitted").inc()
         log.info(
             "call %s admitted for %s (profile %s) from %s%s",

@@ -54,11 +54,25 @@ class Metrics:
             buckets=_SETUP_BUCKETS,
             registry=r,
         )
+        self.setup_queue_seconds = Histogram(
+            "gateway_setup_queue_seconds",
+            "Time an admitted call's webhook answer waited for its setup turn "
+            "(GATEWAY_MAX_SETUP_RATE); 0 for a call that did not wait",
+            buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=r,
+        )
         self.added_latency = Histogram(
             "gateway_added_latency_seconds",
             "Time audio spends inside the gateway: inbound = carrier frame received to handed "
             "to the WebRTC track; outbound = decoded upstream frame to carrier message written",
             ["direction"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late the serving event loop woke for a timer (sampled every 20 ms): what a "
+            "burst of work makes every call's audio wait",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway.aio import cancel_and_wait
-from gateway.app import VOICE_PATH, create_app, gateway_state
+from gateway.aio import cancel_and_wait, watch_loop_lag
+from gateway.app import VOICE_PATH, create_app, gateway_state, upgrade_screen
 from gateway.bridge.call import CallServices
 from gateway.errors import ConfigError
 from gateway.limits import (
@@ -124,6 +124,8 @@ async def running_gateway(
         loop = asyncio.get_running_loop()
         metrics.peer_connections.set_function(open_peer_connections)
         metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        lag = asyncio.create_task(watch_loop_lag(metrics.event_loop_lag.observe), name="loop-lag")
+        stack.push_async_callback(cancel_and_wait, lag)
         store, writer = await _open_records(settings, metrics, stack)
         tracing = Tracing.from_environ()
         if tracing.enabled:
@@ -180,6 +182,7 @@ async def running_gateway(
                 port=settings.port if port is None else port,
                 ws_max_size=settings.max_message_bytes,
                 guard=guard,
+                screen=upgrade_screen(app),
                 timeout_keep_alive=settings.keep_alive_timeout_s,
             )
         )

@@ -9,6 +9,12 @@ Used by the CLI (``serve``, ``emulator``, ``demo``), the load tester's ``--spawn
 With ``guard=`` (``gateway serve`` passes one) every connection is held to the bounds of
 :mod:`gateway.limits`: the time to send a request head and body, and the connections open in
 total and per client. Without it uvicorn's own behaviour applies (the embedded emulator, tests).
+
+With ``screen=`` as well, every websocket upgrade request is first shown to the screen (its
+ASGI scope), and one it refuses is answered ``403`` by the HTTP protocol itself: no websocket
+handshake, no app call: a refused upgrade costs accepting the connection, parsing its head,
+the check and one write, so a burst of upgrades that cannot become calls takes as little of
+the event loop from the live calls as a connection can.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Final, Literal, cast
 
 import h11
 import uvicorn
@@ -29,6 +35,23 @@ from gateway.aio import cancel_and_wait
 from gateway.limits import ConnectionGuard, Slot
 
 _Phase = Literal["header", "body", "idle", "upgraded"] | None
+
+UpgradeScreen = Callable[[Mapping[str, Any]], bool]
+"""Asked, with the ASGI scope of a websocket upgrade request (``type`` ``"websocket"``, before
+the handshake), whether the app should see it at all; ``False`` answers ``403`` at once. It
+runs on the event loop for every upgrade: keep it cheap, never await, never raise."""
+
+_REFUSAL: Final = (
+    b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 9\r\nconnection: close\r\n\r\nforbidden"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Screen:
+    """Holds the screen function for the protocol class (a bare function there would bind)."""
+
+    allows: UpgradeScreen
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +102,7 @@ class _GuardedHttp(H11Protocol):
     websocket, neither."""
 
     guard: ClassVar[ConnectionGuard]
+    screen: ClassVar[_Screen | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -119,6 +143,10 @@ class _GuardedHttp(H11Protocol):
         self._follow(data_arrived=False)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        screen = self.screen
+        if screen is not None and not screen.allows(self._websocket_scope()):
+            self._refuse_upgrade()
+            return
         self._enter("upgraded")  # a media stream lasts as long as its call
         slot, self._slot = self._slot, None
         super().handle_websocket_upgrade(event)
@@ -127,6 +155,19 @@ class _GuardedHttp(H11Protocol):
             ws.slot = slot
         elif slot is not None:
             slot.release()  # a protocol we cannot follow: never leak the count
+
+    def _websocket_scope(self) -> dict[str, Any]:
+        # uvicorn filled ``self.scope`` for the request before deciding to upgrade; the
+        # websocket protocol would build the same one with these two keys changed.
+        scheme = "wss" if self.scheme == "https" else "ws"
+        return {**self.scope, "type": "websocket", "scheme": scheme, "subprotocols": []}
+
+    def _refuse_upgrade(self) -> None:
+        """``403`` and close, the app never called: one constant response in one write (h11
+        would build the same bytes through its state machine, three sends instead of one)."""
+        self._enter(None)
+        self.transport.write(_REFUSAL)
+        self.transport.close()
 
     def _follow(self, *, data_arrived: bool) -> None:
         """Set the deadline for what the peer owes now, by the h11 state of its side."""
@@ -163,13 +204,15 @@ class _GuardedHttp(H11Protocol):
 
 
 def guarded_protocols(
-    guard: ConnectionGuard,
+    guard: ConnectionGuard, screen: UpgradeScreen | None = None
 ) -> tuple[type[asyncio.Protocol], type[asyncio.Protocol]]:
-    """The ``http`` and ``ws`` protocol classes for ``uvicorn.Config`` that apply ``guard``.
+    """The ``http`` and ``ws`` protocol classes for ``uvicorn.Config`` that apply ``guard``
+    (and ``screen`` to websocket upgrades).
 
     They are uvicorn's h11 and websockets (sans-I/O) protocols, what ``auto`` picks without
     httptools; naming them keeps the guard in force whichever optional parser is installed."""
-    http = type("GuardedHttpProtocol", (_GuardedHttp,), {"guard": guard})
+    checks = {"guard": guard, "screen": None if screen is None else _Screen(screen)}
+    http = type("GuardedHttpProtocol", (_GuardedHttp,), checks)
     return http, _GuardedWebSocket
 
 
@@ -181,16 +224,20 @@ async def serve_app(
     port: int = 0,
     log_level: str = "warning",
     guard: ConnectionGuard | None = None,
+    screen: UpgradeScreen | None = None,
     **uvicorn_options: Any,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``app`` until the block exits; ``port=0`` picks a free port (read it from ``.port``).
 
     The socket is bound before uvicorn starts, so the port is known and no other process can
-    take it between choosing and binding. ``guard`` bounds connections and request read times
-    (see the module docstring).
+    take it between choosing and binding. ``guard`` bounds connections and request read times;
+    ``screen`` (with a ``guard``) refuses websocket upgrades before the handshake (see the
+    module docstring).
     """
+    if screen is not None and guard is None:
+        raise ValueError("screen= needs guard=: it runs in the guarded HTTP protocol")
     if guard is not None:
-        http, ws = guarded_protocols(guard)
+        http, ws = guarded_protocols(guard, screen)
         uvicorn_options.update(http=http, ws=ws)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -162,7 +162,14 @@ class Settings(BaseSettings):
     max_setup_rate: float | None = Field(
         default=None,
         gt=0,
-        description="New calls admitted per second (token bucket); unset: no limit",
+        description="New call setups per second (token bucket); unset: no limit",
+    )
+    setup_queue_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=10,
+        description="Above max_setup_rate, how long a webhook may wait for its setup turn "
+        "before the fallback answers",
     )
     carrier_idle_timeout_s: float = Field(
         default=30.0, gt=0, description="End a call when the carrier sends nothing for this long"

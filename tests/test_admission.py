@@ -96,6 +96,27 @@ def test_setup_rate_is_a_token_bucket() -> None:
     assert a.admit("CA3", None, None, 0.6).call_sid == "CA3"
 
 
+def test_over_the_rate_a_call_waits_its_turn_within_the_queue() -> None:
+    a = Admissions(max_calls=100, max_setup_rate=2.0, setup_queue_s=1.0, token_ttl_s=60)
+    turns = [a.admit(f"CA{i}", None, None, 10.0).answer_at for i in range(4)]
+    assert turns == [10.0, 10.0, 10.5, 11.0]  # a burst of two, then one every 0.5 s
+    with pytest.raises(CapacityError, match=r"2 per second and 1 s of queue"):
+        a.admit("CA4", None, None, 10.0)  # its turn (11.5) is past the queue
+    assert not a.has_room(10.0) and a.has_room(10.5)
+    # the token's life starts at the answer, not at the admission
+    assert a.admit("CA3", None, None, 10.2).expires_at == 11.0 + 60
+    # turns are booked in arrival order: a later arrival never overtakes
+    assert a.admit("CA5", None, None, 10.6).answer_at == 11.5
+
+
+def test_a_queued_setup_turn_frees_up_as_time_passes() -> None:
+    a = Admissions(max_calls=100, max_setup_rate=1.0, setup_queue_s=0.0)
+    assert a.admit("CA1", None, None, 0.0).answer_at == 0.0
+    with pytest.raises(CapacityError):
+        a.admit("CA2", None, None, 0.5)
+    assert a.admit("CA2", None, None, 1.0).answer_at == 1.0
+
+
 def test_no_setup_rate_means_no_limit() -> None:
     a = Admissions(max_calls=1000)
     for i in range(500):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -325,3 +326,31 @@ async def test_a_webhook_without_to_is_admitted_on_the_default_and_logged_in_wor
     assert r.status_code == 200 and "<Stream" in r.text
     said = " ".join(rec.getMessage() for rec in caplog.records if "CAnoto" in rec.getMessage())
     assert "admitted for an unnamed number" in said and "None" not in said
+
+
+async def test_setups_over_the_rate_wait_their_turn_in_order_and_the_rest_get_the_fallback(
+    tmp_path: Path,
+) -> None:
+    """Ten webhooks at once under 2 setups/s with 1 s of queue: two are answered at once, the
+    next two in turn, 0.5 s apart (their streams, so their setups, follow), the other six get
+    the fallback without waiting."""
+    settings = support.settings(max_calls=20, max_setup_rate=2.0, setup_queue_s=1.0)
+    app = create_app(settings, upstream=_no_upstream)
+    async with serve_app(app) as srv, httpx.AsyncClient(base_url=srv.url, timeout=10) as client:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+
+        async def call(i: int) -> tuple[bool, float]:
+            r = await client.post("/twilio/voice", data=_form(f"CAq{i}"))
+            return "<Connect>" in r.text, loop.time() - sent
+
+        answers = await asyncio.gather(*(call(i) for i in range(10)))
+        metrics = (await client.get("/metrics")).text
+    connected = sorted(at for ok, at in answers if ok)
+    refused = [at for ok, at in answers if not ok]
+    assert len(connected) == 4
+    assert len(refused) == 6 and max(refused) < 1.0  # refused at once, not after the queue
+    for turn, at in enumerate(connected[2:], start=1):
+        assert at >= turn * 0.5 - 0.05, f"queued call {turn} answered before its turn"
+    assert 'gateway_webhooks_total{result="refused_capacity"} 6.0' in metrics
+    assert "gateway_setup_queue_seconds_count 4.0" in metrics

@@ -201,6 +201,13 @@ async def test_stream_without_an_admitted_call_is_closed_with_1008(
     assert ws.close_code == 1008
     # nothing was opened upstream for it
     assert await emulator_sessions(gateway) == []
+    # and it was never a call: counted, but no recent-calls entry and so no call record (both
+    # are made together; a captured upgrade signature must not fill the records database)
+    state = gateway_state(gateway.app)
+    await state.idle.wait()
+    assert not state.recent
+    metrics = state.metrics.render().decode()
+    assert 'gateway_calls_total{outcome="forbidden"} 1.0' in metrics
 
 
 async def test_malformed_carrier_messages_do_not_end_the_call(

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, HangUp, Pause, SimulatedCall, WaitForAnswer
@@ -162,6 +163,36 @@ async def test_slow_clients_are_bounded_and_a_signed_webhook_is_answered_meanwhi
     assert waits[-1] < 3.0 + 2.0  # the other 50 at the header timeout
     assert 'gateway_connections_dropped_total{reason="max_connections_per_client"} 10.0' in metrics
     assert 'gateway_connections_dropped_total{reason="header_timeout"} 50.0' in metrics
+
+
+async def test_a_burst_of_forged_upgrades_is_refused_before_the_handshake(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The upgrade burst of the attack run: 40 media-stream upgrades with a forged signature at
+    once. Each is a 403 and a count, but not a websocket, a call runner or a log line each (one
+    line says how many); a signed upgrade beside them still gets its websocket."""
+    settings = support.settings(twilio_auth_token="s3cret", public_url="https://gw.example.com")
+    async with running_gateway(settings, port=0) as gw:
+        url = f"{gw.server.ws_url}/twilio/media"
+
+        async def forged() -> int:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(url, additional_headers={"X-Twilio-Signature": "x"}):
+                    pass
+            return refused.value.response.status_code
+
+        with caplog.at_level(logging.WARNING):
+            statuses = await asyncio.gather(*(forged() for _ in range(40)))
+        signed = {"X-Twilio-Signature": sign("s3cret", "wss://gw.example.com/twilio/media")}
+        async with websockets.connect(url, additional_headers=signed) as ws:
+            await ws.send(support.CONNECTED)  # accepted: the call runner now waits for start
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            metrics = (await client.get("/metrics")).text
+    assert statuses == [403] * 40
+    assert 'gateway_calls_total{outcome="refused"} 40.0' in metrics
+    refusals = [r.getMessage() for r in caplog.records if "media stream refused" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert "X-Twilio-Signature does not match" in refusals[0]
 
 
 async def _serve_process(

@@ -18,7 +18,7 @@ import websockets
 
 from gateway.limits import ConnectionGuard, ConnectionLimits, DropReason
 from gateway.proxies import parse_networks
-from gateway.serving import RunningServer, serve_app
+from gateway.serving import RunningServer, UpgradeScreen, serve_app
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,10 +56,12 @@ class Dropped:
 
 
 @contextlib.asynccontextmanager
-async def guarded(**limits: Any) -> AsyncIterator[tuple[RunningServer, ConnectionGuard, Dropped]]:
+async def guarded(
+    app: Any = tiny_app, screen: UpgradeScreen | None = None, **limits: Any
+) -> AsyncIterator[tuple[RunningServer, ConnectionGuard, Dropped]]:
     dropped = Dropped()
     guard = ConnectionGuard(ConnectionLimits(**limits), on_drop=dropped)
-    async with serve_app(tiny_app, guard=guard, timeout_keep_alive=5) as server:
+    async with serve_app(app, guard=guard, screen=screen, timeout_keep_alive=5) as server:
         yield server, guard, dropped
 
 
@@ -191,3 +193,39 @@ async def test_a_websocket_outlives_the_timeouts_and_holds_its_slot_until_it_clo
         # released by the websocket protocol's connection_lost, which has no event to await
         await wait_until(lambda: guard.table.total == 0, 2, what="the websocket's slot freed")
     assert dropped.reasons == ["max_connections"]
+
+
+async def test_an_upgrade_the_screen_refuses_gets_403_and_never_reaches_the_app() -> None:
+    seen: list[str] = []  # the paths of the websocket scopes the app was called with
+    screened: list[tuple[str, str, bytes]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            seen.append(scope["path"])
+        await tiny_app(scope, receive, send)
+
+    def screen(scope: Any) -> bool:
+        screened.append((scope["type"], scope["scheme"], scope["query_string"]))
+        return bool(scope["path"] == "/media")
+
+    async with guarded(app, screen, max_connections=10) as (server, guard, _):
+        for _ in range(3):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(f"{server.ws_url}/other?x=1"):
+                    pass
+            assert refused.value.response.status_code == 403
+            assert refused.value.response.body == b"forbidden"
+        async with websockets.connect(f"{server.ws_url}/media") as ws:
+            await ws.send("hello")
+            assert await asyncio.wait_for(ws.recv(), 2) == "hello"
+        async with httpx.AsyncClient(base_url=server.url) as client:  # plain HTTP: unscreened
+            assert (await client.get("/other")).text == "ok"
+        await wait_until(lambda: guard.table.total == 0, 2, what="every slot freed")
+    assert seen == ["/media"]
+    assert screened == [("websocket", "ws", b"x=1")] * 3 + [("websocket", "ws", b"")]
+
+
+async def test_a_screen_needs_a_guard() -> None:
+    with pytest.raises(ValueError, match="guard"):
+        async with serve_app(tiny_app, screen=lambda scope: True):
+            pass

@@ -448,7 +448,10 @@ class CallRunner:
         await self._finish_recording()
         if self.session is not None:
             await self._close_session(self.session)
-        if core.start is None:
+        if self._bound_sid is None:
+            # Never a call (no start, or a start naming no call this gateway admitted): counted
+            # by its outcome, but no record and no recent entry, so forged starts on a
+            # captured upgrade signature cannot fill the records database or cost a write.
             return
         self.host.recent.append(self.summary())
         if self.services.save_record is not None:

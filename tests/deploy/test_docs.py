@@ -171,7 +171,7 @@ def test_load_testing_doc_names_only_real_options() -> None:
     loadtest = command.commands["loadtest"]
     known = {opt for param in loadtest.params for opt in (*param.opts, *param.secondary_opts)}
     benchmarks = ROOT / "tests" / "benchmarks"
-    for script in ("capacity.py", "loadtester_self.py", "echo_quality.py"):
+    for script in ("capacity.py", "loadtester_self.py", "echo_quality.py", "setup_burst.py"):
         known |= set(
             re.findall(r'add_argument\(\s*"(--[a-z-]+)"', (benchmarks / script).read_text())
         )
