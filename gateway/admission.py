@@ -102,9 +102,20 @@ class Admissions:
     def _rate_ok(self, now: float) -> bool:
         return self._refill(now) >= 1.0
 
-    def admit(self, call_sid: str, called: str | None, caller: str | None, now: float) -> Admission:
+    def admit(
+        self,
+        call_sid: str,
+        called: str | None,
+        caller: str | None,
+        now: float,
+        *,
+        ttl_s: float | None = None,
+    ) -> Admission:
         """Reserve a slot for ``call_sid``; raise :class:`Replayed` when this SID was admitted
         before (answer 403), :class:`CapacityError` when full or draining (answer the fallback).
+
+        ``ttl_s`` overrides ``token_ttl_s`` for this call: an outbound call's stream starts only
+        once the callee answers, after it rang.
         """
         self._expire(now)
         existing = self._pending.get(call_sid)
@@ -122,7 +133,7 @@ class Admissions:
             )
         if self._bucket is not None:
             self._bucket -= 1.0
-        expires_at = float(int(now + self.token_ttl_s))
+        expires_at = float(int(now + (self.token_ttl_s if ttl_s is None else ttl_s)))
         adm = Admission(
             call_sid=call_sid,
             token=self._token(call_sid, called, expires_at),

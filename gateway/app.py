@@ -13,6 +13,10 @@ Routes:
   ``since``, ``until`` (ISO 8601), ``limit`` (bearer token)
 - ``GET  /admin/records/{call_sid}``  one call record (bearer token)
 - ``GET  /admin/usage``   tokens and cost per number over ``since``/``until`` (bearer token)
+- ``POST /calls``         place an outbound call (bearer token; docs/outbound.md)
+- ``GET  /calls/{id}``    an outbound call's progress (bearer token)
+- ``POST /twilio/outbound/status``  Twilio's status callback of an outbound call (signed)
+- ``POST /twilio/outbound/amd``     its answering machine verdict (signed)
 """
 
 from __future__ import annotations
@@ -38,14 +42,23 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from gateway import proxies
 from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.aio import cancel_and_wait
-from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
+from gateway.bridge.call import (
+    OUTBOUND_PARAM,
+    RECENT_CALLS,
+    CallRunner,
+    CallServices,
+    UpstreamFactory,
+)
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
 from gateway.observability import Metrics, mask_number
+from gateway.outbound import Dialer, OutboundCall, OutboundRefused, check_variables
+from gateway.records.model import CallRecord
 from gateway.records.pricing import Usage
 from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
 from gateway.settings import Settings
 from gateway.telephony import signature
+from gateway.telephony.rest import CreateCall, TwilioApiError, TwilioRestClient
 from gateway.telephony.signature import Params
 from gateway.tracing import TRACEPARENT_PARAM
 
@@ -53,8 +66,12 @@ log = logging.getLogger("gateway.app")
 
 MEDIA_PATH = "/twilio/media"
 VOICE_PATH = "/twilio/voice"
+STATUS_PATH = "/twilio/outbound/status"
+AMD_PATH = "/twilio/outbound/amd"
 CALL_TOKEN_PARAM = "gateway_call_token"
 PROFILE_PARAM = "gateway_number"
+OUTBOUND_TOKEN_MARGIN_S = 60.0
+"""An outbound call's token lives for its ring time plus this (Twilio's setup, the stream)."""
 
 
 @dataclass
@@ -72,6 +89,7 @@ class GatewayState:
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
+    outbound: Dialer = field(default_factory=Dialer)
     # Whose Forwarded / X-Forwarded-* headers count (GATEWAY_TRUSTED_PROXIES), parsed once.
     trusted_proxies: tuple[proxies.Network, ...] = field(init=False)
     ready: bool = False
@@ -276,7 +294,168 @@ def create_app(
         }
         return JSONResponse({"numbers": [r.to_dict() for r in rows], "total": total})
 
+    @app.post("/calls")
+    async def place_call(request: Request) -> Response:
+        _require_admin(request, state)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, "the body must be a JSON object")
+        try:
+            call = await _place(request, state, body)
+        except OutboundRefused as exc:
+            headers = None
+            if exc.retry_after_s is not None:
+                headers = {"Retry-After": str(max(1, round(exc.retry_after_s + 0.49)))}
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        return JSONResponse(call.view(), status_code=201)
+
+    @app.get("/calls/{call_id}")
+    async def get_call(request: Request, call_id: str) -> Response:
+        _require_admin(request, state)
+        call = state.outbound.get(call_id)
+        if call is None:
+            raise HTTPException(404, f"no outbound call {call_id}")
+        return JSONResponse(call.view())
+
+    @app.post(STATUS_PATH)
+    async def status_callback(request: Request) -> Response:
+        call, params = await _outbound_callback(request, state)
+        if state.outbound.status(call, params, state.wall_clock()):
+            # Busy, no answer, failed, canceled: no stream ever bound, so the slot is freed
+            # here and the record written here, with no upstream session opened (no cost).
+            state.admissions.release(call.id)
+            _save_unstreamed(state, call)
+        log.info("outbound call %s: %s", call.id, call.status)
+        return Response(status_code=204)
+
+    @app.post(AMD_PATH)
+    async def amd_callback(request: Request) -> Response:
+        call, params = await _outbound_callback(request, state)
+        state.outbound.amd(call, params)
+        log.info("outbound call %s answered by %s", call.id, call.answered_by)
+        return Response(status_code=204)
+
     return app
+
+
+async def _place(request: Request, state: GatewayState, body: dict[str, Any]) -> OutboundCall:
+    """Validate, admit and create one outbound call; raise :class:`OutboundRefused`."""
+    now, wall = state.clock(), state.wall_clock()
+    profile = state.outbound.check(
+        state.profiles.current, body.get("to"), body.get("from"), body.get("profile"), now
+    )
+    variables = check_variables(body.get("variables"))
+    api = state.services.carrier_api
+    if not isinstance(api, TwilioRestClient):
+        raise OutboundRefused(
+            409,
+            "outbound calls need Twilio's REST API: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
+            "(or TWILIO_API_KEY and TWILIO_API_SECRET)",
+        )
+    to, from_ = str(body["to"]), str(body["from"])
+    call = state.outbound.placing(to, from_, profile, variables, now, wall)
+    ttl = state.settings.outbound_ring_timeout_s + OUTBOUND_TOKEN_MARGIN_S
+    try:
+        admission = state.admissions.admit(call.id, profile.name, to, wall, ttl_s=ttl)
+    except CapacityError as exc:
+        state.outbound.failed_to_place(call, str(exc), wall)
+        raise OutboundRefused(503, f"not placed: {exc}", 1.0) from None
+    origin = _origin(request, state)
+    detection = profile.outbound.machine_detection
+    create = CreateCall(
+        to=to,
+        from_=from_,
+        twiml=str(_outbound_twiml(state, origin, admission.token, profile.name, call.id)),
+        status_callback=_carrier_url(
+            state, origin, STATUS_PATH, websocket=False, query=f"call={call.id}"
+        ),
+        machine_detection=None if detection == "off" else detection,
+        machine_detection_timeout_s=profile.outbound.detection_timeout_s,
+        amd_callback=_carrier_url(
+            state, origin, AMD_PATH, websocket=False, query=f"call={call.id}"
+        ),
+        timeout_s=state.settings.outbound_ring_timeout_s,
+    )
+    try:
+        info = await api.create_call(create)
+    except TwilioApiError as exc:
+        state.admissions.release(call.id)
+        state.outbound.failed_to_place(call, str(exc), state.wall_clock())
+        status = 422 if exc.status == 400 else 502
+        raise OutboundRefused(status, f"Twilio did not create the call: {exc}") from None
+    state.outbound.placed(call, info.sid, info.status, state.wall_clock())
+    log.info(
+        "outbound call %s placed to %s (profile %s): %s",
+        call.id,
+        mask_number(to),
+        profile.name,
+        info.sid,
+    )
+    return call
+
+
+def _outbound_twiml(
+    state: GatewayState, origin: proxies.Origin, token: str, profile: str, call_id: str
+) -> VoiceResponse:
+    """``<Connect><Stream>`` with the call's token, then ``<Hangup/>``: when the stream ends
+    the outbound call is over (no fallback: nobody called us)."""
+    resp = VoiceResponse()
+    connect = Connect()
+    stream = Stream(url=_carrier_url(state, origin, MEDIA_PATH, websocket=True))
+    stream.parameter(name=CALL_TOKEN_PARAM, value=token)
+    stream.parameter(name=PROFILE_PARAM, value=profile)
+    stream.parameter(name=OUTBOUND_PARAM, value=call_id)
+    connect.append(stream)
+    resp.append(connect)
+    resp.hangup()
+    return resp
+
+
+async def _outbound_callback(
+    request: Request, state: GatewayState
+) -> tuple[OutboundCall, dict[str, str]]:
+    """The signed form of a status or AMD callback and the call it names; raise 4xx."""
+    try:
+        form = await _read_form(request, state.settings.max_webhook_bytes)
+    except _BadBody as exc:
+        raise HTTPException(exc.status, exc.result.replace("_", " ")) from None
+    try:
+        _authorize_carrier(request, state, _origin(request, state), form)
+    except Forbidden as exc:
+        state.metrics.webhooks.labels("forbidden").inc()
+        log.warning("outbound callback refused: %s", exc)
+        raise HTTPException(403, "forbidden") from None
+    call = state.outbound.get(request.query_params.get("call", ""))
+    if call is None:
+        raise HTTPException(404, "no such outbound call")
+    params = {name: values[-1] for name, values in form.items()}
+    if call.call_sid is not None and params.get("CallSid") not in (None, call.call_sid):
+        raise HTTPException(409, "the callback's CallSid is not this call's")
+    return call, params
+
+
+def _save_unstreamed(state: GatewayState, call: OutboundCall) -> None:
+    """The record of an outbound call that never streamed: its final status is its outcome."""
+    save = state.services.save_record
+    if save is None or call.call_sid is None:
+        return
+    started = datetime.fromtimestamp(call.created_wall, UTC)
+    save(
+        CallRecord(
+            call_sid=call.call_sid,
+            started_at=started,
+            ended_at=datetime.fromtimestamp(state.wall_clock(), UTC),
+            number=call.profile,
+            profile=call.profile,
+            caller=mask_number(call.to),
+            outcome=call.status,
+            end_reason=f"outbound call {call.status}",
+            actions=[{"kind": "outbound", "id": call.id, "answered_by": call.answered_by}],
+        )
+    )
 
 
 def _records(state: GatewayState) -> RecordStore:
