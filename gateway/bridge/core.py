@@ -122,6 +122,8 @@ RECORDING_TAKE_EVERY: Final = 25
 # A recording never runs ahead of the call's real duration by more than this (carrier jitter).
 RECORDING_AHEAD_MAX_MS: Final = 2000.0
 GOOD_OUTCOMES: Final = frozenset({"completed", "transferred"})
+VOICEMAIL_LEFT: Final = "voicemail left"
+"""The end reason (and hang-up action reason) of an outbound call that left its message."""
 
 
 # --- effects --------------------------------------------------------------------------------
@@ -349,6 +351,8 @@ class CallCore:
         self._pending_end_reason = "call control"
         self._transferred = False
         self._voicemail: str | None = None  # an outbound call's message, said once then hang up
+        self.answer: ans.Decision | None = None  # an outbound call's: who answered, what then
+        self._answer_delay_ms: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -652,7 +656,7 @@ class CallCore:
         out += [PushAudio(f, at) for f, at in _without_leading_silence(self._setup_buffer)]
         self._setup_buffer.clear()
         if self._voicemail is not None and not resume:
-            out += self._control(cc.WrapUp("voicemail left", _voicemail_text(self._voicemail)), now)
+            out += self._control(cc.WrapUp(VOICEMAIL_LEFT, _voicemail_text(self._voicemail)), now)
         elif self.config.greeting and not resume:
             out.append(ToUpstream(rt.response_create(instructions=self.config.greeting)))
         backlog, self._dtmf_backlog = self._dtmf_backlog, []
@@ -710,6 +714,7 @@ class CallCore:
         session, not the wait for the verdict.
         """
         kind = decision.kind
+        self.answer, self._answer_delay_ms = decision, delay_ms
         self.stats.actions.append(
             {
                 "kind": "answered_by",
@@ -1208,6 +1213,22 @@ class CallCore:
             errors=dict(self.stats.upstream_errors),
             recording_path=recording_path,
             dtmf=self.stats.dtmf,
+            direction="inbound" if self.answer is None else "outbound",
+            answered_by=None if self.answer is None else self.answer.answered_by,
+            answered_by_ms=self._answer_delay_ms,
+            voicemail_left=self._voicemail_left(),
+        )
+
+    def _voicemail_left(self) -> bool | None:
+        """Whether the voicemail message was said and the call then hung up as planned (not
+        forced by the wrap-up deadline); None when no message was due."""
+        if self._voicemail is None:
+            return None
+        return any(
+            a.get("kind") == "hang_up"
+            and a.get("reason") == VOICEMAIL_LEFT
+            and "forced_after_s" not in a
+            for a in self.stats.actions
         )
 
 
