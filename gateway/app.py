@@ -12,8 +12,10 @@ Routes:
 - ``GET  /admin/records`` call records, newest first; filters ``number``, ``outcome``,
   ``since``, ``until`` (ISO 8601), ``limit`` (bearer token)
 - ``GET  /admin/records/{call_sid}``  one call record (bearer token)
-- ``GET  /admin/usage``   tokens and cost per number over ``since``/``until`` (bearer token)
+- ``GET  /admin/usage``   tokens and cost per number over ``since``/``until``, and per
+  direction (inbound/outbound; ``direction`` filters) (bearer token)
 - ``POST /calls``         place an outbound call (bearer token; docs/outbound.md)
+- ``GET|PUT|DELETE /admin/opt-outs[/{number}]``  numbers never to call (bearer token)
 - ``GET  /calls/{id}``    an outbound call's progress (bearer token)
 - ``POST /twilio/outbound/status``  Twilio's status callback of an outbound call (signed)
 - ``POST /twilio/outbound/amd``     its answering machine verdict (signed)
@@ -50,12 +52,12 @@ from gateway.bridge.call import (
     UpstreamFactory,
 )
 from gateway.errors import CapacityError, ConfigError, Forbidden
-from gateway.numbers import Profile, ProfileStore
+from gateway.numbers import E164, Profile, ProfileStore
 from gateway.observability import Metrics, mask_number
 from gateway.outbound import Dialer, OutboundCall, OutboundRefused, check_variables
 from gateway.records.model import CallRecord
 from gateway.records.pricing import Usage
-from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
+from gateway.records.store import RecordQuery, RecordStore, RecordStoreError, UsageTotals
 from gateway.settings import Settings
 from gateway.telephony import signature
 from gateway.telephony.rest import CreateCall, TwilioApiError, TwilioRestClient
@@ -248,6 +250,7 @@ def create_app(
         since: str | None = None,
         until: str | None = None,
         limit: int = 100,
+        direction: str | None = None,
     ) -> Response:
         _require_admin(request, state)
         store = _records(state)
@@ -259,6 +262,7 @@ def create_app(
             since=_instant("since", since),
             until=_instant("until", until),
             limit=limit,
+            direction=_direction(direction),
         )
         with _store_errors():
             found = await store.query(query)
@@ -279,20 +283,25 @@ def create_app(
         since: str | None = None,
         until: str | None = None,
         number: str | None = None,
+        direction: str | None = None,
     ) -> Response:
         _require_admin(request, state)
+        store, wanted = _records(state), _direction(direction)
+        window = {"since": _instant("since", since), "until": _instant("until", until)}
         with _store_errors():
-            rows = await _records(state).totals(
-                since=_instant("since", since), until=_instant("until", until), number=number
-            )
-        total = {
-            "calls": sum(r.calls for r in rows),
-            "duration_s": round(sum(r.duration_s for r in rows), 3),
-            "usage": sum((r.usage for r in rows), Usage()).as_dict(),
-            "cost_usd": round(sum(r.cost_usd for r in rows), 6),
-            "unpriced_calls": sum(r.unpriced_calls for r in rows),
-        }
-        return JSONResponse({"numbers": [r.to_dict() for r in rows], "total": total})
+            rows = await store.totals(**window, number=number, direction=wanted)
+            directions = {
+                d: _sum_totals(await store.totals(**window, number=number, direction=d))
+                for d in DIRECTIONS
+                if wanted in (None, d)
+            }
+        return JSONResponse(
+            {
+                "numbers": [r.to_dict() for r in rows],
+                "total": _sum_totals(rows),
+                "directions": directions,
+            }
+        )
 
     @app.post("/calls")
     async def place_call(request: Request) -> Response:
@@ -319,6 +328,39 @@ def create_app(
         if call is None:
             raise HTTPException(404, f"no outbound call {call_id}")
         return JSONResponse(call.view())
+
+    @app.get("/admin/opt-outs")
+    async def list_opt_outs(request: Request) -> Response:
+        _require_admin(request, state)
+        with _store_errors():
+            found = await _records(state).opt_outs()
+        return JSONResponse({"opt_outs": [o.to_dict() for o in found]})
+
+    @app.put("/admin/opt-outs/{number}")
+    async def add_opt_out(request: Request, number: str) -> Response:
+        _require_admin(request, state)
+        if not E164.match(number):
+            raise HTTPException(422, f"{number!r} is not an E.164 number such as +15551234567")
+        reason = ""
+        if await request.body():
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPException(400, 'the body must be JSON: {"reason": "..."}') from None
+            reason = str(body.get("reason") or "")[:500] if isinstance(body, dict) else ""
+        at = datetime.fromtimestamp(state.wall_clock(), UTC)
+        with _store_errors():
+            await _records(state).opt_out(number, reason, at)
+        return Response(status_code=204)
+
+    @app.delete("/admin/opt-outs/{number}")
+    async def remove_opt_out(request: Request, number: str) -> Response:
+        _require_admin(request, state)
+        with _store_errors():
+            removed = await _records(state).remove_opt_out(number)
+        if not removed:
+            raise HTTPException(404, f"{number} is not on the opt-out list")
+        return Response(status_code=204)
 
     @app.post(STATUS_PATH)
     async def status_callback(request: Request) -> Response:
@@ -348,6 +390,13 @@ async def _place(request: Request, state: GatewayState, body: dict[str, Any]) ->
         state.profiles.current, body.get("to"), body.get("from"), body.get("profile"), now
     )
     variables = check_variables(body.get("variables"))
+    if state.records is not None:
+        try:
+            blocked = await state.records.opted_out(str(body["to"]))
+        except RecordStoreError as exc:
+            raise OutboundRefused(503, f"cannot check the opt-out list: {exc}") from None
+        if blocked:
+            raise OutboundRefused(403, f"{body['to']} is on the opt-out list: not called")
     api = state.services.carrier_api
     if not isinstance(api, TwilioRestClient):
         raise OutboundRefused(
@@ -453,9 +502,33 @@ def _save_unstreamed(state: GatewayState, call: OutboundCall) -> None:
             caller=mask_number(call.to),
             outcome=call.status,
             end_reason=f"outbound call {call.status}",
-            actions=[{"kind": "outbound", "id": call.id, "answered_by": call.answered_by}],
+            cost_usd=0.0,  # no Realtime session was opened
+            actions=[{"kind": "outbound", "id": call.id}],
+            direction="outbound",
+            answered_by=call.answered_by,
         )
     )
+
+
+DIRECTIONS = ("inbound", "outbound")
+
+
+def _direction(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in DIRECTIONS:
+        raise HTTPException(422, f"direction must be inbound or outbound, not {value!r}")
+    return value
+
+
+def _sum_totals(rows: list[UsageTotals]) -> dict[str, Any]:
+    return {
+        "calls": sum(r.calls for r in rows),
+        "duration_s": round(sum(r.duration_s for r in rows), 3),
+        "usage": sum((r.usage for r in rows), Usage()).as_dict(),
+        "cost_usd": round(sum(r.cost_usd for r in rows), 6),
+        "unpriced_calls": sum(r.unpriced_calls for r in rows),
+    }
 
 
 def _records(state: GatewayState) -> RecordStore:

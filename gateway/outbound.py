@@ -313,10 +313,12 @@ class Dialer:
         call.events.append(entry)
 
     def _forget_old(self) -> None:
-        while len(self._calls) > self.max_kept:
-            old_id, old = next(iter(self._calls.items()))
-            if not old.final:
-                break
-            del self._calls[old_id]
+        """Past ``max_kept``, forget the oldest calls that are over (never one in progress)."""
+        excess = len(self._calls) - self.max_kept
+        if excess <= 0:
+            return
+        over = [c for c in self._calls.values() if c.final or c.stream_ended][:excess]
+        for old in over:
+            del self._calls[old.id]
             if old.call_sid is not None:
                 self._by_sid.pop(old.call_sid, None)

@@ -147,6 +147,8 @@ async def test_human_answers_and_hears_the_assistant_after_the_verdict(
         "completed",
     ]
     record = await _record(gateway, placed["call_sid"])
+    assert record["direction"] == "outbound" and record["answered_by"] == "human"
+    assert record["answered_by_ms"] >= 400 and record["voicemail_left"] is None
     [answered] = [a for a in record["actions"] if a["kind"] == "answered_by"]
     assert answered["answered_by"] == "human" and answered["decision"] == "converse"
     assert answered["delay_ms"] >= 400
@@ -183,6 +185,7 @@ async def test_voicemail_message_is_heard_after_the_beep_then_the_call_ends(
     record = await _record(gateway, placed["call_sid"])
     kinds = {a["kind"]: a for a in record["actions"]}
     assert kinds["answered_by"]["decision"] == "voicemail"
+    assert record["voicemail_left"] is True and record["answered_by"] == "machine_end_beep"
     assert kinds["hang_up"]["reason"] == "voicemail left"
     assert "forced_after_s" not in kinds["hang_up"]
 
@@ -235,7 +238,17 @@ async def test_unanswered_calls_are_recorded_with_their_status_and_cost_nothing(
     view = await _view(gateway, placed["id"])
     assert view["status"] == status
     record = await _record(gateway, placed["call_sid"])
-    assert record["outcome"] == status
+    assert record["outcome"] == status and record["direction"] == "outbound"
+    assert record["cost_usd"] == 0.0 and record["usage"]["audio_in"] == 0
+    async with httpx.AsyncClient() as http:
+        usage = (await http.get(f"{gateway.url}/admin/usage", headers=AUTH)).json()
+        only_in = await http.get(f"{gateway.url}/admin/usage?direction=inbound", headers=AUTH)
+        bad = await http.get(f"{gateway.url}/admin/usage?direction=sideways", headers=AUTH)
+    assert usage["directions"]["outbound"]["calls"] == 1
+    assert usage["directions"]["outbound"]["unpriced_calls"] == 0
+    assert usage["directions"]["inbound"]["calls"] == 0
+    assert only_in.json()["numbers"] == [] and list(only_in.json()["directions"]) == ["inbound"]
+    assert bad.status_code == 422
     assert await emulator_sessions(gateway) == []
     state = gateway_state(gateway.app)
     assert state.admissions.load(state.wall_clock()) == 0  # the reserved slot is free again
@@ -338,6 +351,18 @@ def test_a_late_status_after_the_final_one_changes_nothing() -> None:
     assert call.status == "no-answer"
 
 
+def test_only_calls_that_are_over_are_forgotten() -> None:
+    dialer = Dialer(max_kept=2)
+    profile = dialer.check(_profiles("{}"), HUMAN, FROM, None, now=0.0)
+    live = dialer.placing(HUMAN, FROM, profile, {}, now=0.0, wall=0.0)
+    over = dialer.placing(HUMAN, FROM, profile, {}, now=0.0, wall=0.0)
+    dialer.placed(over, "CA2", "queued", wall=0.0)
+    dialer.status(over, {"CallStatus": "busy"}, wall=1.0)
+    newest = dialer.placing(HUMAN, FROM, profile, {}, now=0.0, wall=0.0)
+    assert dialer.get(live.id) is live and dialer.get(newest.id) is newest
+    assert dialer.get(over.id) is None and dialer.by_sid("CA2") is None
+
+
 def test_variables_fill_placeholders_and_are_listed() -> None:
     profile = _profiles("{}").default.model_copy(update={"instructions": "Call {name} at {time}."})
     merged = with_variables(profile, {"name": "Ada", "time": "9:00"})
@@ -370,3 +395,19 @@ async def test_the_cli_places_a_call_and_follows_it_to_its_end(
         CliRunner().invoke, app, ["call", "555", "--from-number", FROM, "--gateway", gateway.url]
     )
     assert bad.exit_code == 1 and "E.164" in bad.output
+
+
+async def test_an_opted_out_number_is_never_called(
+    gateway: RunningGateway, twilio: tuple[TwilioApiStandIn, RunningServer]
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, headers=AUTH) as http:
+        added = await http.put(f"/admin/opt-outs/{HUMAN}", json={"reason": "asked on a call"})
+        assert added.status_code == 204
+        assert (await http.put("/admin/opt-outs/12345")).status_code == 422
+        listed = (await http.get("/admin/opt-outs")).json()["opt_outs"]
+        assert [(o["number"], o["reason"]) for o in listed] == [(HUMAN, "asked on a call")]
+        refused = await _place(gateway, to=HUMAN)
+        assert refused.status_code == 403 and "opt-out" in refused.json()["error"]
+        assert twilio[0].requests == []  # Twilio was never asked
+        assert (await http.delete(f"/admin/opt-outs/{HUMAN}")).status_code == 204
+        assert (await http.delete(f"/admin/opt-outs/{HUMAN}")).status_code == 404
