@@ -256,7 +256,11 @@ class Dialer:
         return call
 
     def placed(self, call: OutboundCall, call_sid: str, status: str, wall: float) -> None:
-        """Twilio created the call (``queued``)."""
+        """Twilio created the call (``queued``). Its status callbacks may arrive before the
+        create's answer does: then they already named the SID, and the status they brought
+        (``ringing``, even ``busy``) is newer than the create's, so it stays."""
+        if call.call_sid is not None:
+            return
         call.call_sid = call_sid
         self._by_sid[call_sid] = call.id
         self._event(call, status, wall)
