@@ -253,10 +253,12 @@ FINAL_STATUSES = ("completed", "busy", "no-answer", "failed", "canceled")
 
 @app.command()
 def call(
-    to: Annotated[str, typer.Argument(help="The number to call, E.164 (+15551234567)")],
     from_number: Annotated[
         str, typer.Option("--from-number", help="Your Twilio number the call comes from (E.164)")
     ],
+    to: Annotated[
+        str | None, typer.Argument(help="The number to call, E.164 (+15551234567)")
+    ] = None,
     profile: Annotated[
         str, typer.Option(help="The profile to call with: 'default' or a number of the file")
     ] = "default",
@@ -271,15 +273,37 @@ def call(
         typer.Option(help="The running gateway's URL (default: http://GATEWAY_HOST:GATEWAY_PORT)"),
     ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the call's progress until it ends")] = True,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Call every number of this CSV file (a 'number' column; other columns are "
+            "variables) instead of TO",
+        ),
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Result rows of --csv (default: <file>.results.csv); resumes from it"),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=100, help="Calls of --csv in progress at once")
+    ] = 1,
 ) -> None:
     """Place an outbound call through a running gateway (``POST /calls``; needs
     GATEWAY_ADMIN_TOKEN, and Twilio credentials on the gateway). Prints the call's id, then
     its progress: ringing, answered, who answered, the final status. Exit 1 when the call was
-    refused or did not connect."""
+    refused or did not connect.
+
+    With ``--csv`` it calls a list, paced by the gateway, with a progress bar, writing one
+    result row per number; stop it with Ctrl-C and run the same command again to resume
+    (nobody is called twice)."""
     import time
 
     import httpx
 
+    if (to is None) == (csv_file is None):
+        typer.echo("give either a number to call or --csv FILE", err=True)
+        raise typer.Exit(EXIT_CONFIG)
     settings = settings_or_exit()
     if settings.admin_token is None:
         typer.echo("GATEWAY_ADMIN_TOKEN is not set: placing calls needs it", err=True)
@@ -293,6 +317,9 @@ def call(
         variables[name.strip()] = value
     base = (gateway or f"http://{settings.host}:{settings.port}").rstrip("/")
     headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    if csv_file is not None:
+        _call_list(base, headers, csv_file, results, from_number, profile, concurrency)
+        return
     body = {"to": to, "from": from_number, "profile": profile, "variables": variables}
     with httpx.Client(headers=headers, timeout=30.0, trust_env=False) as http:
         try:
@@ -321,6 +348,66 @@ def call(
             view = http.get(f"{base}/calls/{placed['id']}").json()
     if view["status"] != "completed":
         raise typer.Exit(1)
+
+
+def _call_list(
+    base: str,
+    headers: dict[str, str],
+    csv_file: Path,
+    results: Path | None,
+    from_number: str,
+    profile: str,
+    concurrency: int,
+) -> None:
+    import asyncio
+    from collections import Counter
+
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gateway.batch import Outcome, read_numbers, run_batch
+
+    try:
+        rows = read_numbers(csv_file)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot read {csv_file}: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    results = results or csv_file.with_suffix(".results.csv")
+    counts: Counter[str] = Counter()
+    progress = Progress(
+        TextColumn("calls"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}")
+    )
+    task = progress.add_task("", total=len({r.number for r in rows}))
+
+    def done(outcome: Outcome) -> None:
+        counts[outcome.status] += 1
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        progress.update(task, advance=1, description=summary)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(
+            base_url=base, headers=headers, timeout=30.0, trust_env=False
+        ) as http:
+            await run_batch(
+                http,
+                rows,
+                results,
+                from_number=from_number,
+                profile=profile,
+                concurrency=concurrency,
+                on_progress=done,
+            )
+
+    try:
+        with progress:
+            asyncio.run(run())
+    except KeyboardInterrupt:
+        typer.echo(f"stopped; run the same command again to resume ({results})", err=True)
+        raise typer.Exit(130) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"the gateway at {base} failed: {exc}; resume by running again", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"results: {results} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
 
 
 def _error_text(resp: object) -> str:
