@@ -385,18 +385,15 @@ def create_app(
 
 async def _place(request: Request, state: GatewayState, body: dict[str, Any]) -> OutboundCall:
     """Validate, admit and create one outbound call; raise :class:`OutboundRefused`."""
-    now, wall = state.clock(), state.wall_clock()
-    profile = state.outbound.check(
-        state.profiles.current, body.get("to"), body.get("from"), body.get("profile"), now
-    )
     variables = check_variables(body.get("variables"))
-    if state.records is not None:
+    to = body.get("to")
+    if state.records is not None and isinstance(to, str):
         try:
-            blocked = await state.records.opted_out(str(body["to"]))
+            blocked = await state.records.opted_out(to)
         except RecordStoreError as exc:
             raise OutboundRefused(503, f"cannot check the opt-out list: {exc}") from None
         if blocked:
-            raise OutboundRefused(403, f"{body['to']} is on the opt-out list: not called")
+            raise OutboundRefused(403, f"{to} is on the opt-out list: not called")
     api = state.services.carrier_api
     if not isinstance(api, TwilioRestClient):
         raise OutboundRefused(
@@ -404,6 +401,12 @@ async def _place(request: Request, state: GatewayState, body: dict[str, Any]) ->
             "outbound calls need Twilio's REST API: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
             "(or TWILIO_API_KEY and TWILIO_API_SECRET)",
         )
+    # From the limits' check to the call's entry in the dialer nothing awaits: two requests
+    # at once cannot both take the last slot or the last token of the pace.
+    now, wall = state.clock(), state.wall_clock()
+    profile = state.outbound.check(
+        state.profiles.current, to, body.get("from"), body.get("profile"), now
+    )
     to, from_ = str(body["to"]), str(body["from"])
     call = state.outbound.placing(to, from_, profile, variables, now, wall)
     ttl = state.settings.outbound_ring_timeout_s + OUTBOUND_TOKEN_MARGIN_S

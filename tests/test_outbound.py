@@ -38,6 +38,7 @@ NO_ANSWER = "+15550200004"
 FAILED = "+15550200005"
 LOST = "+15550200006"
 HANG_UP_PROFILE = "+15550009999"
+ONE_AT_A_TIME = "+15550008888"
 VOICEMAIL = "Hello, this is Example Dental about your appointment tomorrow. Please call us back."
 
 PROFILES = f"""
@@ -54,6 +55,8 @@ default:
 numbers:
   "{HANG_UP_PROFILE}":
     outbound: {{on_machine: hang_up}}
+  "{ONE_AT_A_TIME}":
+    outbound: {{max_concurrent: 1}}
 """
 
 
@@ -248,6 +251,23 @@ async def test_unanswered_calls_are_recorded_with_their_status_and_cost_nothing(
     assert await emulator_sessions(gateway) == []
     state = gateway_state(gateway.app)
     assert state.admissions.load(state.wall_clock()) == 0  # the reserved slot is free again
+
+
+async def test_two_requests_at_once_cannot_both_take_the_last_slot(
+    gateway: RunningGateway, twilio: tuple[TwilioApiStandIn, RunningServer]
+) -> None:
+    stand_in, _ = twilio
+    stand_in.callee(BUSY, Callee(answer="busy", ring_s=0.3))
+    stand_in.callee(NO_ANSWER, Callee(answer="no-answer", ring_s=0.3))
+    first, second = await asyncio.gather(
+        _place(gateway, to=BUSY, profile=ONE_AT_A_TIME),
+        _place(gateway, to=NO_ANSWER, profile=ONE_AT_A_TIME),
+    )
+    assert sorted([first.status_code, second.status_code]) == [201, 429]
+    refused = first if first.status_code == 429 else second
+    assert "already in progress" in refused.json()["error"] and refused.headers["retry-after"]
+    placed = (second if refused is first else first).json()
+    await stand_in.placed_call(placed["call_sid"])
 
 
 async def test_a_forged_callback_is_refused_and_changes_nothing(
