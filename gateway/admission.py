@@ -118,9 +118,20 @@ class Admissions:
         full_at = max(now, self._full_at if self._full_at is not None else now)
         self._full_at = full_at + 1.0 / self.max_setup_rate
 
-    def admit(self, call_sid: str, called: str | None, caller: str | None, now: float) -> Admission:
+    def admit(
+        self,
+        call_sid: str,
+        called: str | None,
+        caller: str | None,
+        now: float,
+        *,
+        ttl_s: float | None = None,
+    ) -> Admission:
         """Reserve a slot for ``call_sid``; raise :class:`Replayed` when this SID was admitted
         before (answer 403), :class:`CapacityError` when full or draining (answer the fallback).
+
+        ``ttl_s`` overrides ``token_ttl_s`` for this call: an outbound call's stream starts only
+        once the callee answers, after it rang.
         """
         self._expire(now)
         existing = self._pending.get(call_sid)
@@ -140,7 +151,8 @@ class Admissions:
                 "try again shortly"
             )
         self._book_turn(now)
-        expires_at = float(int(turn + self.token_ttl_s))  # the token's life starts at the answer
+        # The token's life starts at the answer (the call's setup turn).
+        expires_at = float(int(turn + (self.token_ttl_s if ttl_s is None else ttl_s)))
         adm = Admission(
             call_sid=call_sid,
             token=self._token(call_sid, called, expires_at),

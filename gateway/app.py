@@ -14,7 +14,13 @@ Routes:
 - ``GET  /admin/records`` call records, newest first; filters ``number``, ``outcome``,
   ``since``, ``until`` (ISO 8601), ``limit`` (bearer token)
 - ``GET  /admin/records/{call_sid}``  one call record (bearer token)
-- ``GET  /admin/usage``   tokens and cost per number over ``since``/``until`` (bearer token)
+- ``GET  /admin/usage``   tokens and cost per number over ``since``/``until``, and per
+  direction (inbound/outbound; ``direction`` filters) (bearer token)
+- ``POST /calls``         place an outbound call (bearer token; docs/outbound.md)
+- ``GET|PUT|DELETE /admin/opt-outs[/{number}]``  numbers never to call (bearer token)
+- ``GET  /calls/{id}``    an outbound call's progress (bearer token)
+- ``POST /twilio/outbound/status``  Twilio's status callback of an outbound call (signed)
+- ``POST /twilio/outbound/amd``     its answering machine verdict (signed)
 """
 
 from __future__ import annotations
@@ -35,17 +41,26 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from gateway import proxies
 from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.aio import cancel_and_wait
-from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
+from gateway.bridge.call import (
+    OUTBOUND_PARAM,
+    RECENT_CALLS,
+    CallRunner,
+    CallServices,
+    UpstreamFactory,
+)
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.limits import Notice
-from gateway.numbers import ProfileStore
+from gateway.numbers import E164, ProfileStore
 from gateway.observability import Metrics, mask_number
+from gateway.outbound import Dialer, OutboundCall, OutboundRefused, check_variables
+from gateway.records.model import CallRecord
 from gateway.records.pricing import Usage
-from gateway.records.store import RecordQuery, RecordStore, RecordStoreError
+from gateway.records.store import RecordQuery, RecordStore, RecordStoreError, UsageTotals
 from gateway.settings import Settings
 from gateway.telephony import signature
 from gateway.telephony.carriers import (
@@ -55,14 +70,20 @@ from gateway.telephony.carriers import (
     Carrier,
     SignedRequest,
     StreamTarget,
+    carrier_named,
     served,
 )
+from gateway.telephony.rest import CreateCall, TwilioApiError, TwilioRestClient
 from gateway.tracing import TRACEPARENT_PARAM
 
 log = logging.getLogger("gateway.app")
 
 MEDIA_PATH = "/twilio/media"
 VOICE_PATH = "/twilio/voice"
+STATUS_PATH = "/twilio/outbound/status"
+AMD_PATH = "/twilio/outbound/amd"
+OUTBOUND_TOKEN_MARGIN_S = 60.0
+"""An outbound call's token lives for its ring time plus this (Twilio's setup, the stream)."""
 
 
 @dataclass
@@ -80,6 +101,7 @@ class GatewayState:
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
+    outbound: Dialer = field(default_factory=Dialer)
     # Whose Forwarded / X-Forwarded-* headers count (GATEWAY_TRUSTED_PROXIES), parsed once.
     trusted_proxies: tuple[proxies.Network, ...] = field(init=False)
     ready: bool = False
@@ -181,6 +203,7 @@ def create_app(
         since: str | None = None,
         until: str | None = None,
         limit: int = 100,
+        direction: str | None = None,
     ) -> Response:
         _require_admin(request, state)
         store = _records(state)
@@ -192,6 +215,7 @@ def create_app(
             since=_instant("since", since),
             until=_instant("until", until),
             limit=limit,
+            direction=_direction(direction),
         )
         with _store_errors():
             found = await store.query(query)
@@ -212,20 +236,102 @@ def create_app(
         since: str | None = None,
         until: str | None = None,
         number: str | None = None,
+        direction: str | None = None,
     ) -> Response:
         _require_admin(request, state)
+        store, wanted = _records(state), _direction(direction)
+        window = {"since": _instant("since", since), "until": _instant("until", until)}
         with _store_errors():
-            rows = await _records(state).totals(
-                since=_instant("since", since), until=_instant("until", until), number=number
-            )
-        total = {
-            "calls": sum(r.calls for r in rows),
-            "duration_s": round(sum(r.duration_s for r in rows), 3),
-            "usage": sum((r.usage for r in rows), Usage()).as_dict(),
-            "cost_usd": round(sum(r.cost_usd for r in rows), 6),
-            "unpriced_calls": sum(r.unpriced_calls for r in rows),
-        }
-        return JSONResponse({"numbers": [r.to_dict() for r in rows], "total": total})
+            rows = await store.totals(**window, number=number, direction=wanted)
+            directions = {
+                d: _sum_totals(await store.totals(**window, number=number, direction=d))
+                for d in DIRECTIONS
+                if wanted in (None, d)
+            }
+        return JSONResponse(
+            {
+                "numbers": [r.to_dict() for r in rows],
+                "total": _sum_totals(rows),
+                "directions": directions,
+            }
+        )
+
+    @app.post("/calls")
+    async def place_call(request: Request) -> Response:
+        _require_admin(request, state)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, "the body must be a JSON object")
+        try:
+            call = await _place(request, state, body)
+        except OutboundRefused as exc:
+            headers = None
+            if exc.retry_after_s is not None:
+                headers = {"Retry-After": str(max(1, round(exc.retry_after_s + 0.49)))}
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        return JSONResponse(call.view(), status_code=201)
+
+    @app.get("/calls/{call_id}")
+    async def get_call(request: Request, call_id: str) -> Response:
+        _require_admin(request, state)
+        call = state.outbound.get(call_id)
+        if call is None:
+            raise HTTPException(404, f"no outbound call {call_id}")
+        return JSONResponse(call.view())
+
+    @app.get("/admin/opt-outs")
+    async def list_opt_outs(request: Request) -> Response:
+        _require_admin(request, state)
+        with _store_errors():
+            found = await _records(state).opt_outs()
+        return JSONResponse({"opt_outs": [o.to_dict() for o in found]})
+
+    @app.put("/admin/opt-outs/{number}")
+    async def add_opt_out(request: Request, number: str) -> Response:
+        _require_admin(request, state)
+        if not E164.match(number):
+            raise HTTPException(422, f"{number!r} is not an E.164 number such as +15551234567")
+        reason = ""
+        if await request.body():
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPException(400, 'the body must be JSON: {"reason": "..."}') from None
+            reason = str(body.get("reason") or "")[:500] if isinstance(body, dict) else ""
+        at = datetime.fromtimestamp(state.wall_clock(), UTC)
+        with _store_errors():
+            await _records(state).opt_out(number, reason, at)
+        return Response(status_code=204)
+
+    @app.delete("/admin/opt-outs/{number}")
+    async def remove_opt_out(request: Request, number: str) -> Response:
+        _require_admin(request, state)
+        with _store_errors():
+            removed = await _records(state).remove_opt_out(number)
+        if not removed:
+            raise HTTPException(404, f"{number} is not on the opt-out list")
+        return Response(status_code=204)
+
+    @app.post(STATUS_PATH)
+    async def status_callback(request: Request) -> Response:
+        call, params = await _outbound_callback(request, state)
+        if state.outbound.status(call, params, state.wall_clock()):
+            # Busy, no answer, failed, canceled: no stream ever bound, so the slot is freed
+            # here and the record written here, with no upstream session opened (no cost).
+            state.admissions.release(call.id)
+            _save_unstreamed(state, call)
+        log.info("outbound call %s: %s", call.id, call.status)
+        return Response(status_code=204)
+
+    @app.post(AMD_PATH)
+    async def amd_callback(request: Request) -> Response:
+        call, params = await _outbound_callback(request, state)
+        state.outbound.amd(call, params)
+        log.info("outbound call %s answered by %s", call.id, call.answered_by)
+        return Response(status_code=204)
 
     return app
 
@@ -270,6 +376,158 @@ def upgrade_screen(app: FastAPI) -> Callable[[Mapping[str, Any]], bool]:
         return True
 
     return screen
+
+
+async def _place(request: Request, state: GatewayState, body: dict[str, Any]) -> OutboundCall:
+    """Validate, admit and create one outbound call; raise :class:`OutboundRefused`."""
+    variables = check_variables(body.get("variables"))
+    to = body.get("to")
+    if state.records is not None and isinstance(to, str):
+        try:
+            blocked = await state.records.opted_out(to)
+        except RecordStoreError as exc:
+            raise OutboundRefused(503, f"cannot check the opt-out list: {exc}") from None
+        if blocked:
+            raise OutboundRefused(403, f"{to} is on the opt-out list: not called")
+    api = state.services.carrier_api
+    if not isinstance(api, TwilioRestClient):
+        raise OutboundRefused(
+            409,
+            "outbound calls need Twilio's REST API: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
+            "(or TWILIO_API_KEY and TWILIO_API_SECRET)",
+        )
+    # From the limits' check to the call's entry in the dialer nothing awaits: two requests
+    # at once cannot both take the last slot or the last token of the pace.
+    now, wall = state.clock(), state.wall_clock()
+    profile = state.outbound.check(
+        state.profiles.current, to, body.get("from"), body.get("profile"), now
+    )
+    to, from_ = str(body["to"]), str(body["from"])
+    call = state.outbound.placing(to, from_, profile, variables, now, wall)
+    ttl = state.settings.outbound_ring_timeout_s + OUTBOUND_TOKEN_MARGIN_S
+    try:
+        admission = state.admissions.admit(call.id, profile.name, to, wall, ttl_s=ttl)
+    except CapacityError as exc:
+        state.outbound.failed_to_place(call, str(exc), wall)
+        raise OutboundRefused(503, f"not placed: {exc}", 1.0) from None
+    origin = _origin(request, state)
+    detection = profile.outbound.machine_detection
+    create = CreateCall(
+        to=to,
+        from_=from_,
+        twiml=str(_outbound_twiml(state, origin, admission.token, profile.name, call.id)),
+        status_callback=_carrier_url(
+            state, origin, STATUS_PATH, websocket=False, query=f"call={call.id}"
+        ),
+        machine_detection=None if detection == "off" else detection,
+        machine_detection_timeout_s=profile.outbound.detection_timeout_s,
+        amd_callback=_carrier_url(
+            state, origin, AMD_PATH, websocket=False, query=f"call={call.id}"
+        ),
+        timeout_s=state.settings.outbound_ring_timeout_s,
+    )
+    try:
+        info = await api.create_call(create)
+    except TwilioApiError as exc:
+        state.admissions.release(call.id)
+        state.outbound.failed_to_place(call, str(exc), state.wall_clock())
+        status = 422 if exc.status == 400 else 502
+        raise OutboundRefused(status, f"Twilio did not create the call: {exc}") from None
+    state.outbound.placed(call, info.sid, info.status, state.wall_clock())
+    log.info(
+        "outbound call %s placed to %s (profile %s): %s",
+        call.id,
+        mask_number(to),
+        profile.name,
+        info.sid,
+    )
+    return call
+
+
+def _outbound_twiml(
+    state: GatewayState, origin: proxies.Origin, token: str, profile: str, call_id: str
+) -> VoiceResponse:
+    """``<Connect><Stream>`` with the call's token, then ``<Hangup/>``: when the stream ends
+    the outbound call is over (no fallback: nobody called us)."""
+    resp = VoiceResponse()
+    connect = Connect()
+    stream = Stream(url=_carrier_url(state, origin, MEDIA_PATH, websocket=True))
+    stream.parameter(name=CALL_TOKEN_PARAM, value=token)
+    stream.parameter(name=PROFILE_PARAM, value=profile)
+    stream.parameter(name=OUTBOUND_PARAM, value=call_id)
+    connect.append(stream)
+    resp.append(connect)
+    resp.hangup()
+    return resp
+
+
+async def _outbound_callback(
+    request: Request, state: GatewayState
+) -> tuple[OutboundCall, dict[str, str]]:
+    """The signed form of a status or AMD callback and the call it names; raise 4xx."""
+    try:
+        body, form = await _read_form(request, state.settings.max_webhook_bytes)
+    except _BadBody as exc:
+        raise HTTPException(exc.status, exc.result.replace("_", " ")) from None
+    try:
+        twilio = carrier_named("twilio")
+        _authorize_carrier(request, state, _origin(request, state), twilio, (body, form))
+    except Forbidden as exc:
+        state.metrics.webhooks.labels("forbidden").inc()
+        log.warning("outbound callback refused: %s", exc)
+        raise HTTPException(403, "forbidden") from None
+    call = state.outbound.get(request.query_params.get("call", ""))
+    if call is None:
+        raise HTTPException(404, "no such outbound call")
+    params = {name: values[-1] for name, values in form.items()}
+    if call.call_sid is not None and params.get("CallSid") not in (None, call.call_sid):
+        raise HTTPException(409, "the callback's CallSid is not this call's")
+    return call, params
+
+
+def _save_unstreamed(state: GatewayState, call: OutboundCall) -> None:
+    """The record of an outbound call that never streamed: its final status is its outcome."""
+    save = state.services.save_record
+    if save is None or call.call_sid is None:
+        return
+    started = datetime.fromtimestamp(call.created_wall, UTC)
+    save(
+        CallRecord(
+            call_sid=call.call_sid,
+            started_at=started,
+            ended_at=datetime.fromtimestamp(state.wall_clock(), UTC),
+            number=call.profile,
+            profile=call.profile,
+            caller=mask_number(call.to),
+            outcome=call.status,
+            end_reason=f"outbound call {call.status}",
+            cost_usd=0.0,  # no Realtime session was opened
+            actions=[{"kind": "outbound", "id": call.id}],
+            direction="outbound",
+            answered_by=call.answered_by,
+        )
+    )
+
+
+DIRECTIONS = ("inbound", "outbound")
+
+
+def _direction(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in DIRECTIONS:
+        raise HTTPException(422, f"direction must be inbound or outbound, not {value!r}")
+    return value
+
+
+def _sum_totals(rows: list[UsageTotals]) -> dict[str, Any]:
+    return {
+        "calls": sum(r.calls for r in rows),
+        "duration_s": round(sum(r.duration_s for r in rows), 3),
+        "usage": sum((r.usage for r in rows), Usage()).as_dict(),
+        "cost_usd": round(sum(r.cost_usd for r in rows), 6),
+        "unpriced_calls": sum(r.unpriced_calls for r in rows),
+    }
 
 
 def _records(state: GatewayState) -> RecordStore:

@@ -1,4 +1,5 @@
-"""The ``gateway`` command: ``serve | emulator | demo | loadtest | check-config | version``."""
+"""The ``gateway`` command: ``serve | call | emulator | demo | loadtest | check-config |
+version``."""
 
 from __future__ import annotations
 
@@ -307,6 +308,182 @@ def demo(
             typer.echo(f"recording: {record}")
     if not report.result.ok:
         raise typer.Exit(1)
+
+
+CALL_POLL_S = 0.5
+FINAL_STATUSES = ("completed", "busy", "no-answer", "failed", "canceled")
+
+
+@app.command()
+def call(
+    from_number: Annotated[
+        str, typer.Option("--from-number", help="Your Twilio number the call comes from (E.164)")
+    ],
+    to: Annotated[
+        str | None, typer.Argument(help="The number to call, E.164 (+15551234567)")
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="The profile to call with: 'default' or a number of the file")
+    ] = "default",
+    var: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--var", help="name=value merged into the instructions ({name}); repeat for more"
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(help="The running gateway's URL (default: http://GATEWAY_HOST:GATEWAY_PORT)"),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the call's progress until it ends")] = True,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Call every number of this CSV file (a 'number' column; other columns are "
+            "variables) instead of TO",
+        ),
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Result rows of --csv (default: <file>.results.csv); resumes from it"),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=100, help="Calls of --csv in progress at once")
+    ] = 1,
+) -> None:
+    """Place an outbound call through a running gateway (``POST /calls``; needs
+    GATEWAY_ADMIN_TOKEN, and Twilio credentials on the gateway). Prints the call's id, then
+    its progress: ringing, answered, who answered, the final status. Exit 1 when the call was
+    refused or did not connect.
+
+    With ``--csv`` it calls a list, paced by the gateway, with a progress bar, writing one
+    result row per number; stop it with Ctrl-C and run the same command again to resume
+    (nobody is called twice)."""
+    import time
+
+    import httpx
+
+    if (to is None) == (csv_file is None):
+        typer.echo("give either a number to call or --csv FILE", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    settings = settings_or_exit()
+    if settings.admin_token is None:
+        typer.echo("GATEWAY_ADMIN_TOKEN is not set: placing calls needs it", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    variables: dict[str, str] = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            typer.echo(f"--var {item!r}: expected name=value", err=True)
+            raise typer.Exit(EXIT_CONFIG)
+        variables[name.strip()] = value
+    base = (gateway or f"http://{settings.host}:{settings.port}").rstrip("/")
+    headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    if csv_file is not None:
+        _call_list(base, headers, csv_file, results, from_number, profile, concurrency)
+        return
+    body = {"to": to, "from": from_number, "profile": profile, "variables": variables}
+    with httpx.Client(headers=headers, timeout=30.0, trust_env=False) as http:
+        try:
+            resp = http.post(f"{base}/calls", json=body)
+        except httpx.HTTPError as exc:
+            typer.echo(f"cannot reach the gateway at {base}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if resp.status_code != 201:
+            typer.echo(f"refused ({resp.status_code}): {_error_text(resp)}", err=True)
+            raise typer.Exit(1)
+        placed = resp.json()
+        typer.echo(f"call {placed['id']} placed (Twilio {placed['call_sid']})")
+        if not wait:
+            return
+        shown, answered, view = 0, None, placed
+        while True:
+            for event in view["events"][shown:]:
+                typer.echo(f"  {event['status']}")
+            shown = len(view["events"])
+            if view["answered_by"] and view["answered_by"] != answered:
+                answered = view["answered_by"]
+                typer.echo(f"  answered by {answered}")
+            if view["status"] in FINAL_STATUSES:
+                break
+            time.sleep(CALL_POLL_S)
+            view = http.get(f"{base}/calls/{placed['id']}").json()
+    if view["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _call_list(
+    base: str,
+    headers: dict[str, str],
+    csv_file: Path,
+    results: Path | None,
+    from_number: str,
+    profile: str,
+    concurrency: int,
+) -> None:
+    import asyncio
+    from collections import Counter
+
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gateway.batch import Outcome, read_numbers, run_batch
+
+    try:
+        rows = read_numbers(csv_file)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot read {csv_file}: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    results = results or csv_file.with_suffix(".results.csv")
+    counts: Counter[str] = Counter()
+    progress = Progress(
+        TextColumn("calls"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}")
+    )
+    task = progress.add_task("", total=len({r.number for r in rows}))
+
+    def done(outcome: Outcome) -> None:
+        counts[outcome.status] += 1
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        progress.update(task, advance=1, description=summary)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(
+            base_url=base, headers=headers, timeout=30.0, trust_env=False
+        ) as http:
+            await run_batch(
+                http,
+                rows,
+                results,
+                from_number=from_number,
+                profile=profile,
+                concurrency=concurrency,
+                on_progress=done,
+            )
+
+    try:
+        with progress:
+            asyncio.run(run())
+    except KeyboardInterrupt:
+        typer.echo(f"stopped; run the same command again to resume ({results})", err=True)
+        raise typer.Exit(130) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"the gateway at {base} failed: {exc}; resume by running again", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"results: {results} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+
+
+def _error_text(resp: object) -> str:
+    import httpx
+
+    assert isinstance(resp, httpx.Response)
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("detail") or body)
+    return str(body)
 
 
 def _register_emulator() -> None:

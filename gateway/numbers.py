@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.audio.format import UpstreamCodec
 from gateway.errors import ConfigError
@@ -132,6 +139,54 @@ class Tools(_Strict):
         return self.end_call or bool(self.transfer_call)
 
 
+AnswerRule = Literal["converse", "voicemail", "hang_up"]
+
+
+class Outbound(_Strict):
+    """How calls this profile places behave (``POST /calls``, ``gateway call``; docs/outbound.md).
+
+    Who answered (Twilio's answering machine detection, ``AnsweredBy``) decides what the
+    assistant does: a human gets the conversation, a machine the voicemail message or a hang-up,
+    a fax or an undecided answer the rule named here.
+    """
+
+    speak_first: bool = Field(
+        default=False,
+        description="A human answered: greet at once (true) or wait for their hello (false)",
+    )
+    machine_detection: Literal["DetectMessageEnd", "Enable", "off"] = Field(
+        default="DetectMessageEnd",
+        description="DetectMessageEnd waits for the beep (to leave a message); Enable decides "
+        "at the start of the greeting (faster, for hanging up on machines); off: no detection",
+    )
+    detection_timeout_s: int = Field(
+        default=30, ge=3, le=59, description="Twilio's MachineDetectionTimeout"
+    )
+    on_machine: Literal["voicemail", "hang_up"] = "hang_up"
+    voicemail_message: str | None = Field(
+        default=None, description="What the assistant says after the beep, then it hangs up"
+    )
+    on_fax: AnswerRule = "hang_up"
+    on_unknown: AnswerRule = "converse"
+    on_detection_lost: AnswerRule = Field(
+        default="converse",
+        description="No AMD result within detection_timeout_s + 5 s (the callback was lost)",
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="Outbound calls of this profile at once; None: no limit"
+    )
+    calls_per_second: float | None = Field(
+        default=None, gt=0, le=100, description="Pacing of new calls (Twilio's account CPS)"
+    )
+
+    @model_validator(mode="after")
+    def _voicemail_needs_message(self) -> Outbound:
+        uses = {self.on_machine, self.on_fax, self.on_unknown, self.on_detection_lost}
+        if "voicemail" in uses and not (self.voicemail_message or "").strip():
+            raise ValueError("a 'voicemail' rule needs outbound.voicemail_message")
+        return self
+
+
 class Profile(_Strict):
     """Everything that varies per dialled number. Defaults make a usable assistant."""
 
@@ -180,6 +235,7 @@ class Profile(_Strict):
         description="The carrier this number belongs to: its webhook is refused on any other "
         "carrier's route. Unset: whichever route the call arrives on decides.",
     )
+    outbound: Outbound = Field(default_factory=Outbound)
 
     def codec(self, default: UpstreamCodec) -> UpstreamCodec:
         """The Realtime leg's codec for this number: its own, else the process default."""
@@ -294,6 +350,12 @@ class Profiles:
     def using_tools(self) -> list[str]:
         """Names of the profiles that enable a call-control tool."""
         return [p.name for p in (self.default, *self.numbers.values()) if p.tools.any]
+
+    def named(self, name: str) -> Profile | None:
+        """The profile called ``name`` ("default" or a number of the file), None if unknown."""
+        if name == "default":
+            return self.default
+        return self.numbers.get(normalise_number(name))
 
     def for_number(self, called: str | None) -> Profile:
         """The profile for the called number, or the default one for unknown numbers."""

@@ -182,6 +182,15 @@ class Settings(BaseSettings):
         description="Largest webhook body read; a Twilio voice webhook is a few kB",
     )
     setup_buffer_ms: int = Field(default=2000, ge=0, le=60_000)
+    outbound_ring_timeout_s: int = Field(
+        default=30, ge=5, le=600, description="How long an outbound call rings (Twilio Timeout)"
+    )
+    outbound_buffer_ms: int = Field(
+        default=10_000,
+        ge=0,
+        le=60_000,
+        description="Callee audio kept while an outbound call waits for the AMD verdict",
+    )
     header_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -17,14 +17,17 @@ import dataclasses
 import logging
 import random
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from starlette.websockets import WebSocket
 
 from gateway.aio import cancel_and_wait
+from gateway.audio.format import FRAME_MS
 from gateway.bridge import control as cc
 from gateway.bridge.adapters import CallServices, StarletteCarrierSocket, prepare_call
+from gateway.bridge.answering import AnswerGate
 from gateway.bridge.core import (
     Bind,
     CallCore,
@@ -59,6 +62,7 @@ from gateway.errors import (
 )
 from gateway.numbers import Profile, Tools
 from gateway.observability import CallLogger
+from gateway.outbound import answer_rules, with_variables
 from gateway.recordings import RecordingWriter
 from gateway.records.model import CallRecord
 from gateway.telephony.messages import Ignored, InboundMessage, OutboundMessage
@@ -68,6 +72,7 @@ log = logging.getLogger("gateway.call")
 
 CALL_TOKEN_PARAM = "gateway_call_token"
 PROFILE_PARAM = "gateway_number"
+OUTBOUND_PARAM = "gateway_outbound"
 START_TIMEOUT_S = 10.0
 CARRIER_SEND_TIMEOUT_S = 5.0
 """A carrier that does not take a message for this long has stopped reading its socket: the
@@ -118,6 +123,9 @@ class CallRunner:
         self.recording_path: Path | None = None
         self._bound_sid: str | None = None  # only the stream that bound a call releases it
         self._early: list[InboundMessage] = []
+        self._outbound_id: str | None = None
+        self.answer_gate: AnswerGate | None = None
+        self._answer = asyncio.Event()
         self._ended = asyncio.Event()
         self._replace = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -247,19 +255,23 @@ class CallRunner:
     def _bind(self, bind: Bind) -> None:
         start = bind.start
         token = start.custom_parameters.get(CALL_TOKEN_PARAM, "")
+        # An outbound call was admitted (and its token signed) before Twilio named its SID.
+        outbound_id = start.custom_parameters.get(OUTBOUND_PARAM)
         admission = self.admissions.bind(
-            start.call_sid,
+            outbound_id or start.call_sid,
             token,
             self.wall_clock(),
             called=start.custom_parameters.get(PROFILE_PARAM),
         )
-        self._bound_sid = start.call_sid
+        self._bound_sid = admission.call_sid
         profile = self.host.profiles.for_number(admission.called)
         if self.services.carrier_api is None and self.host.services.carrier_api is not None:
             # This call's carrier has no API here: its model must not be offered tools that
             # would only close the stream (the session's tools come from the profile).
             profile = profile.model_copy(update={"tools": Tools()})
         self.profile = profile
+        if outbound_id is not None:
+            profile = self._outbound_bound(outbound_id, profile)
         wiring = prepare_call(
             start,
             profile,
@@ -271,14 +283,57 @@ class CallRunner:
             log=log,
         )
         self.recording = wiring.recording
+        config = wiring.config
+        if self.answer_gate is not None:
+            frames = max(config.setup_buffer_frames, self.settings.outbound_buffer_ms // FRAME_MS)
+            config = replace(config, setup_buffer_frames=frames)
         self.core.bound(
-            wiring.config,
+            config,
             called=admission.called,
             caller=admission.caller,
             log=wiring.log,
             trace=wiring.trace,
             now=self.clock(),
         )
+
+    def _outbound_bound(self, outbound_id: str, profile: Profile) -> Profile:
+        """An outbound call's stream: its variables join the instructions, and the first
+        session waits for who answered (:mod:`gateway.bridge.answering`)."""
+        call = self.host.outbound.get(outbound_id)
+        if call is None:  # placed by another process: its variables and verdict are there
+            self.log.warning("outbound call %s is not known to this process", outbound_id)
+            return profile
+        self._outbound_id = outbound_id
+        self.profile = profile = with_variables(profile, call.variables)
+        detect = profile.outbound.machine_detection != "off"
+        self.answer_gate = gate = AnswerGate(answer_rules(profile), self.clock(), detect=detect)
+        early = self.host.outbound.stream_bound(call, self._answered_by)
+        if early is not None:
+            gate.answered_by(early, self.clock())
+        if gate.decision is not None:
+            self._answer.set()
+        return profile
+
+    def _answered_by(self, value: str) -> None:
+        """The AMD verdict arrived (from the webhook's task): wake the upstream loop."""
+        gate = self.answer_gate
+        if gate is not None and gate.answered_by(value, self.clock()) is not None:
+            self._answer.set()
+
+    async def _await_answer(self) -> bool:
+        """Hold the first session until the call knows who answered; False if the call ends
+        here (hung up on a machine)."""
+        gate = self.answer_gate
+        assert gate is not None
+        while gate.decision is None:
+            wait = TIMER_MAX_SLEEP_S if gate.deadline is None else gate.deadline - self.clock()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(wait, TIMER_MAX_SLEEP_S))):
+                    await self._answer.wait()
+            gate.tick(self.clock())
+        assert gate.decision is not None
+        await self._execute(self.core.answer_decided(gate.decision, gate.delay_ms, self.clock()))
+        return self.core.phase is Phase.SETTING_UP
 
     async def _carrier_loop(self) -> None:
         idle_s = self.settings.carrier_idle_timeout_s
@@ -311,14 +366,17 @@ class CallRunner:
         Without a carrier API (no REST credentials) a hang-up closes the stream, and Twilio
         runs the TwiML after ``<Connect>`` (the profile's fallback).
         """
-        assert self._bound_sid is not None
+        start = self.core.start
+        assert start is not None and self._bound_sid is not None
+        # Twilio's SID (an outbound call is bound, and admitted, under the gateway's own id).
+        call_sid = start.call_sid
         api, error = self.services.carrier_api, None
         if api is not None:
             try:
                 if isinstance(action, cc.HangUp):
-                    await api.hang_up(self._bound_sid)
+                    await api.hang_up(call_sid)
                 else:
-                    await api.transfer(self._bound_sid, action.number)
+                    await api.transfer(call_sid, action.number)
             except Exception as exc:
                 error = exc
         await self._execute(self.core.carrier_action_done(action, error, self.clock()))
@@ -327,7 +385,9 @@ class CallRunner:
 
     async def _upstream_loop(self) -> None:
         """Serve the upstream for the life of the call, replacing the session when the core
-        says so (lost once, or old)."""
+        says so (lost once, or old). An outbound call first waits for who answered."""
+        if self.answer_gate is not None and not await self._await_answer():
+            return
         while await self._open_session():
             session = self.session
             assert session is not None
@@ -431,6 +491,10 @@ class CallRunner:
         for effect in core.close(self.clock()):
             if isinstance(effect, WriteRecording) and self.recording is not None:
                 self.recording.write(effect.samples)
+        if self._outbound_id is not None:
+            outbound = self.host.outbound.get(self._outbound_id)
+            if outbound is not None:
+                self.host.outbound.stream_ended(outbound)
         if self._bound_sid is not None:
             self.admissions.release(self._bound_sid)
             if self.registry.get(self._bound_sid) is self:
@@ -474,6 +538,7 @@ class CallRunner:
 
 __all__ = [
     "CALL_TOKEN_PARAM",
+    "OUTBOUND_PARAM",
     "PROFILE_PARAM",
     "RECENT_CALLS",
     "CallRunner",

@@ -37,7 +37,7 @@ import json
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final, NamedTuple
@@ -50,6 +50,7 @@ from gateway.audio.g711 import g711_peak, ulaw_to_array
 from gateway.audio.recording import RecordingTimeline
 from gateway.audio.transcoder import CallTranscoder
 from gateway.audio.vad import LocalVad, VadEvent
+from gateway.bridge import answering as ans
 from gateway.bridge import control as cc
 from gateway.bridge import machine as m
 from gateway.bridge.stats import CallStats
@@ -121,6 +122,8 @@ RECORDING_TAKE_EVERY: Final = 25
 # A recording never runs ahead of the call's real duration by more than this (carrier jitter).
 RECORDING_AHEAD_MAX_MS: Final = 2000.0
 GOOD_OUTCOMES: Final = frozenset({"completed", "transferred"})
+VOICEMAIL_LEFT: Final = "voicemail left"
+"""The end reason (and hang-up action reason) of an outbound call that left its message."""
 
 
 # --- effects --------------------------------------------------------------------------------
@@ -350,6 +353,9 @@ class CallCore:
         self._end_requested = False  # a hang-up/transfer/hard stop was decided: keep its reason
         self._pending_end_reason = "call control"
         self._transferred = False
+        self._voicemail: str | None = None  # an outbound call's message, said once then hang up
+        self.answer: ans.Decision | None = None  # an outbound call's: who answered, what then
+        self._answer_delay_ms: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -660,7 +666,9 @@ class CallCore:
             for f, at in _without_leading_silence(self._setup_buffer, self.config.upstream_codec)
         ]
         self._setup_buffer.clear()
-        if self.config.greeting and not resume:
+        if self._voicemail is not None and not resume:
+            out += self._control(cc.WrapUp(VOICEMAIL_LEFT, _voicemail_text(self._voicemail)), now)
+        elif self.config.greeting and not resume:
             out.append(ToUpstream(rt.response_create(instructions=self.config.greeting)))
         backlog, self._dtmf_backlog = self._dtmf_backlog, []
         for entry in backlog:
@@ -704,6 +712,42 @@ class CallCore:
         self.log.warning("upstream lost (%s): reconnecting with a fresh session", exc)
         self.trace.event("reconnect", at=now, reason=str(exc))
         return self._replace(now, rotating=False)
+
+    def answer_decided(
+        self, decision: ans.Decision, delay_ms: float | None, now: float
+    ) -> list[Effect]:
+        """An outbound call learned who answered (:mod:`gateway.bridge.answering`); the runner
+        holds the first session until then, and opens it now unless the call ends here.
+
+        A human gets the conversation (the greeting only if the profile speaks first; the
+        callee's buffered "hello" is replayed either way). A machine's greeting is not replayed:
+        the assistant would answer it. The setup deadline starts again: it measures the
+        session, not the wait for the verdict.
+        """
+        kind = decision.kind
+        self.answer, self._answer_delay_ms = decision, delay_ms
+        self.stats.actions.append(
+            {
+                "kind": "answered_by",
+                "answered_by": decision.answered_by,
+                "decision": kind,
+                "delay_ms": delay_ms,
+                "at_ms": round((now - self.stats.started_at) * 1000),
+            }
+        )
+        self.trace.event("answered_by", at=now, value=decision.answered_by, decision=kind)
+        self.log.info("answered by %s: %s", decision.answered_by, kind)
+        if isinstance(decision, ans.HangUp):
+            self._setup_buffer.clear()
+            reason = f"answered by {decision.answered_by}: hung up"
+            return self._end(decision.outcome, reason, CloseCode.NORMAL)
+        if isinstance(decision, ans.LeaveVoicemail):
+            self._setup_buffer.clear()
+            self._voicemail = decision.message
+        elif not decision.speak_first:
+            self.config = replace(self.config, greeting=None)
+        self._begin_setup(now)
+        return _NONE
 
     def session_closed(self, now: float) -> list[Effect]:
         """The session's events ended without an error (it was closed under us)."""
@@ -1202,7 +1246,30 @@ class CallCore:
             errors=dict(self.stats.upstream_errors),
             recording_path=recording_path,
             dtmf=self.stats.dtmf,
+            direction="inbound" if self.answer is None else "outbound",
+            answered_by=None if self.answer is None else self.answer.answered_by,
+            answered_by_ms=self._answer_delay_ms,
+            voicemail_left=self._voicemail_left(),
         )
+
+    def _voicemail_left(self) -> bool | None:
+        """Whether the voicemail message was said and the call then hung up as planned (not
+        forced by the wrap-up deadline); None when no message was due."""
+        if self._voicemail is None:
+            return None
+        return any(
+            a.get("kind") == "hang_up"
+            and a.get("reason") == VOICEMAIL_LEFT
+            and "forced_after_s" not in a
+            for a in self.stats.actions
+        )
+
+
+def _voicemail_text(message: str) -> str:
+    return (
+        "You reached an answering machine and its beep has passed. Leave this message now, "
+        f"once, word for word, then stop talking: {message}"
+    )
 
 
 def setup_error_code(exc: UpstreamError) -> str:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.bridge.call import CallRunner
     from gateway.numbers import Profile, ProfileStore
     from gateway.observability import Metrics
+    from gateway.outbound import Dialer
     from gateway.settings import Settings
 
 __all__ = [
@@ -140,6 +141,8 @@ class CallHost(Protocol):
     """Live calls by call SID: a call registers once bound and removes itself at its end."""
     recent: deque[dict[str, Any]]
     """Summaries of finished calls (bounded), for the admin API."""
+    outbound: Dialer
+    """The outbound calls this process placed (their variables, who answered)."""
 
     # Callables as read-only properties: a dataclass field holding a function is not a method.
     @property

@@ -9,6 +9,8 @@
          Twiml=<Response>   new TwiML        Url=...&Method=  new TwiML from a URL (recorded;
                                                               the stand-in fetches nothing)
 
+    POST /2010-04-01/Accounts/{AccountSid}/Calls.json                place a call (below)
+
 with HTTP Basic auth (the account SID + auth token, or an API key SID + secret), Twilio's error
 bodies ``{"code", "message", "more_info", "status"}`` (20003 bad credentials or another
 account's path, 20404 unknown call, 21220 updating a call that is not in progress, 20001 an
@@ -21,6 +23,18 @@ answers, as Twilio answers once the update took effect. :meth:`~TwilioApiStandIn
 when the call ends on its own. For tests there is a request log (:attr:`requests`) and fault
 knobs: :meth:`~TwilioApiStandIn.fail_next` (answer 429/5xx the next N times, optionally with
 ``Retry-After``) and :meth:`~TwilioApiStandIn.delay_next` (answer late).
+
+**Placing calls.** A create is validated as Twilio does (E.164 ``To``/``From`` — 21211/21212 —,
+``Twiml`` or ``Url``, ``MachineDetection``, ``AsyncAmd`` with its callback, the
+``StatusCallbackEvent`` names) and answered ``201`` with the ``queued`` call. Then the stand-in
+plays the callee :meth:`~TwilioApiStandIn.callee` scripted for the ``To`` number: it fires the
+status callbacks in Twilio's order (initiated, ringing, then ``in-progress`` on answer or a
+final ``busy``/``no-answer``/``failed``, and ``completed`` when the stream ends), signed with the
+auth token like Twilio's; on answer it dials the ``<Connect><Stream>`` of the TwiML as a
+simulated carrier (:class:`~gateway.loadtest.caller.SimulatedCall` running the callee's script)
+and, after the scripted delay, POSTs the AMD callback with the scripted ``AnsweredBy`` (or never,
+when the callee says the callback is lost). :meth:`~TwilioApiStandIn.placed_call` awaits the
+result; :attr:`~TwilioApiStandIn.callbacks` logs every callback and the gateway's answer.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ import binascii
 import contextlib
 import hmac
 import logging
+import re
+import secrets
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -38,19 +54,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.serving import RunningServer, serve_app
+from gateway.telephony.signature import sign
+
+if TYPE_CHECKING:
+    from gateway.loadtest.result import CallResult
+    from gateway.loadtest.script import Step
 
 __all__ = [
     "API_VERSION",
     "ApiRequest",
     "CallUpdate",
+    "Callback",
+    "Callee",
     "TwilioApiStandIn",
     "dial_numbers",
 ]
@@ -71,6 +95,37 @@ _SUBRESOURCES = (
     "transcriptions",
 )
 _LIVE = "in-progress"
+_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+_EVENTS = ("initiated", "ringing", "answered", "completed")
+
+
+@dataclass(frozen=True, slots=True)
+class Callee:
+    """Who picks up a call the stand-in places, and what happens.
+
+    ``answer``: ``answer`` (the call connects and streams), or the final status Twilio would
+    report instead (``busy``, ``no-answer``, ``failed``). ``answered_by`` is the AMD verdict,
+    POSTed ``amd_delay_s`` after the answer (never when ``amd_lost``). ``script`` is what the
+    callee does on the stream (a human says hello; a machine plays its greeting and a beep).
+    """
+
+    answer: Literal["answer", "busy", "no-answer", "failed"] = "answer"
+    answered_by: str = "human"
+    amd_delay_s: float = 0.3
+    amd_lost: bool = False
+    ring_s: float = 0.05
+    script: tuple[Step, ...] = ()
+    max_duration_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """One callback the stand-in sent (``kind`` ``status`` or ``amd``) and the answer it got."""
+
+    kind: str
+    url: str
+    form: dict[str, str]
+    status_code: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +193,8 @@ class _Call:
     on_update: Callable[[CallUpdate], Awaitable[None]] | None = None
     updates: list[CallUpdate] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    awaiting_stream: bool = False
+    """Placed by the stand-in and answered: its simulated carrier registers it next."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +243,10 @@ class TwilioApiStandIn:
         self._faults: deque[_Fault] = deque()
         self._delays: deque[float] = deque()
         self.requests: list[ApiRequest] = []
+        self.callbacks: list[Callback] = []
+        self._callees: dict[str, Callee] = {}
+        self._placed: dict[str, asyncio.Task[CallResult | None]] = {}
+        self._http: httpx.AsyncClient | None = None
         self.app = self._build_app()
 
     # --- the registry -------------------------------------------------------------------------
@@ -202,9 +263,17 @@ class TwilioApiStandIn:
         """Add an answered (``in-progress``) call; REST updates of it are handed to
         ``on_update``. A SID may be registered again once its earlier call has ended."""
         old = self._calls.get(call_sid)
-        if old is not None and old.status == _LIVE:
+        if old is not None and old.status == _LIVE and not old.awaiting_stream:
             raise ValueError(f"call {call_sid} is already registered and in progress")
         now = self._now()
+        if old is not None and old.awaiting_stream:  # a call the stand-in placed now streams
+            old.on_update, old.awaiting_stream, old.status, old.updated = (
+                on_update,
+                False,
+                _LIVE,
+                now,
+            )
+            return
         self._calls[call_sid] = _Call(
             sid=call_sid,
             account_sid=self.account_sid,
@@ -237,6 +306,14 @@ class TwilioApiStandIn:
         """Every update applied to the call, in order."""
         return list(self._calls[call_sid].updates)
 
+    def callee(self, number: str, callee: Callee) -> None:
+        """Calls placed to ``number`` reach this callee (others: a human who stays silent)."""
+        self._callees[number] = callee
+
+    async def placed_call(self, call_sid: str) -> CallResult | None:
+        """Wait until the placed call is over; its stream's result (None: it never streamed)."""
+        return await asyncio.shield(self._placed[call_sid])
+
     # --- fault knobs --------------------------------------------------------------------------
 
     def fail_next(
@@ -258,8 +335,17 @@ class TwilioApiStandIn:
     @contextlib.asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[RunningServer]:
         """Serve the app until the block exits (``port=0``: a free port; base URL ``.url``)."""
-        async with serve_app(self.app, host=host, port=port) as server:
+        async with contextlib.AsyncExitStack() as stack:
+            self._http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
+            stack.push_async_callback(self._stop_placed)
+            server = await stack.enter_async_context(serve_app(self.app, host=host, port=port))
             yield server
+
+    async def _stop_placed(self) -> None:
+        tasks = [t for t in self._placed.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- the app ------------------------------------------------------------------------------
 
@@ -276,6 +362,11 @@ class TwilioApiStandIn:
             form = {k: str(v) for k, v in (await request.form()).multi_items()}
             return await self._handle(request, account_sid, call_sid, form)
 
+        @app.post(f"/{API_VERSION}/Accounts/{{account_sid}}/Calls.json")
+        async def create_call(account_sid: str, request: Request) -> Response:
+            items = [(k, str(v)) for k, v in (await request.form()).multi_items()]
+            return await self._handle(request, account_sid, "", dict(items), items)
+
         @app.exception_handler(StarletteHTTPException)
         async def twilio_errors(request: Request, exc: StarletteHTTPException) -> Response:
             if exc.status_code == 405:
@@ -287,11 +378,16 @@ class TwilioApiStandIn:
         return app
 
     async def _handle(
-        self, request: Request, account_sid: str, call_sid: str, form: dict[str, str]
+        self,
+        request: Request,
+        account_sid: str,
+        call_sid: str,
+        form: dict[str, str],
+        items: list[tuple[str, str]] | None = None,
     ) -> Response:
         username, auth_ok = self._authenticate(request.headers.get("authorization"))
         try:
-            response = await self._answer(request, account_sid, call_sid, form, auth_ok)
+            response = await self._answer(request, account_sid, call_sid, form, auth_ok, items)
             code = None
         except _Reply as reply:
             response = _error(reply.status, reply.code, reply.message)
@@ -322,6 +418,7 @@ class TwilioApiStandIn:
         call_sid: str,
         form: dict[str, str],
         auth_ok: bool,
+        items: list[tuple[str, str]] | None = None,
     ) -> Response:
         if self._delays:
             await asyncio.sleep(self._delays.popleft())
@@ -333,6 +430,8 @@ class TwilioApiStandIn:
         if not auth_ok or account_sid != self.account_sid:
             # Twilio answers another account's path like bad credentials.
             raise _Reply(401, 20003, "Authenticate")
+        if items is not None:
+            return JSONResponse(self._create(form, items), status_code=201)
         call = self._calls.get(call_sid)
         if call is None:
             raise _Reply(404, 20404, _not_found(request.url.path))
@@ -405,6 +504,151 @@ class TwilioApiStandIn:
                 self._complete(call)
             return self._resource(call)
 
+    # --- placing calls ------------------------------------------------------------------------
+
+    def _create(self, form: dict[str, str], items: list[tuple[str, str]]) -> dict[str, Any]:
+        to, from_ = form.get("To", ""), form.get("From", "")
+        if not _E164.match(to):
+            raise _Reply(400, 21211, f"Invalid 'To' Phone Number: {to[:40]}")
+        if not _E164.match(from_):
+            raise _Reply(400, 21212, f"Invalid 'From' Phone Number: {from_[:40]}")
+        twiml, url = form.get("Twiml"), form.get("Url")
+        if (twiml is None) == (url is None):
+            raise _Reply(400, 21205, "Exactly one of Twiml and Url is required")
+        if twiml is not None and len(twiml) > MAX_TWIML_CHARS:
+            raise _Reply(400, 20001, f"Twiml exceeds {MAX_TWIML_CHARS} characters")
+        detection = form.get("MachineDetection")
+        if detection is not None and detection not in ("Enable", "DetectMessageEnd"):
+            raise _Reply(400, 20001, "MachineDetection must be Enable or DetectMessageEnd")
+        if form.get("AsyncAmd", "false") not in ("true", "false"):
+            raise _Reply(400, 20001, "AsyncAmd must be true or false")
+        for name in ("StatusCallback", "AsyncAmdStatusCallback"):
+            value = form.get(name)
+            parts = urlsplit(value or "")
+            if value is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
+                raise _Reply(400, 21205, f"{name} is not a valid URL: {value[:200]}")
+        events = [v for k, v in items if k == "StatusCallbackEvent"]
+        for event in events:
+            if event not in _EVENTS:
+                raise _Reply(
+                    400, 20001, f"StatusCallbackEvent {event[:40]!r} is not one of {_EVENTS}"
+                )
+        now = self._now()
+        sid = "CA" + secrets.token_hex(16)
+        call = _Call(
+            sid=sid,
+            account_sid=self.account_sid,
+            to=to,
+            from_=from_,
+            direction="outbound-api",
+            status="queued",
+            created=now,
+            updated=now,
+            start=now,
+            awaiting_stream=True,
+        )
+        self._calls[sid] = call
+        callee = self._callees.get(to, Callee())
+        self._placed[sid] = asyncio.create_task(
+            self._play_callee(call, callee, form, events or ["completed"]), name=f"callee:{sid}"
+        )
+        return self._resource(call)
+
+    async def _play_callee(
+        self, call: _Call, callee: Callee, form: dict[str, str], events: list[str]
+    ) -> CallResult | None:
+        """Twilio's side of a placed call, in its order of callbacks."""
+        from gateway.loadtest.caller import CallOptions, SimulatedCall
+
+        sequence = 0
+
+        async def status(status: str, event: str, **extra: str) -> None:
+            nonlocal sequence
+            call.status, call.updated = status, self._now()
+            url = form.get("StatusCallback")
+            if url is None or event not in events:
+                return
+            fields = {
+                "AccountSid": call.account_sid,
+                "ApiVersion": API_VERSION,
+                "CallSid": call.sid,
+                "CallStatus": status,
+                "Called": call.to,
+                "Caller": call.from_,
+                "CallbackSource": "call-progress-events",
+                "Direction": "outbound-api",
+                "From": call.from_,
+                "SequenceNumber": str(sequence),
+                "Timestamp": _rfc2822(self._now()) or "",
+                "To": call.to,
+                **extra,
+            }
+            sequence += 1
+            await self._callback("status", url, fields)
+
+        await status("queued", "initiated")
+        await asyncio.sleep(callee.ring_s)
+        await status("ringing", "ringing")
+        await asyncio.sleep(callee.ring_s)
+        if callee.answer != "answer":
+            call.end = self._now()
+            await status(callee.answer, "completed", CallDuration="0", Duration="0")
+            return None
+        call.start = self._now()
+        await status(_LIVE, "answered")
+        target = stream_target(form.get("Twiml") or "")
+        if target is None:
+            call.end = self._now()
+            await status("failed", "completed", CallDuration="0")
+            return None
+        options = CallOptions(
+            media_url=target[0],
+            custom_parameters=target[1],
+            call_sid=call.sid,
+            to_number=call.to,
+            from_number=call.from_,
+            twilio_api=self,
+            auth_token=self._auth_token,
+            max_duration_s=callee.max_duration_s,
+        )
+        stream = asyncio.create_task(SimulatedCall(list(callee.script), options).run())
+        amd_url = form.get("AsyncAmdStatusCallback")
+        if form.get("MachineDetection") and amd_url and not callee.amd_lost:
+            done, _ = await asyncio.wait({stream}, timeout=callee.amd_delay_s)
+            if not done:
+                await self._callback(
+                    "amd",
+                    amd_url,
+                    {
+                        "AccountSid": call.account_sid,
+                        "AnsweredBy": callee.answered_by,
+                        "CallSid": call.sid,
+                        "MachineDetectionDuration": str(round(callee.amd_delay_s * 1000)),
+                    },
+                )
+        result = await stream
+        if call.status == _LIVE:
+            self._complete(call)
+        seconds = str(int(((call.end or self._now()) - call.start).total_seconds()))
+        await status("completed", "completed", CallDuration=seconds, Duration=seconds)
+        return result
+
+    async def _callback(self, kind: str, url: str, fields: dict[str, str]) -> None:
+        """POST a signed callback as Twilio does; its answer is logged, never raised."""
+        http = self._http
+        assert http is not None, "serve() the stand-in to place calls"
+        code: int | None = None
+        try:
+            response = await http.post(
+                url,
+                data=fields,
+                headers={"X-Twilio-Signature": sign(self._auth_token, url, fields)},
+            )
+            code = response.status_code
+        except httpx.HTTPError as exc:
+            log.warning("stand-in: %s callback to %s failed: %r", kind, url, exc)
+        self.callbacks.append(Callback(kind, url, fields, code))
+
     def _complete(self, call: _Call) -> None:
         call.status = "completed"
         call.end = call.updated = self._now()
@@ -444,6 +688,19 @@ class TwilioApiStandIn:
             "trunk_sid": None,
             "uri": uri,
         }
+
+
+def stream_target(twiml: str) -> tuple[str, dict[str, str]] | None:
+    """The ``<Connect><Stream>`` URL and ``<Parameter>`` pairs of a TwiML document, or None."""
+    try:
+        root = ET.fromstring(twiml)
+    except ET.ParseError:
+        return None
+    stream = root.find("./Connect/Stream")
+    if stream is None or not stream.get("url"):
+        return None
+    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return stream.get("url", ""), params
 
 
 def _rfc2822(when: datetime | None) -> str | None:

@@ -68,6 +68,14 @@ class CallRecord:
     errors: dict[str, int] = field(default_factory=dict)
     recording_path: str | None = None
     dtmf: str = ""
+    direction: str = "inbound"
+    """``inbound`` (the gateway answered) or ``outbound`` (it placed the call)."""
+    answered_by: str | None = None
+    """Outbound: Twilio's AMD verdict (``human``, ``machine_end_beep``, ...), or None."""
+    answered_by_ms: float | None = None
+    """Outbound: from the answer (stream start) to the decision, what the callee waited."""
+    voicemail_left: bool | None = None
+    """Outbound: whether a voicemail message was said to the end; None when none was due."""
 
     def __post_init__(self) -> None:
         if not self.call_sid:
@@ -102,6 +110,10 @@ class CallRecord:
             "errors": dict(self.errors),
             "recording_path": self.recording_path,
             "dtmf": self.dtmf,
+            "direction": self.direction,
+            "answered_by": self.answered_by,
+            "answered_by_ms": self.answered_by_ms,
+            "voicemail_left": self.voicemail_left,
         }
 
     @classmethod
@@ -133,6 +145,12 @@ class CallRecord:
                 errors={str(k): int(v) for k, v in (data.get("errors") or {}).items()},
                 recording_path=data.get("recording_path"),
                 dtmf=str(data.get("dtmf") or ""),
+                direction=str(data.get("direction") or "inbound"),
+                answered_by=data.get("answered_by"),
+                answered_by_ms=(
+                    None if data.get("answered_by_ms") is None else float(data["answered_by_ms"])
+                ),
+                voicemail_left=data.get("voicemail_left"),
             )
         except KeyError as e:
             raise ValueError(f"call record: missing {e.args[0]!r}") from None

@@ -1,4 +1,5 @@
-"""Where call records live: one table, on SQLite (the default) or PostgreSQL.
+"""Where call records live: one table (and the outbound opt-out list), on SQLite (the
+default) or PostgreSQL.
 
 :class:`RecordStore` is the small interface the gateway uses; :func:`open_store` returns its one
 implementation, on SQLAlchemy 2 Core (async), for either database:
@@ -39,6 +40,7 @@ from gateway.records.model import CallRecord, utc
 from gateway.records.pricing import Usage
 
 __all__ = [
+    "OptOut",
     "RecordQuery",
     "RecordStore",
     "RecordStoreError",
@@ -66,6 +68,7 @@ class RecordQuery:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100
+    direction: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -119,10 +122,34 @@ class RecordStore(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         number: str | None = None,
+        direction: str | None = None,
     ) -> list[UsageTotals]:
-        """Per-number sums over calls started in [since, until), ordered by number."""
+        """Per-number sums over calls started in [since, until), ordered by number; only the
+        calls of one ``direction`` (``inbound``/``outbound``) when given."""
+
+    async def opt_out(self, number: str, reason: str, at: datetime) -> None:
+        """Never place a call to ``number`` again (idempotent: the first entry is kept)."""
+
+    async def opted_out(self, number: str) -> bool: ...
+
+    async def remove_opt_out(self, number: str) -> bool:
+        """Take ``number`` off the list; False when it was not on it."""
+
+    async def opt_outs(self) -> list[OptOut]: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    """A number that asked not to be called, since ``at`` and why (free text)."""
+
+    number: str
+    at: datetime
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "at": self.at.isoformat(), "reason": self.reason}
 
 
 # --- URLs ------------------------------------------------------------------------------------
@@ -245,10 +272,27 @@ _calls = sa.Table(
     sa.Column("latency", sa.Text(), nullable=False, default="{}"),
     sa.Column("actions", sa.Text(), nullable=False, default="[]"),
     sa.Column("errors", sa.Text(), nullable=False, default="{}"),
+    sa.Column("direction", sa.String(), nullable=False, default="inbound"),
+    sa.Column("answered_by", sa.String(), nullable=True),
+    sa.Column("answered_by_ms", sa.Float(), nullable=True),
+    sa.Column("voicemail_left", sa.Boolean(), nullable=True),
     sa.Index("ix_call_records_started_at", "started_at"),
     sa.Index("ix_call_records_number_started_at", "number", "started_at"),
     sa.Index("ix_call_records_outcome_started_at", "outcome", "started_at"),
 )
+
+_opt_outs = sa.Table(
+    "opt_outs",
+    _metadata,
+    sa.Column("number", sa.String(), primary_key=True),
+    sa.Column("at", _UtcDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False, default=""),
+)
+
+_ADDED_COLUMNS = {"direction": "'inbound'", "answered_by": None, "answered_by_ms": None}
+_ADDED_COLUMNS["voicemail_left"] = None
+"""Columns added after the table first shipped, with the default existing rows take: a table
+created by an older gateway gains them on :meth:`SqlRecordStore.open`."""
 
 # Any constant works; it only has to be the same on every replica (pg_advisory_xact_lock key).
 _SCHEMA_LOCK = 0x6761_7465_7761_7931  # "gatewayl"
@@ -279,6 +323,10 @@ def _row(record: CallRecord) -> dict[str, Any]:
         "latency": json.dumps(record.latency, default=str),
         "actions": json.dumps(record.actions, default=str),
         "errors": json.dumps(record.errors, default=str),
+        "direction": record.direction,
+        "answered_by": record.answered_by,
+        "answered_by_ms": record.answered_by_ms,
+        "voicemail_left": record.voicemail_left,
     }
 
 
@@ -316,7 +364,26 @@ def _record(row: RowMapping) -> CallRecord:
         errors=_json(row["errors"], {}),
         recording_path=row["recording_path"],
         dtmf=row["dtmf"],
+        direction=row["direction"],
+        answered_by=row["answered_by"],
+        answered_by_ms=row["answered_by_ms"],
+        voicemail_left=row["voicemail_left"],
     )
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """ALTER an older gateway's table to today's columns (SQLite and PostgreSQL both add a
+    column with a constant default in place)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(_calls.name)}
+    for name, default in _ADDED_COLUMNS.items():
+        if name in have:
+            continue
+        column = _calls.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        ddl = f"ALTER TABLE {_calls.name} ADD COLUMN {name} {kind}"
+        if default is not None:
+            ddl += f" NOT NULL DEFAULT {default}"
+        conn.execute(sa.text(ddl))
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -406,6 +473,7 @@ class SqlRecordStore:
                             sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK}
                         )
                     await conn.run_sync(_metadata.create_all)
+                    await conn.run_sync(_add_missing_columns)
                 return
             except (SQLAlchemyError, OSError) as e:
                 # SQLite has no such lock: a racing process may create the table between our
@@ -451,6 +519,8 @@ class SqlRecordStore:
             stmt = stmt.where(_calls.c.number == q.number)
         if q.outcome is not None:
             stmt = stmt.where(_calls.c.outcome == q.outcome)
+        if q.direction is not None:
+            stmt = stmt.where(_calls.c.direction == q.direction)
         stmt = self._window(stmt, q.since, q.until)
         stmt = stmt.order_by(_calls.c.started_at.desc(), _calls.c.call_sid.desc()).limit(q.limit)
         try:
@@ -473,6 +543,7 @@ class SqlRecordStore:
         since: datetime | None = None,
         until: datetime | None = None,
         number: str | None = None,
+        direction: str | None = None,
     ) -> list[UsageTotals]:
         c = _calls.c
         stmt = sa.select(
@@ -485,6 +556,8 @@ class SqlRecordStore:
         ).group_by(c.number)
         if number is not None:
             stmt = stmt.where(c.number == number)
+        if direction is not None:
+            stmt = stmt.where(c.direction == direction)
         stmt = self._window(stmt, since, until).order_by(c.number)
         try:
             async with self._engine.connect() as conn:
@@ -502,6 +575,49 @@ class SqlRecordStore:
             )
             for r in rows
         ]
+
+    async def opt_out(self, number: str, reason: str, at: datetime) -> None:
+        stmt = self._insert_opt_out().values(number=number, at=utc(at, "at"), reason=reason)
+        stmt = stmt.on_conflict_do_nothing(index_elements=[_opt_outs.c.number])
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt)
+        except (SQLAlchemyError, OSError) as e:
+            raise self._error(f"add {number} to the opt-out list", e) from None
+
+    async def opted_out(self, number: str) -> bool:
+        stmt = sa.select(_opt_outs.c.number).where(_opt_outs.c.number == number)
+        try:
+            async with self._engine.connect() as conn:
+                return (await conn.execute(stmt)).first() is not None
+        except (SQLAlchemyError, OSError) as e:
+            raise self._error("read the opt-out list", e) from None
+
+    async def remove_opt_out(self, number: str) -> bool:
+        stmt = sa.delete(_opt_outs).where(_opt_outs.c.number == number)
+        try:
+            async with self._engine.begin() as conn:
+                return bool((await conn.execute(stmt)).rowcount)
+        except (SQLAlchemyError, OSError) as e:
+            raise self._error(f"remove {number} from the opt-out list", e) from None
+
+    async def opt_outs(self) -> list[OptOut]:
+        stmt = sa.select(_opt_outs).order_by(_opt_outs.c.number)
+        try:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(stmt)).mappings().all()
+        except (SQLAlchemyError, OSError) as e:
+            raise self._error("read the opt-out list", e) from None
+        return [OptOut(r["number"], r["at"], r["reason"]) for r in rows]
+
+    def _insert_opt_out(self) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(_opt_outs)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(_opt_outs)
 
     async def close(self) -> None:
         try:

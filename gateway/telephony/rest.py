@@ -46,6 +46,7 @@ __all__ = [
     "ENDED_STATUSES",
     "MAX_TWIML_CHARS",
     "CallInfo",
+    "CreateCall",
     "TwilioApiError",
     "TwilioRestClient",
     "transfer_twiml",
@@ -62,6 +63,56 @@ ENDED_STATUSES: Final = frozenset({"completed", "canceled", "failed", "busy", "n
 # SIDs go into the URL path: letters and digits only, so nothing can change the path.
 _SID = re.compile(r"[A-Za-z0-9]{1,64}")
 _ERRORS_URL = "https://www.twilio.com/docs/errors/"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateCall:
+    """The parameters of a new outbound call, as Twilio's Calls resource names them.
+
+    ``machine_detection`` is ``Enable`` (decide at the start of the greeting),
+    ``DetectMessageEnd`` (wait for the beep, for leaving a message) or ``None`` (no AMD). With
+    ``amd_callback`` the detection runs asynchronously (``AsyncAmd=true``): the call connects
+    at once and the result (``AnsweredBy``) is POSTed to that URL.
+    """
+
+    to: str
+    from_: str
+    twiml: str
+    status_callback: str | None = None
+    status_events: tuple[str, ...] = ("initiated", "ringing", "answered", "completed")
+    machine_detection: str | None = None
+    machine_detection_timeout_s: int | None = None
+    amd_callback: str | None = None
+    timeout_s: int | None = None
+    """How long to let it ring (Twilio's ``Timeout``; its default is 60 s)."""
+
+    def __post_init__(self) -> None:
+        for name, number in (("To", self.to), ("From", self.from_)):
+            if not E164.match(number):
+                raise ValueError(f"{name} {number!r} is not an E.164 number such as +15551234567")
+        if self.machine_detection not in (None, "Enable", "DetectMessageEnd"):
+            raise ValueError(
+                f"MachineDetection {self.machine_detection!r}: use Enable or DetectMessageEnd"
+            )
+
+    def form(self) -> dict[str, str | list[str]]:
+        """The form fields; ``StatusCallbackEvent`` repeats once per event, as Twilio takes it."""
+        out: dict[str, str | list[str]] = {"To": self.to, "From": self.from_, "Twiml": self.twiml}
+        if self.status_callback:
+            out["StatusCallback"] = self.status_callback
+            out["StatusCallbackMethod"] = "POST"
+            out["StatusCallbackEvent"] = list(self.status_events)
+        if self.machine_detection:
+            out["MachineDetection"] = self.machine_detection
+            if self.machine_detection_timeout_s is not None:
+                out["MachineDetectionTimeout"] = str(self.machine_detection_timeout_s)
+            if self.amd_callback:
+                out["AsyncAmd"] = "true"
+                out["AsyncAmdStatusCallback"] = self.amd_callback
+                out["AsyncAmdStatusCallbackMethod"] = "POST"
+        if self.timeout_s is not None:
+            out["Timeout"] = str(self.timeout_s)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +339,16 @@ class TwilioRestClient:
         """The call as Twilio sees it now (status, times)."""
         return await self._call("GET", call_sid, "fetch", None, True)
 
+    async def create_call(self, request: CreateCall) -> CallInfo:
+        """Place a call (``POST .../Calls.json``); Twilio answers at once with the queued call.
+
+        Never repeated once the request may have reached Twilio (the response was lost): a
+        second create would ring the callee twice. Only a request that never left is retried.
+        """
+        _check_twiml(request.twiml)
+        url = f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Calls.json"
+        return await self._call("POST", "(new)", "create", request.form(), False, url=url)
+
     def call_url(self, call_sid: str) -> str:
         if not _SID.fullmatch(call_sid):
             raise ValueError(f"call SID {call_sid[:40]!r} is not letters and digits")
@@ -300,10 +361,12 @@ class TwilioRestClient:
         method: str,
         call_sid: str,
         operation: str,
-        form: dict[str, str] | None,
+        form: Mapping[str, str | list[str]] | None,
         replay_safe: bool,
+        *,
+        url: str | None = None,
     ) -> CallInfo:
-        url = self.call_url(call_sid)
+        url = url or self.call_url(call_sid)
         headers = {"Accept": "application/json", "User-Agent": "gateway-call-control/1"}
         attempt = 0
         while True:

@@ -57,6 +57,7 @@ async def gateway_with_tools(
         twilio_account_sid=ACCOUNT,
         twilio_api_base_url=rest_url or "http://127.0.0.1:9",
         records_url="off",
+        carriers=["plivo"],  # served without its credential, for the test on another carrier
     )
     options = {"latency_ms": 100.0, "event_log": log, "tool_call": tool}
     async with running_gateway(

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.audio.g711 import pcm16_to_ulaw
 from gateway.audio.tts import CALLER_VOICE, synthesizer
+from gateway.bridge import answering as ans
 from gateway.bridge import machine as m
 from gateway.bridge.core import (
     LIFECYCLE,
@@ -544,3 +545,71 @@ def test_a_recording_follows_a_carrier_clock_within_its_jitter() -> None:
         frame = Media(SID, i, i, 20 * i + (300 if i % 2 else 0), pcm16_to_ulaw(loud.tobytes()))
         call.core.carrier_message(frame, call.at())
     assert not call.core.recording_failed
+
+
+# --- outbound: who answered ------------------------------------------------------------------
+
+
+def outbound_bound(greeting: str | None = "Say hello") -> CallCore:
+    """An outbound call's core: bound, the callee's hello buffered, no session yet."""
+    core = CallCore(metrics=Metrics(), log=LOG, now=0.0, wall_now=1_700_000_000.0)
+    core.carrier_message(start_msg(), 0.0)
+    core.bound(
+        CallConfig(greeting=greeting, setup_timeout_s=5.0, setup_buffer_frames=500),
+        called="default",
+        caller="+1666",
+        log=LOG,
+        trace=CallTrace(),
+        now=0.0,
+    )
+    loud = (8000 * np.sin(np.arange(160) / 3)).astype(np.int16)
+    for i, f in enumerate([QUIET] * 10 + [loud] * 5):
+        core.carrier_message(media(i, f), i * 0.02)
+    return core
+
+
+@pytest.mark.parametrize(("speak_first", "greets"), [(True, True), (False, False)])
+def test_a_human_gets_the_buffered_hello_and_a_greeting_only_if_the_profile_speaks_first(
+    speak_first: bool, greets: bool
+) -> None:
+    core = outbound_bound()
+    assert core.answer_decided(ans.Converse(speak_first, "human"), 3000.0, now=8.0) == []
+    assert core.setup_deadline == 13.0  # the session's own budget starts at the verdict
+    core.session_opening()
+    out = core.session_ready("rtc_1", 8.2)
+    assert len([e for e in out if isinstance(e, PushAudio)]) >= 5  # the hello was kept
+    assert ("response.create" in upstream(out)) is greets
+    record = core.record(1_700_000_010.0, None)
+    assert (record.direction, record.answered_by, record.answered_by_ms) == (
+        "outbound",
+        "human",
+        3000.0,
+    )
+    assert record.voicemail_left is None
+
+
+def test_a_machine_gets_the_message_instead_of_its_own_greeting_then_a_hang_up() -> None:
+    core = outbound_bound()
+    core.answer_decided(ans.LeaveVoicemail("Call us back.", "machine_end_beep"), 4000.0, now=9.0)
+    core.session_opening()
+    out = core.session_ready("rtc_1", 9.2)
+    assert not any(isinstance(e, PushAudio) for e in out)  # the machine's greeting is dropped
+    [note, ask] = [e.event for e in out if isinstance(e, ToUpstream)]
+    assert note["type"] == "conversation.item.create" and ask["type"] == "response.create"
+    assert "Call us back." in ask["response"]["instructions"]
+    call = Call(core, now=9.2)
+    out = call.echo_marks(call.draining())  # the message, said and heard to its end
+    [action] = [e.action for e in out if isinstance(e, CarrierAction)]
+    assert action.reason == "voicemail left"
+    assert core.carrier_action_done(action, None, call.at()) == [EndCall()]
+    assert core.end is not None and core.end.reason == "voicemail left"
+    assert core.record(1_700_000_020.0, None).voicemail_left is True
+
+
+def test_a_hang_up_rule_ends_the_call_before_any_session() -> None:
+    core = outbound_bound()
+    out = core.answer_decided(ans.HangUp("machine", "machine_start"), 2000.0, now=2.5)
+    assert out == [EndCall()] and core.phase is Phase.ENDING
+    assert core.end is not None and core.end.outcome == "machine"
+    core.close(2.6)
+    assert core.record(1_700_000_003.0, None).upstream_call_id == ""

@@ -30,6 +30,7 @@ OPERATOR_DOCS = [
     "load-testing.md",
     "reliability.md",
     "going-live.md",
+    "outbound.md",
 ]
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

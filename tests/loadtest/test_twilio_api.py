@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -21,9 +22,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway.errors import CarrierError
 from gateway.loadtest.caller import CallOptions, Pause, SimulatedCall
-from gateway.loadtest.twilio_api import CallUpdate, TwilioApiStandIn, dial_numbers
+from gateway.loadtest.twilio_api import Callee, CallUpdate, TwilioApiStandIn, dial_numbers
 from gateway.serving import RunningServer, serve_app
 from gateway.telephony.messages import Media, Start, Stop
+from gateway.telephony.signature import validate_webhook
 from gateway.telephony.twilio import TwilioCodec
 
 pytestmark = pytest.mark.timeout(60)
@@ -410,3 +412,93 @@ def test_call_options_account_must_match_the_stand_in() -> None:
         SimulatedCall([], options)
     same = CallOptions(media_url="ws://x/media", twilio_api=api, account_sid=ACCOUNT)
     SimulatedCall([], same)
+
+
+# --- placing calls ------------------------------------------------------------------------------
+
+
+@dataclass
+class CallbackSink:
+    """Twilio's callbacks as the gateway would receive them, each checked for its signature."""
+
+    received: list[tuple[str, dict[str, str], bool]] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/{kind}")
+        async def callback(kind: str, request: Request) -> Response:
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            signed = validate_webhook(
+                TOKEN, str(request.url), form, request.headers.get("x-twilio-signature")
+            )
+            self.received.append((kind, form, signed))
+            return Response(status_code=204)
+
+        return app
+
+
+def _create_form(sink: RunningServer, to: str = "+15550100002") -> list[tuple[str, str]]:
+    return [
+        ("To", to),
+        ("From", "+15550100001"),
+        ("Twiml", "<Response><Connect><Stream url='ws://127.0.0.1:9/m'/></Connect></Response>"),
+        ("StatusCallback", f"{sink.url}/status"),
+        *[("StatusCallbackEvent", e) for e in ("initiated", "ringing", "answered", "completed")],
+        ("MachineDetection", "Enable"),
+        ("AsyncAmd", "true"),
+        ("AsyncAmdStatusCallback", f"{sink.url}/amd"),
+    ]
+
+
+async def test_create_validates_numbers_and_twiml_as_twilio_does(
+    stand_in: tuple[TwilioApiStandIn, RunningServer],
+) -> None:
+    api, server = stand_in
+    url = f"{server.url}/2010-04-01/Accounts/{ACCOUNT}/Calls.json"
+    async with httpx.AsyncClient(auth=(ACCOUNT, TOKEN)) as http:
+        bad_to = await http.post(url, data={"To": "555", "From": "+15550100001", "Twiml": "<R/>"})
+        bad_from = await http.post(url, data={"To": "+15550100002", "From": "x", "Twiml": "<R/>"})
+        neither = await http.post(url, data={"To": "+15550100002", "From": "+15550100001"})
+        bad_amd = await http.post(
+            url,
+            data={
+                "To": "+15550100002",
+                "From": "+15550100001",
+                "Url": "https://example.com/twiml",
+                "MachineDetection": "Always",
+            },
+        )
+    assert (bad_to.status_code, bad_to.json()["code"]) == (400, 21211)
+    assert (bad_from.status_code, bad_from.json()["code"]) == (400, 21212)
+    assert neither.status_code == 400 and bad_amd.status_code == 400
+    assert api.callbacks == []
+
+
+@pytest.mark.parametrize("status", ["busy", "no-answer", "failed"])
+async def test_an_unanswered_call_fires_signed_status_callbacks_in_twilios_order(
+    stand_in: tuple[TwilioApiStandIn, RunningServer], status: str
+) -> None:
+    api, server = stand_in
+    sink = CallbackSink()
+    api.callee("+15550100002", Callee(answer=status))  # type: ignore[arg-type]
+    async with serve_app(sink.app(), host="127.0.0.1", port=0) as receiver:
+        url = f"{server.url}/2010-04-01/Accounts/{ACCOUNT}/Calls.json"
+        async with httpx.AsyncClient(auth=(ACCOUNT, TOKEN)) as http:
+            resp = await http.post(
+                url,
+                content=urlencode(_create_form(receiver)),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        assert resp.status_code == 201
+        created = resp.json()
+        assert created["status"] == "queued" and created["direction"] == "outbound-api"
+        assert await api.placed_call(created["sid"]) is None
+    assert [(kind, form["CallStatus"]) for kind, form, _ in sink.received] == [
+        ("status", "queued"),
+        ("status", "ringing"),
+        ("status", status),
+    ]
+    assert all(signed for _, _, signed in sink.received)
+    assert [form["SequenceNumber"] for _, form, _ in sink.received] == ["0", "1", "2"]
+    assert api.call(created["sid"])["status"] == status

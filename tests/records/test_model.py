@@ -37,6 +37,10 @@ def full_record() -> CallRecord:
         errors={"upstream_lost": 1},
         recording_path="/var/rec/CA0123.wav",
         dtmf="12#",
+        direction="outbound",
+        answered_by="machine_end_beep",
+        answered_by_ms=4210.5,
+        voicemail_left=True,
     )
 
 
@@ -44,6 +48,14 @@ def test_round_trips_through_json() -> None:
     record = full_record()
     text = json.dumps(record.to_dict())
     assert CallRecord.from_dict(json.loads(text)) == record
+
+
+def test_a_record_without_the_outbound_fields_reads_as_inbound() -> None:
+    old = {k: v for k, v in full_record().to_dict().items() if "answered" not in k}
+    del old["direction"], old["voicemail_left"]
+    record = CallRecord.from_dict(old)
+    assert record.direction == "inbound"
+    assert (record.answered_by, record.answered_by_ms, record.voicemail_left) == (None,) * 3
 
 
 def test_times_are_stored_in_utc() -> None:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateTable
 
 from gateway.loadtest.spawn import free_port
 from gateway.records.model import CallRecord
@@ -274,3 +276,74 @@ async def test_saving_before_open_is_a_store_error(tmp_path: Path) -> None:
             await store.save(rec("CA1", 0))
     finally:
         await store.close()
+
+
+async def test_totals_and_queries_separate_directions(store: SqlRecordStore) -> None:
+    await store.save(rec("CA-in", 0, number="+1A"))
+    out = rec("CA-out", 1, number="+1A")
+    out.direction, out.answered_by, out.answered_by_ms, out.voicemail_left = (
+        "outbound",
+        "machine_end_beep",
+        4200.0,
+        True,
+    )
+    await store.save(out)
+    assert await store.get("CA-out") == out
+    [inbound] = await store.totals(direction="inbound")
+    [outbound] = await store.totals(direction="outbound")
+    assert (inbound.calls, outbound.calls) == (1, 1)
+    [both] = await store.totals()
+    assert both.calls == 2
+    found = await store.query(RecordQuery(direction="outbound"))
+    assert [r.call_sid for r in found] == ["CA-out"]
+
+
+async def test_a_table_from_an_older_gateway_gains_the_new_columns(tmp_path: Path) -> None:
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    from gateway.records.store import _ADDED_COLUMNS, _calls
+
+    old = sa.MetaData()
+    columns = [
+        sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+        for c in _calls.columns
+        if c.name not in _ADDED_COLUMNS
+    ]
+    table = sa.Table(_calls.name, old, *columns)
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(str(CreateTable(table).compile(dialect=sqlite_dialect.dialect())))
+        db.execute(
+            "INSERT INTO call_records (call_sid, started_at, number, stream_sid, account_sid, "
+            "profile, caller, upstream_call_id, model, duration_s, outcome, end_reason, turns, "
+            "barge_ins, text_in, text_in_cached, text_out, audio_in, audio_in_cached, audio_out, "
+            "image_in, image_in_cached, dtmf, latency, actions, errors) VALUES ('CA-old', "
+            "'2026-03-01 09:00:00.000000', '+1A', '', '', '', '', '', '', 1.0, 'completed', '', "
+            "0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', '{}', '[]', '{}')"
+        )
+    store = open_store(sqlite_url(path))
+    try:
+        await store.open()
+        await store.open()  # a second start finds the columns there
+        kept = await store.get("CA-old")
+        assert kept is not None and kept.direction == "inbound" and kept.answered_by is None
+        await store.save(rec("CA-new", 1, number="+1A"))
+        assert [t.calls for t in await store.totals(direction="inbound")] == [2]
+    finally:
+        await store.close()
+
+
+async def test_the_opt_out_list_adds_once_lists_and_removes(store: SqlRecordStore) -> None:
+    assert not await store.opted_out("+15550001")
+    await store.opt_out("+15550001", "asked on the call", T0)
+    await store.opt_out("+15550001", "again", T0 + timedelta(days=1))  # the first entry stays
+    await store.opt_out("+15550002", "", T0)
+    assert await store.opted_out("+15550001")
+    listed = await store.opt_outs()
+    assert [(o.number, o.reason, o.at) for o in listed] == [
+        ("+15550001", "asked on the call", T0),
+        ("+15550002", "", T0),
+    ]
+    assert await store.remove_opt_out("+15550001")
+    assert not await store.remove_opt_out("+15550001")
+    assert not await store.opted_out("+15550001")

@@ -18,13 +18,14 @@ from pydantic import SecretStr
 
 from gateway.app import gateway_state
 from gateway.loadtest.caller import CallOptions, Pause, SimulatedCall, TimelineEntry, WaitForAnswer
-from gateway.loadtest.twilio_api import CallUpdate, TwilioApiStandIn
+from gateway.loadtest.twilio_api import Callee, CallUpdate, TwilioApiStandIn
 from gateway.numbers import ProfileStore
 from gateway.service import RunningGateway, running_gateway
 from gateway.serving import RunningServer
 from gateway.settings import Settings
 from gateway.telephony.rest import (
     CallInfo,
+    CreateCall,
     TwilioApiError,
     TwilioRestClient,
     transfer_twiml,
@@ -435,3 +436,58 @@ async def test_rest_transfer_mid_call_leaves_the_stream_for_the_dial(
     async with asyncio.timeout(10):
         await state.idle.wait()
     assert state.calls == {}
+
+
+# --- placing calls -----------------------------------------------------------------------------
+
+OUTBOUND_TWIML = (
+    '<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
+    '<Stream url="ws://127.0.0.1:9/twilio/media" /></Connect><Hangup /></Response>'
+)
+
+
+async def test_create_call_sends_twilios_fields_and_gets_the_queued_call(
+    api: tuple[TwilioApiStandIn, RunningServer],
+) -> None:
+    stand_in, server = api
+    stand_in.callee("+15550100002", Callee(answer="busy"))
+    request = CreateCall(
+        to="+15550100002",
+        from_="+15550100001",
+        twiml=OUTBOUND_TWIML,
+        status_callback="http://127.0.0.1:9/status?call=OB1",
+        machine_detection="DetectMessageEnd",
+        machine_detection_timeout_s=20,
+        amd_callback="http://127.0.0.1:9/amd?call=OB1",
+        timeout_s=25,
+    )
+    async with client(server) as rest:
+        info = await rest.create_call(request)
+    assert info.status == "queued" and info.direction == "outbound-api"
+    assert info.sid.startswith("CA") and info.to == "+15550100002"
+    [sent] = stand_in.requests
+    assert sent.method == "POST" and sent.path.endswith(f"/Accounts/{ACCOUNT}/Calls.json")
+    assert sent.form["MachineDetection"] == "DetectMessageEnd"
+    assert sent.form["AsyncAmd"] == "true"
+    assert sent.form["AsyncAmdStatusCallback"] == "http://127.0.0.1:9/amd?call=OB1"
+    assert sent.form["MachineDetectionTimeout"] == "20" and sent.form["Timeout"] == "25"
+    assert await stand_in.placed_call(info.sid) is None  # busy: it never streamed
+
+
+def test_create_call_refuses_what_twilio_would_before_sending() -> None:
+    with pytest.raises(ValueError, match=r"E\.164"):
+        CreateCall(to="5550100", from_="+15550100001", twiml=OUTBOUND_TWIML)
+    with pytest.raises(ValueError, match="MachineDetection"):
+        CreateCall(to="+15550100002", from_="+15550100001", twiml="", machine_detection="Always")
+
+
+async def test_a_create_whose_answer_is_lost_is_not_repeated(
+    api: tuple[TwilioApiStandIn, RunningServer],
+) -> None:
+    stand_in, server = api
+    stand_in.delay_next(1.0)
+    request = CreateCall(to="+15550100002", from_="+15550100001", twiml=OUTBOUND_TWIML)
+    async with client(server, timeout_s=0.2, max_attempts=3) as rest:
+        with pytest.raises(TwilioApiError) as failed:
+            await rest.create_call(request)
+    assert failed.value.unreachable and failed.value.attempts == 1
