@@ -27,13 +27,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 __all__ = ["DEFAULT_PRICES", "ModelPrice", "PriceTable", "Usage"]
 
 
+MAX_TOKENS = 10**12
+"""Beyond any real session (a 60-minute session is ~10^6 tokens): a larger count is a corrupt
+field, clamped here so that a cost computed from it stays a finite number."""
+
+
 def _count(value: Any) -> int:
-    """A token count from an untrusted field: a non-negative int, else 0."""
+    """A token count from an untrusted field: a non-negative int (at most :data:`MAX_TOKENS`),
+    else 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
     if isinstance(value, float) and not math.isfinite(value):
         return 0
-    return max(0, int(value))
+    return min(MAX_TOKENS, max(0, int(value)))
 
 
 def _obj(value: Any) -> Mapping[str, Any]:

@@ -128,6 +128,15 @@ def test_any_json_value_parses_to_a_consistent_usage(value: Any) -> None:
     assert cost is not None and math.isfinite(cost) and cost >= 0
 
 
+def test_an_absurd_token_count_is_clamped_so_the_cost_stays_finite() -> None:
+    # found by the fuzz test above: counts near 1e307 made the cost infinite
+    u = Usage.from_realtime(
+        {"input_tokens": 5.6e306, "input_token_details": {"audio_tokens": 1e300}}
+    )
+    cost = PriceTable.default().cost_usd("gpt-realtime", u)
+    assert cost is not None and math.isfinite(cost)
+
+
 def test_usage_adds_and_sums() -> None:
     a = Usage(text_in=1, audio_out=2)
     b = Usage(text_in=10, audio_in=5, audio_in_cached=3)
