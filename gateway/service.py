@@ -389,7 +389,11 @@ async def _serve_until_stopped(
             loop.add_signal_handler(signal.SIGHUP, reload_profiles, gw.app)
             installed.append(signal.SIGHUP)
         log.info(
-            "gateway %s listening on %s; upstream %s", _version(), gw.url, gw.upstream_base_url
+            "gateway %s %slistening on %s; upstream %s",
+            _version(),
+            "" if worker is None else f"worker {worker.index} (pid {os.getpid()}) ",
+            gw.url,
+            gw.upstream_base_url,
         )
         if settings.public_url:
             log.info("Twilio voice webhook URL: %s%s", settings.public_url, VOICE_PATH)

@@ -252,6 +252,18 @@ async def _shared_emulator(settings: Settings, stack: contextlib.AsyncExitStack)
     return url
 
 
+class _WorkerField(logging.Filter):
+    """Tags every record with the worker's number: a ``worker`` key in JSON lines."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
 def _die_with_parent() -> None:
     """Linux: SIGTERM this worker if the supervisor dies (it is in a session of its own)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -281,6 +293,8 @@ def worker_main(argv: list[str] | None = None) -> None:
 
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerField(args.index))
     try:
         profiles = ProfileStore(settings.profiles_file)
     except ConfigError as exc:

@@ -151,3 +151,11 @@ def test_check_config_probe_with_the_emulator_has_nothing_to_ask() -> None:
     result = runner.invoke(app, ["check-config", "--probe"])
     assert result.exit_code == 0, result.output
     assert "probe: nothing to ask" in result.output
+
+
+def test_serve_takes_a_worker_count_of_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["serve", "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output
+    monkeypatch.setenv("GATEWAY_WORKERS", "0")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "GATEWAY_WORKERS" in result.output
