@@ -149,6 +149,10 @@ class Supervisor:
         while True:
             await self._spawn(slot)
             assert slot.process is not None
+            if self.stopping.is_set():
+                # The stop signal came while this worker was starting: it missed the forward.
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signal.SIGTERM)
             code = await slot.process.wait()
             pid = slot.process.pid
             mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
