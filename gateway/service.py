@@ -202,7 +202,7 @@ async def running_gateway(
             served = ResponseHeader(app, WORKER_HEADER, str(os.getpid()))
         if metrics.multiprocess_dir is not None:
             refresher = asyncio.create_task(_refresh_metrics(metrics), name="metrics-refresh")
-            stack.callback(refresher.cancel)
+            stack.push_async_callback(cancel_and_wait, refresher)
         server = await stack.enter_async_context(
             serve_app(
                 served,
