@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -191,14 +192,16 @@ class HandPlacedCall:
 
 
 @contextlib.asynccontextmanager
-async def open_streams(sup: Supervised, pids: set[int]) -> AsyncIterator[list[ClientConnection]]:
-    """Media websockets until one is open on each worker in ``pids`` (extras included), all
-    closed on exit."""
+async def open_streams(
+    sup: Supervised, pids: set[int], at_least: int = 0
+) -> AsyncIterator[list[ClientConnection]]:
+    """Media websockets until one is open on each worker in ``pids`` and ``at_least`` are
+    open (extras included), all closed on exit."""
     opened: list[ClientConnection] = []
 
     async def covered() -> bool:
         opened.append(await connect(sup.ws_url))
-        return pids <= {_ws_worker(ws) for ws in opened}
+        return pids <= {_ws_worker(ws) for ws in opened} and len(opened) >= at_least
 
     try:
         await wait_until(covered, 20, what="a media websocket on every worker", interval=0)
@@ -208,11 +211,17 @@ async def open_streams(sup: Supervised, pids: set[int]) -> AsyncIterator[list[Cl
             await ws.close()
 
 
-async def place_across(sup: Supervised, ws: ClientConnection, call_sid: str) -> HandPlacedCall:
-    """A call whose webhook another worker answered than the one holding ``ws``; returns once
-    the stream's worker bound it and the assistant's greeting is arriving."""
+async def place_across(
+    sup: Supervised,
+    ws: ClientConnection,
+    call_sid: str,
+    admitted: tuple[int, str] | None = None,
+) -> HandPlacedCall:
+    """A call whose webhook another worker answered than the one holding ``ws`` (or the
+    ``admitted`` worker and token, when the webhook came earlier); returns once the stream's
+    worker bound it and the assistant's greeting is arriving."""
     stream_worker = _ws_worker(ws)
-    webhook_worker, token = await sup.admit_on(stream_worker, call_sid)
+    webhook_worker, token = admitted or await sup.admit_on(stream_worker, call_sid)
     codec = TwilioCarrierCodec(f"MZ{call_sid}")
     await ws.send(CONNECTED)
     await ws.send(
@@ -231,14 +240,14 @@ async def place_across(sup: Supervised, ws: ClientConnection, call_sid: str) -> 
     return HandPlacedCall(ws, codec, call_sid, stream_worker, webhook_worker)
 
 
-async def hang_up(call: HandPlacedCall) -> None:
+async def hang_up(call: HandPlacedCall) -> int | None:
+    """The carrier's ``stop``; the close code the gateway answered it with."""
     stop = Stop(call.codec.stream_sid, 1000, call.call_sid, "AC1")
     await call.ws.send(call.codec.encode(stop))
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(10):
-            async for _ in call.ws:
-                pass  # until the gateway closes the stream
-    await call.ws.close()
+    async with asyncio.timeout(10):
+        async for _ in call.ws:
+            pass  # until the gateway closes the stream (an abnormal close raises)
+    return call.ws.close_code
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -333,12 +342,15 @@ async def test_sigterm_drains_every_worker_and_exits_when_their_calls_end(
 ) -> None:
     async with supervised(tmp_path) as sup:
         pids = await sup.worker_pids()
-        async with open_streams(sup, pids) as streams:
+        async with open_streams(sup, pids, at_least=3) as streams:
             first = {_ws_worker(ws): ws for ws in reversed(streams)}
             calls = [await place_across(sup, first[pid], f"CAdrain{pid}") for pid in sorted(pids)]
+            late = next(ws for ws in streams if all(ws is not c.ws for c in calls))
             for ws in streams:
-                if all(ws is not c.ws for c in calls):
+                if ws is not late and all(ws is not c.ws for c in calls):
                     await ws.close()
+            # Admitted by one worker before the drain, its stream starts on the other after.
+            admitted = await sup.admit_on(_ws_worker(late), "CAbefore")
 
             sup.process.send_signal(signal.SIGTERM)
             draining: set[int] = set()
@@ -350,13 +362,10 @@ async def test_sigterm_drains_every_worker_and_exits_when_their_calls_end(
                 return draining == pids
 
             await wait_until(all_draining, 20, what="both workers draining")
+            calls.append(await place_across(sup, late, "CAbefore", admitted))
             # The live calls carry on through the drain, on both workers.
-            for call in calls:
-                pong = await call.ws.ping()
-                async with asyncio.timeout(5):
-                    await pong
             text = (await sup.get("/metrics")).text
-            assert metric(text, "gateway_active_calls") == 2
+            assert metric(text, "gateway_active_calls") == 3
             assert sup.process.returncode is None
             webhook = await sup.client.post(
                 f"{sup.url}/twilio/voice",
@@ -364,12 +373,14 @@ async def test_sigterm_drains_every_worker_and_exits_when_their_calls_end(
             )
             assert "<Stream" not in webhook.text  # the fallback only
 
-            for call in calls:
-                await hang_up(call)
+            # Each ends as the caller hangs up (1000), not cut by the drain.
+            assert [await hang_up(call) for call in calls] == [1000, 1000, 1000]
             async with asyncio.timeout(20):  # well before GATEWAY_DRAIN_TIMEOUT_S (60)
                 assert await sup.process.wait() == 0
             log = sup.log()
-            assert log.count("waiting up to 60 s for 1 live call(s)") == 2, log
+            waiting = re.findall(r"waiting up to 60 s for (\d) live call", log)
+            # One worker's count includes the third stream, open but not yet started.
+            assert sorted(waiting) == ["1", "2"], log
             assert log.count("stopped (exit code 0)") == 2
             assert "restarting" not in log
 
