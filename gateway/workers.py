@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -86,8 +86,6 @@ class _Slot:
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     quick_deaths: int = 0
-    restarts: int = 0
-    pids: list[int] = field(default_factory=list)
 
 
 class Supervisor:
@@ -125,7 +123,6 @@ class Supervisor:
             start_new_session=True,
         )
         slot.started_at = time.monotonic()
-        slot.pids.append(slot.process.pid)
         log.info("worker %d started (pid %d)", slot.index, slot.process.pid)
 
     def signal_workers(self, sig: signal.Signals) -> None:
@@ -162,7 +159,6 @@ class Supervisor:
             ran = time.monotonic() - slot.started_at
             slot.quick_deaths = slot.quick_deaths + 1 if ran < STABLE_RUN_S else 1
             delay = restart_delay(slot.quick_deaths)
-            slot.restarts += 1
             log.error(
                 "worker %d (pid %d) exited with code %d after %.1f s; restarting it in %.1f s",
                 slot.index,
@@ -288,6 +284,9 @@ def worker_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--emulator-url", default=None)
     args = parser.parse_args(argv)
     _die_with_parent()
+    # A reload asked for while this worker starts is moot (it reads the profiles file now), and
+    # SIGHUP's default action would kill it; serve_forever installs the real handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     from gateway.cli import EXIT_CONFIG, settings_or_exit
     from gateway.errors import ConfigError

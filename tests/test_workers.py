@@ -399,6 +399,13 @@ async def test_a_worker_that_dies_is_restarted_and_logged(tmp_path: Path) -> Non
 
         await wait_until(replaced, 30, what="a new worker in place of the killed one")
         assert f"(pid {victim}) exited with code -9" in sup.log()
+        # SIGHUP reaches every worker, the new one included (once it says it is listening,
+        # its signal handlers are in place).
+        await wait_until(lambda: sup.log().count("listening on") == 3, 10, what="3 starts")
+        sup.process.send_signal(signal.SIGHUP)
+        await wait_until(
+            lambda: sup.log().count("SIGHUP: profiles reloaded") == 2, 10, what="2 reloads"
+        )
         # The new worker serves calls.
         options = CallOptions(webhook_url=f"{sup.url}/twilio/voice", to_number=NUMBER)
         result = await SimulatedCall([WaitForAnswer(), HangUp()], options).run()
