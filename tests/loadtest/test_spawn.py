@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.loadtest.spawn import SpawnError, cpu_list, spawned_stack
+from gateway.loadtest.spawn import WORKER_HEADER, SpawnError, cpu_list, spawned_stack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,3 +43,19 @@ def test_a_stack_removes_its_temporary_directory(
 def test_a_given_log_dir_is_kept(tmp_path: Path) -> None:
     _start_a_failing_stack(tmp_path / "logs")
     assert "no-such-option" in (tmp_path / "logs" / "emulator.log").read_text()
+
+
+def test_the_worker_header_is_the_gateways() -> None:
+    from gateway.service import WORKER_HEADER as SERVED
+
+    assert WORKER_HEADER == SERVED
+
+
+@pytest.mark.timeout(90)
+async def test_a_stack_with_workers_is_ready_once_every_worker_answered(tmp_path: Path) -> None:
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_LOG_LEVEL": "info"}
+    async with spawned_stack(gateway_env=env, log_dir=tmp_path) as stack:
+        # Each worker logs that it listens before it can answer a request.
+        log = (tmp_path / "gateway.log").read_text()
+        assert log.count("listening on") == 2, log
+        assert stack.gateway_url.startswith("http://127.0.0.1:")
