@@ -64,6 +64,12 @@ class Admissions:
     saying when the webhook may answer, so its setup starts in its turn — and refused
     (:class:`CapacityError`: the fallback) otherwise. Turns are kept in arrival order (the
     bucket is a GCRA schedule: each admission books the next free turn). ``None``: no limit.
+
+    ``hold_pending=False`` is for sibling workers sharing one port (``gateway serve --workers``):
+    the stream lands on whichever worker the kernel picks, so a slot reserved by the webhook's
+    worker would mostly be held in the wrong process until the token expired. Then the webhook
+    only checks for room (live calls, draining, setup rate) and reserves nothing, and the slot
+    is taken where the stream binds, which refuses it with :class:`CapacityError` when full.
     """
 
     max_calls: int
@@ -74,6 +80,7 @@ class Admissions:
     replay_window_s: float = REPLAY_WINDOW_S
     max_remembered: int = MAX_REMEMBERED_CALLS
     draining: bool = False
+    hold_pending: bool = True
     _pending: dict[str, Admission] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
     _bound: dict[str, float] = field(default_factory=dict)  # call SID -> token expiry
@@ -89,7 +96,7 @@ class Admissions:
 
     def load(self, now: float) -> int:
         self._expire(now)
-        return len(self._live) + len(self._pending)
+        return len(self._live) + (len(self._pending) if self.hold_pending else 0)
 
     def has_room(self, now: float) -> bool:
         """Whether a call arriving at ``now`` would be admitted (perhaps queued)."""
@@ -203,10 +210,13 @@ class Admissions:
             raise Forbidden("stream presented a wrong call token")
         if call_sid in self._live or call_sid in self._bound:
             raise Forbidden("this call's stream is already bound (a replayed start?)")
-        if adm is None:
-            # Admitted by another replica: this one must still have room for it.
-            if self.draining or self.load(now) >= self.max_calls:
+        if adm is None or not self.hold_pending:
+            # No slot was reserved here for this call: it must find room now. A draining
+            # replica refuses a call another one admitted; sibling workers drain together, so
+            # a token one of them minted before the drain still binds where there is room.
+            if (self.draining and self.hold_pending) or self.load(now) >= self.max_calls:
                 raise CapacityError(f"at capacity ({self.max_calls} calls)")
+        if adm is None:
             adm = Admission(call_sid, token, called, None, expires_at)
             self._remember(call_sid, now)  # a webhook replayed to this replica is refused too
         else:

@@ -191,12 +191,23 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to listen on (default: GATEWAY_PORT)")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Worker processes sharing the port, about one core each (default: "
+            "GATEWAY_WORKERS, 1)",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway: Twilio webhook + media streams, bridged to the Realtime API.
 
     Without OPENAI_API_KEY and GATEWAY_REALTIME_BASE_URL the Realtime emulator runs embedded on
     loopback. SIGTERM/SIGINT drain (live calls finish, up to GATEWAY_DRAIN_TIMEOUT_S); a second
-    signal stops at once; SIGHUP reloads the profiles file.
+    signal stops at once; SIGHUP reloads the profiles file. With more than one worker a
+    supervisor holds the port, restarts a worker that dies and passes those signals to every
+    worker; GATEWAY_MAX_CALLS applies to each worker.
     """
     import asyncio
 
@@ -205,12 +216,19 @@ def serve(
     from gateway.service import serve_forever
 
     settings = settings_or_exit()
+    if workers is not None:
+        settings = settings.model_copy(update={"workers": workers})
     configure_logging(settings.log_level, settings.log_format)
     try:
         profiles = ProfileStore(settings.profiles_file)
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
+    if settings.workers > 1:
+        from gateway.workers import supervise
+
+        asyncio.run(supervise(settings, host=host, port=port))
+        return
     asyncio.run(serve_forever(settings, host=host, port=port, profiles=profiles))
 
 

@@ -1,7 +1,10 @@
 """Metrics (Prometheus, no per-call labels) and logging (JSON lines or text, call-scoped).
 
 Each app gets its own :class:`Metrics` on its own registry, so tests and embedded emulators can
-run several apps in one process without colliding. Logging is process-wide
+run several apps in one process without colliding. Under ``gateway serve --workers N`` each
+worker process has ``PROMETHEUS_MULTIPROC_DIR`` set (by the supervisor, before anything imports
+prometheus_client): its values live in files there, and whichever worker answers ``/metrics``
+renders the totals of every worker (prometheus_client's multiprocess mode). Logging is process-wide
 (:func:`configure_logging`); call code logs through a :class:`CallLogger`, whose call ids become
 keys of the JSON line or a prefix of the text one.
 """
@@ -11,8 +14,9 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import IO, Any, Final, Literal
 
@@ -26,6 +30,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Gateway-added latency is small (a resampler's delay and a queue hop): fine buckets.
 LATENCY_BUCKETS = (
@@ -34,15 +39,51 @@ LATENCY_BUCKETS = (
 _SETUP_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 
 
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# What a multiprocess scrape shows of each worker's process metrics: CPU adds up (dead workers'
+# seconds included, so the total never goes back), the rest is the sum over live workers.
+_PROCESS_TOTALS = ("process_resident_memory_bytes", "process_open_fds")
+
+
 class Metrics:
-    """Every metric the gateway exports; names are the reference in docs/metrics.md."""
+    """Every metric the gateway exports; names are the reference in docs/metrics.md.
+
+    Gauges whose value is read when scraped are bound with :meth:`live`. With
+    ``PROMETHEUS_MULTIPROC_DIR`` set (sibling workers), :meth:`render` is the sum over every
+    worker; a worker's read-when-scraped gauges and process metrics reach the others through
+    :meth:`refresh`, which the serving process calls about once a second and before rendering.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = os.environ.get(MULTIPROC_DIR_ENV) or None
         r = self.registry
-        ProcessCollector(registry=r)
+        self._process = ProcessCollector(registry=r)
+        self._live: list[tuple[Gauge, Callable[[], float]]] = []
+        self._cpu_seen = 0.0
+        self._cpu: Counter | None = None
+        self._process_gauges: dict[str, Gauge] = {}
+        if self.multiprocess_dir is not None:
+            # Unregistered here: a multiprocess scrape reads them from the workers' files.
+            self._cpu = Counter(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds, every worker",
+                registry=None,
+            )
+            self._process_gauges = {
+                name: Gauge(
+                    name,
+                    f"{name}, summed over live workers",
+                    registry=None,
+                    multiprocess_mode="livesum",
+                )
+                for name in _PROCESS_TOTALS
+            }
         self.active_calls = Gauge(
-            "gateway_active_calls", "Calls with a live media stream", registry=r
+            "gateway_active_calls",
+            "Calls with a live media stream",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.calls = Counter("gateway_calls", "Finished calls by outcome", ["outcome"], registry=r)
         self.webhooks = Counter(
@@ -133,6 +174,7 @@ class Metrics:
             "gateway_open_connections",
             "Client connections open on the gateway's port (HTTP and websocket)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections_dropped = Counter(
             "gateway_connections_dropped",
@@ -143,14 +185,50 @@ class Metrics:
         )
         # Leak detectors: both return to their idle value when every call has ended.
         self.peer_connections = Gauge(
-            "gateway_peer_connections", "Upstream WebRTC peer connections not closed", registry=r
+            "gateway_peer_connections",
+            "Upstream WebRTC peer connections not closed",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.event_loop_tasks = Gauge(
-            "gateway_event_loop_tasks", "Asyncio tasks alive in the serving event loop", registry=r
+            "gateway_event_loop_tasks",
+            "Asyncio tasks alive in the serving event loop",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
+    def live(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Make ``gauge`` report ``read()``: at each scrape in one process, at each
+        :meth:`refresh` with sibling workers (their scrape cannot call into this process)."""
+        if self.multiprocess_dir is None:
+            gauge.set_function(read)
+        else:
+            self._live.append((gauge, read))
+
+    def refresh(self) -> None:
+        """Copy this worker's read-when-scraped values into its multiprocess files (a no-op in
+        one process, where a scrape reads them directly)."""
+        if self.multiprocess_dir is None:
+            return
+        for gauge, read in self._live:
+            gauge.set(read())
+        for family in self._process.collect():
+            for sample in family.samples:
+                if sample.name == "process_cpu_seconds_total" and self._cpu is not None:
+                    self._cpu.inc(max(0.0, sample.value - self._cpu_seen))
+                    self._cpu_seen = max(self._cpu_seen, sample.value)
+                elif sample.name in self._process_gauges:
+                    self._process_gauges[sample.name].set(sample.value)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text exposition: this process's registry, or with sibling workers
+        the totals over every worker's files."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        self.refresh()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
 
 # Call-scoped fields: the JSON key each is emitted as, and the tag the text format shows it under

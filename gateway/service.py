@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -46,7 +49,7 @@ from gateway.records import (
     sqlite_url,
 )
 from gateway.records.store import SqlRecordStore
-from gateway.serving import RunningServer, serve_app
+from gateway.serving import ResponseHeader, RunningServer, serve_app
 from gateway.settings import Settings
 from gateway.telephony.carriers import served
 from gateway.telephony.rest import TwilioRestClient
@@ -61,6 +64,20 @@ EMULATOR_BANNER = (
     "NO OPENAI_API_KEY: calls go to the EMBEDDED REALTIME EMULATOR at %s (offline, synthesized "
     "voice, not OpenAI). Set OPENAI_API_KEY to reach the real Realtime API."
 )
+
+
+WORKER_HEADER = "x-gateway-worker"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSeat:
+    """What a supervisor (:mod:`gateway.workers`) hands one of its workers: its number, its
+    share of the listening socket, and the URL of the emulator every worker shares (``None``
+    unless the settings call for the embedded emulator)."""
+
+    index: int
+    socket: socket.socket
+    emulator_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +102,15 @@ async def running_gateway(
     port: int | None = None,
     profiles: ProfileStore | None = None,
     emulator_options: dict[str, object] | None = None,
+    worker: WorkerSeat | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """Serve a gateway built from ``settings`` until the block exits.
 
     ``host``/``port`` override the settings (``port=0`` picks a free one). ``emulator_options``
     are :class:`~gateway.emulator.config.EmulatorConfig` fields for the embedded emulator (the
     demo uses them for ``--reply`` and ``--latency-ms``); they are ignored when a real upstream
-    is configured. Raises :class:`ConfigError` when the profiles file is invalid.
+    is configured. ``worker`` makes this one of a supervisor's workers (see
+    :class:`WorkerSeat`). Raises :class:`ConfigError` when the profiles file is invalid.
     """
     profiles = profiles or ProfileStore(settings.profiles_file)
     metrics = Metrics()
@@ -102,7 +121,10 @@ async def running_gateway(
     async with contextlib.AsyncExitStack() as stack:
         emulator: RunningServer | None = None
         base_url, api_key = settings.effective_realtime_base_url, None
-        if settings.uses_embedded_emulator:
+        if settings.uses_embedded_emulator and worker is not None and worker.emulator_url:
+            # The supervisor runs the one emulator every worker shares (and logs the banner).
+            base_url, api_key = worker.emulator_url, EMBEDDED_EMULATOR_KEY
+        elif settings.uses_embedded_emulator:
             from gateway.emulator.app import create_app as create_emulator
             from gateway.emulator.config import EmulatorConfig
 
@@ -122,8 +144,8 @@ async def running_gateway(
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=settings.setup_timeout_s))
         realtime = realtime_config(settings, base_url=base_url, api_key=api_key, http_client=http)
         loop = asyncio.get_running_loop()
-        metrics.peer_connections.set_function(open_peer_connections)
-        metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        metrics.live(metrics.peer_connections, open_peer_connections)
+        metrics.live(metrics.event_loop_tasks, lambda: len(asyncio.all_tasks(loop)))
         lag = asyncio.create_task(watch_loop_lag(metrics.event_loop_lag.observe), name="loop-lag")
         stack.push_async_callback(cancel_and_wait, lag)
         store, writer = await _open_records(settings, metrics, stack)
@@ -174,19 +196,39 @@ async def running_gateway(
         )
         dropped = metrics.connections_dropped
         guard = ConnectionGuard(limits, on_drop=lambda reason: dropped.labels(reason).inc())
-        metrics.open_connections.set_function(lambda: guard.table.total)
+        metrics.live(metrics.open_connections, lambda: guard.table.total)
+        served: Any = app
+        if worker is not None:
+            # The stream of a call lands on whichever worker the kernel picks: its slot is
+            # taken there, not reserved by the webhook's worker (docs/deployment.md).
+            gateway_state(app).admissions.hold_pending = False
+            served = ResponseHeader(app, WORKER_HEADER, str(os.getpid()))
+        if metrics.multiprocess_dir is not None:
+            refresher = asyncio.create_task(_refresh_metrics(metrics), name="metrics-refresh")
+            stack.push_async_callback(cancel_and_wait, refresher)
         server = await stack.enter_async_context(
             serve_app(
-                app,
+                served,
                 host=settings.host if host is None else host,
                 port=settings.port if port is None else port,
                 ws_max_size=settings.max_message_bytes,
                 guard=guard,
                 screen=upgrade_screen(app),
                 timeout_keep_alive=settings.keep_alive_timeout_s,
+                sock=worker.socket if worker is not None else None,
             )
         )
         yield RunningGateway(app=app, server=server, upstream_base_url=base_url, emulator=emulator)
+
+
+METRICS_REFRESH_S = 1.0
+
+
+async def _refresh_metrics(metrics: Metrics) -> None:
+    """Sibling workers: publish this worker's read-when-scraped values once a second."""
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(METRICS_REFRESH_S)
 
 
 RETENTION_SWEEP_S = 3600.0
@@ -310,6 +352,7 @@ async def serve_forever(
     port: int | None = None,
     profiles: ProfileStore | None = None,
     on_ready: Callable[[RunningGateway], None] | None = None,
+    worker: WorkerSeat | None = None,
 ) -> int:
     """Run the gateway until a signal; returns the number of calls cut short by the drain."""
     # Connections are bounded below the open-file limit, so take all of it that is allowed; a
@@ -317,7 +360,7 @@ async def serve_forever(
     open_files = raise_open_file_limit()
     log.info("open-file limit: %d", open_files)
     with quiet_accept_errors(asyncio.get_running_loop()):
-        return await _serve_until_stopped(settings, host, port, profiles, on_ready)
+        return await _serve_until_stopped(settings, host, port, profiles, on_ready, worker)
 
 
 async def _serve_until_stopped(
@@ -326,6 +369,7 @@ async def _serve_until_stopped(
     port: int | None,
     profiles: ProfileStore | None,
     on_ready: Callable[[RunningGateway], None] | None,
+    worker: WorkerSeat | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -337,7 +381,9 @@ async def _serve_until_stopped(
             hard_stop.set()
         stop_requested.set()
 
-    async with running_gateway(settings, host=host, port=port, profiles=profiles) as gw:
+    async with running_gateway(
+        settings, host=host, port=port, profiles=profiles, worker=worker
+    ) as gw:
         installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -347,7 +393,11 @@ async def _serve_until_stopped(
             loop.add_signal_handler(signal.SIGHUP, reload_profiles, gw.app)
             installed.append(signal.SIGHUP)
         log.info(
-            "gateway %s listening on %s; upstream %s", _version(), gw.url, gw.upstream_base_url
+            "gateway %s %slistening on %s; upstream %s",
+            _version(),
+            "" if worker is None else f"worker {worker.index} (pid {os.getpid()}) ",
+            gw.url,
+            gw.upstream_base_url,
         )
         if settings.public_url:
             log.info("Twilio voice webhook URL: %s%s", settings.public_url, VOICE_PATH)

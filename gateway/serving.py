@@ -216,6 +216,16 @@ def guarded_protocols(
     return http, _GuardedWebSocket
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``0``: a free port), inheritable by children."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve_app(
     app: Any,
@@ -225,25 +235,26 @@ async def serve_app(
     log_level: str = "warning",
     guard: ConnectionGuard | None = None,
     screen: UpgradeScreen | None = None,
+    sock: socket.socket | None = None,
     **uvicorn_options: Any,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``app`` until the block exits; ``port=0`` picks a free port (read it from ``.port``).
 
     The socket is bound before uvicorn starts, so the port is known and no other process can
-    take it between choosing and binding. ``guard`` bounds connections and request read times;
-    ``screen`` (with a ``guard``) refuses websocket upgrades before the handshake (see the
-    module docstring).
+    take it between choosing and binding. ``sock`` is one already bound (a worker's share of
+    its supervisor's listening socket; ``host`` and ``port`` are then read from it); it is
+    closed on exit. ``guard`` bounds connections and request read times; ``screen`` (with a
+    ``guard``) refuses websocket upgrades before the handshake (see the module docstring).
     """
     if screen is not None and guard is None:
         raise ValueError("screen= needs guard=: it runs in the guarded HTTP protocol")
     if guard is not None:
         http, ws = guarded_protocols(guard, screen)
         uvicorn_options.update(http=http, ws=ws)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
+    if sock is None:
+        sock = bind_socket(host, port)
+    else:
+        host = sock.getsockname()[0]
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
@@ -274,3 +285,26 @@ async def serve_app(
             server.force_exit = True
             await cancel_and_wait(task)
         sock.close()
+
+
+class ResponseHeader:
+    """ASGI middleware adding one header to every HTTP response and websocket accept.
+
+    ``gateway serve --workers`` names the worker that answered (``x-gateway-worker: <pid>``),
+    so an operator, or a test, can tell which process served a request on the shared port."""
+
+    def __init__(self, app: Any, name: str, value: str) -> None:
+        self.app = app
+        self.header = (name.lower().encode("latin-1"), value.encode("latin-1"))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Any) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)

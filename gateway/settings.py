@@ -222,6 +222,14 @@ class Settings(BaseSettings):
         default=None, description="Bearer token for /admin endpoints; unset turns them off"
     )
     drain_timeout_s: float = Field(default=300.0, ge=0, le=86_400)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Worker processes serving the one port (about one core each); above 1 a "
+        "supervisor shares the listening socket, restarts a worker that dies and drains them "
+        "all on SIGTERM. GATEWAY_MAX_CALLS and the connection limits apply per worker",
+    )
 
     # --- call records, cost, recordings ---------------------------------------------------
     records_url: str | None = Field(

@@ -156,3 +156,33 @@ def test_a_call_bound_here_but_admitted_elsewhere_is_remembered() -> None:
     other.bind("CA1", admitting.admit("CA1", None, None, 0.0).token, 1.0)
     with pytest.raises(Replayed):
         other.admit("CA1", None, None, 2.0)
+
+
+def test_workers_sharing_a_port_take_the_slot_where_the_stream_binds() -> None:
+    key = b"k" * 32
+    webhook_worker = Admissions(max_calls=1, secret=key, hold_pending=False)
+    stream_worker = Admissions(max_calls=1, secret=key, hold_pending=False)
+    first = webhook_worker.admit("CA1", "+1555", None, 0.0)
+    # The webhook reserved nothing: its worker still has room for the next webhook.
+    assert webhook_worker.load(0.0) == 0 and webhook_worker.has_room(0.0)
+    second = webhook_worker.admit("CA2", "+1555", None, 0.0)
+    stream_worker.bind("CA1", first.token, 1.0, "+1555")
+    assert stream_worker.live == 1 and not stream_worker.has_room(1.0)
+    # The slot is counted where the stream bound: a second stream there finds it full ...
+    with pytest.raises(CapacityError, match="capacity"):
+        stream_worker.bind("CA2", second.token, 1.0, "+1555")
+    # ... and one binding on the webhook's own worker must find room there too.
+    webhook_worker.bind("CA2", second.token, 1.0)
+    with pytest.raises(CapacityError, match="capacity"):
+        webhook_worker.admit("CA3", "+1555", None, 1.0)
+
+
+def test_sibling_workers_bind_tokens_minted_before_the_drain() -> None:
+    key = b"k" * 32
+    webhook_worker = Admissions(max_calls=2, secret=key, hold_pending=False)
+    stream_worker = Admissions(max_calls=2, secret=key, hold_pending=False)
+    adm = webhook_worker.admit("CA1", "+1555", None, 0.0)
+    webhook_worker.draining = stream_worker.draining = True
+    assert stream_worker.bind("CA1", adm.token, 1.0, "+1555").call_sid == "CA1"
+    with pytest.raises(CapacityError, match="draining"):
+        webhook_worker.admit("CA2", "+1555", None, 1.0)

@@ -169,3 +169,11 @@ def test_check_config_lists_every_carrier_and_its_rule(monkeypatch: pytest.Monke
     assert "carrier signalwire: not served (set SIGNALWIRE_SIGNING_KEY, or name it in" in (
         result.output
     )
+
+
+def test_serve_takes_a_worker_count_of_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["serve", "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output
+    monkeypatch.setenv("GATEWAY_WORKERS", "0")
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2 and "GATEWAY_WORKERS" in result.output

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.observability import CallLogger, configure_logging, wants_json
+from gateway.observability import CallLogger, Metrics, configure_logging, wants_json
 
 NOISY = ("aioice", "aiortc", "uvicorn.error")
 
@@ -198,3 +198,14 @@ def test_call_ids_travel_as_record_attributes_not_in_the_message(
     assert record.getMessage() == "hi"
     assert record.__dict__["call_sid"] == "CA1" and record.__dict__["number"] == "acme"
     assert "stream_sid" not in record.__dict__
+
+
+def test_a_live_gauge_is_read_at_each_scrape_in_one_process() -> None:
+    metrics = Metrics()
+    assert metrics.multiprocess_dir is None
+    value = [3.0]
+    metrics.live(metrics.open_connections, lambda: value[0])
+    assert b"gateway_open_connections 3.0" in metrics.render()
+    value[0] = 5.0
+    metrics.refresh()  # nothing to copy in one process
+    assert b"gateway_open_connections 5.0" in metrics.render()

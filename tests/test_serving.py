@@ -18,7 +18,13 @@ import websockets
 
 from gateway.limits import ConnectionGuard, ConnectionLimits, DropReason
 from gateway.proxies import parse_networks
-from gateway.serving import RunningServer, UpgradeScreen, serve_app
+from gateway.serving import (
+    ResponseHeader,
+    RunningServer,
+    UpgradeScreen,
+    bind_socket,
+    serve_app,
+)
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -229,3 +235,24 @@ async def test_a_screen_needs_a_guard() -> None:
     with pytest.raises(ValueError, match="guard"):
         async with serve_app(tiny_app, screen=lambda scope: True):
             pass
+
+
+async def test_response_header_names_the_server_on_http_and_websocket_accepts() -> None:
+    app = ResponseHeader(tiny_app, "X-Gateway-Worker", "4242")
+    async with serve_app(app) as server:
+        async with httpx.AsyncClient() as client:
+            resp = await client.get(f"{server.url}/")
+        assert resp.text == "ok" and resp.headers["x-gateway-worker"] == "4242"
+        async with websockets.connect(server.ws_url) as ws:
+            assert ws.response is not None
+            assert ws.response.headers["x-gateway-worker"] == "4242"
+
+
+async def test_serve_app_serves_on_a_socket_bound_elsewhere() -> None:
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    async with serve_app(tiny_app, sock=sock) as server:
+        assert server.port == port
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.url}/")).text == "ok"
+    assert sock.fileno() == -1  # closed with the server

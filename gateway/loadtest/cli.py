@@ -141,6 +141,12 @@ def loadtest_command(
     gateway_cpus: Annotated[
         str | None, typer.Option(help="--spawn: CPUs for the gateway, e.g. '0' or '0-1'")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="--spawn: the gateway's worker processes (serve --workers)"
+        ),
+    ] = 1,
     emulator_cpus: Annotated[
         str | None, typer.Option(help="--spawn: CPUs for the emulator")
     ] = None,
@@ -174,6 +180,8 @@ def loadtest_command(
         raise usage(f"--codec must be one of {', '.join(UPSTREAM_CODECS)}, got {codec!r}")
     if codec != "opus" and not spawn:
         raise usage("--codec sets a spawned gateway's codec; a running one uses its own")
+    if workers != 1 and not spawn:
+        raise usage("--workers sets a spawned gateway's workers; a running one has its own")
     if url is not None and not allow_remote and not is_loopback_url(url):
         raise usage(
             f"{url} is not on this machine; load tests target loopback unless --allow-remote"
@@ -237,10 +245,12 @@ def loadtest_command(
             gateway_env={
                 "GATEWAY_UPSTREAM_CODEC": codec,
                 "GATEWAY_CARRIERS": json.dumps([carrier]),  # serve the carrier the calls speak
+                "GATEWAY_WORKERS": str(workers),
             },
         ) as stack:
             err.print(
                 f"gateway {stack.gateway_url} (pid {stack.gateway_pid}, codec {codec}"
+                + (f", {workers} workers" if workers > 1 else "")
                 + (f", CPUs {sorted(g_cpus)}" if g_cpus else "")
                 + f"), emulator {stack.emulator_url} (pid {stack.emulator_pid}"
                 + (f", CPUs {sorted(e_cpus)}" if e_cpus else "")
@@ -256,6 +266,7 @@ def loadtest_command(
             result.extra["spawned"] = {
                 "emulator_latency_ms": emulator_latency_ms,
                 "codec": codec,
+                "workers": workers,
                 "gateway_cpus": sorted(g_cpus) if g_cpus else None,
                 "emulator_cpus": sorted(e_cpus) if e_cpus else None,
                 "logs": None if logs is None else str(logs),

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.timeout(120)
         (["http://127.0.0.1:1", "--threshold", "speed<=1"], "unknown metric 'speed'"),
         (["--spawn", "--gateway-cpus", "999"], "may use CPUs"),
         (["http://127.0.0.1:1", "--carrier", "vonage"], "--carrier 'vonage'"),
+        (["http://127.0.0.1:1", "--workers", "2"], "--workers sets a spawned"),
     ],
 )
 def test_usage_errors_exit_2_with_a_reason(args: list[str], message: str) -> None:

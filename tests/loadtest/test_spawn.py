@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.loadtest.spawn import SpawnError, cpu_list, spawned_stack
+from gateway.loadtest.spawn import WORKER_HEADER, SpawnError, cpu_list, spawned_stack
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,3 +44,22 @@ def test_a_stack_removes_its_temporary_directory(
 def test_a_given_log_dir_is_kept(tmp_path: Path) -> None:
     _start_a_failing_stack(tmp_path / "logs")
     assert "no-such-option" in (tmp_path / "logs" / "emulator.log").read_text()
+
+
+def test_the_worker_header_is_the_gateways() -> None:
+    from gateway.service import WORKER_HEADER as SERVED
+
+    assert WORKER_HEADER == SERVED
+
+
+@pytest.mark.timeout(90)
+async def test_a_stack_with_workers_is_ready_once_every_worker_answered(tmp_path: Path) -> None:
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_LOG_LEVEL": "info"}
+    async with spawned_stack(gateway_env=env, log_dir=tmp_path) as stack:
+        # Both workers are up (each logs that it listens; the line may reach the file a moment
+        # after the worker first answered, so it is waited for, not read once).
+        log = tmp_path / "gateway.log"
+        await wait_until(
+            lambda: log.read_text().count("listening on") == 2, 10, what="both workers' lines"
+        )
+        assert stack.gateway_url.startswith("http://127.0.0.1:")
