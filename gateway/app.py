@@ -13,12 +13,14 @@ Routes:
   ``since``, ``until`` (ISO 8601), ``limit`` (bearer token)
 - ``GET  /admin/records/{call_sid}``  one call record (bearer token)
 - ``GET  /admin/usage``   tokens and cost per number over ``since``/``until`` (bearer token)
+- ``/console/*``          the operator console and its browser phone (:mod:`gateway.console.routes`)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import re
@@ -39,6 +41,7 @@ from gateway import proxies
 from gateway.admission import Admissions, Replayed, is_loopback_host
 from gateway.aio import cancel_and_wait
 from gateway.bridge.call import RECENT_CALLS, CallRunner, CallServices, UpstreamFactory
+from gateway.console import routes as console_routes
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import Profile, ProfileStore
 from gateway.observability import Metrics, mask_number
@@ -96,13 +99,17 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway app. ``upstream`` opens one Realtime session per call; ``services``
     are the optional rest: the carrier's REST API, prices, the call-record writer."""
+    console = console_routes.Console()
+    services = services or CallServices()
+    if services.on_change is None:
+        services = dataclasses.replace(services, on_change=console.bus.changed)
     state = GatewayState(
         settings=settings,
         profiles=profiles or ProfileStore(settings.profiles_file),
         metrics=metrics or Metrics(),
         upstream=upstream,
         admissions=_admissions(settings),
-        services=services or CallServices(),
+        services=services,
         records=records,
     )
 
@@ -186,12 +193,16 @@ def create_app(
 
     @app.websocket(MEDIA_PATH)
     async def media_stream(ws: WebSocket) -> None:
-        runner = CallRunner(ws, state)
         try:
             _authorize_carrier(ws, state, _origin(ws, state), None)
         except Forbidden as exc:
-            await runner.refuse(exc)
+            await CallRunner(ws, state).refuse(exc)
             return
+        await serve_stream(ws)
+
+    async def serve_stream(ws: WebSocket) -> None:
+        """Run an authorized media stream (a carrier's, or the console's browser phone)."""
+        runner = CallRunner(ws, state)
         state.streams += 1
         state.idle.clear()
         try:
@@ -276,6 +287,7 @@ def create_app(
         }
         return JSONResponse({"numbers": [r.to_dict() for r in rows], "total": total})
 
+    console_routes.install(app, state, console, serve_stream)
     return app
 
 

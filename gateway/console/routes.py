@@ -1,0 +1,328 @@
+"""The console's HTTP/websocket surface, mounted under ``/console`` by :func:`install`.
+
+Pages and static files are served without a build step from ``gateway/console/static``. Every
+route answers 404 while ``GATEWAY_ADMIN_TOKEN`` is unset, exactly like ``/admin/*``. With it:
+
+- ``GET  /console``                     the console, or the login form without a session
+- ``POST /console/login``               form field ``token``: the admin token; sets the cookie
+- ``POST /console/logout``              ends the session (CSRF header)
+- ``GET  /console/api/session``         the session's CSRF token and the profiles to call
+- ``GET  /console/api/calls``           live calls and the last finished ones (a snapshot)
+- ``GET  /console/api/events``          Server-Sent Events: ``call`` (a call's view, whenever it
+  changed), ``line`` (a transcript line), ``ended`` (a call finished)
+- ``POST /console/api/calls/{sid}/hangup``  end a live call (CSRF header)
+- ``POST /console/api/phone``           admit a browser-phone call; answers the ``<Stream>``
+  parameters a carrier would read from the TwiML (CSRF header)
+- ``WS   /console/phone/media``         the browser phone's media stream (Twilio's messages),
+  refused without the session cookie or from another origin; the call token in ``start`` binds
+  it to the admitted call like any carrier stream
+
+State-changing requests need the session cookie (``SameSite=Strict``), the session's token in
+``X-CSRF-Token`` and, when the browser sends one, an ``Origin`` equal to the console's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.requests import HTTPConnection
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, StreamingResponse
+
+from gateway import proxies
+from gateway.bridge.call import CALL_TOKEN_PARAM, PROFILE_PARAM, CallRunner
+from gateway.console.bus import CallBus
+from gateway.console.sessions import Session, Sessions, csrf_ok
+from gateway.errors import CapacityError, Forbidden
+
+if TYPE_CHECKING:
+    from gateway.app import GatewayState
+
+COOKIE = "gateway_console"
+CSRF_HEADER = "x-csrf-token"
+PREFIX = "/console"
+PHONE_MEDIA_PATH = f"{PREFIX}/phone/media"
+PHONE_ACCOUNT_SID = "AC" + "0" * 32
+"""The ``accountSid`` the browser phone reports (it has no carrier account)."""
+STATIC_DIR = Path(__file__).parent / "static"
+HEARTBEAT_S = 10.0
+"""An SSE comment this often keeps proxies from closing an idle push stream, and lets the
+stream notice a drain."""
+MIN_PUSH_INTERVAL_S = 0.2
+"""At most this many updates a second per call and stream: a call changes every 20 ms."""
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+StreamServer = Callable[[WebSocket], Awaitable[None]]
+
+
+class Console:
+    """The console's process-wide state: its sessions and the live-call bus."""
+
+    def __init__(self, sessions: Sessions | None = None, bus: CallBus | None = None) -> None:
+        self.sessions = sessions or Sessions()
+        self.bus = bus or CallBus()
+        self.static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
+
+
+def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamServer) -> None:
+    """Add the console's routes to ``app``. ``serve`` runs an authorized media stream the way
+    the carrier route does (capacity and drain bookkeeping included)."""
+
+    def enabled() -> None:
+        if state.settings.admin_token is None:
+            raise HTTPException(404, "admin endpoints are off (set GATEWAY_ADMIN_TOKEN)")
+
+    def session_of(conn: HTTPConnection) -> Session | None:
+        return console.sessions.get(conn.cookies.get(COOKIE), state.wall_clock())
+
+    def require_session(request: Request) -> Session:
+        enabled()
+        session = session_of(request)
+        if session is None:
+            raise HTTPException(401, "log in to the console first")
+        return session
+
+    def require_change(request: Request) -> Session:
+        """A state-changing request: session, CSRF token and (when sent) our own Origin."""
+        session = require_session(request)
+        if not _same_origin(request, state):
+            raise HTTPException(403, "cross-origin request refused")
+        if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token")
+        return session
+
+    @app.get(PREFIX)
+    async def console_page(request: Request) -> Response:
+        enabled()
+        page = "app.html" if session_of(request) is not None else "login.html"
+        return _page(console.static[page].read_text())
+
+    @app.get(PREFIX + "/")
+    async def console_slash() -> Response:
+        enabled()
+        return RedirectResponse(PREFIX, status_code=303)
+
+    @app.get(PREFIX + "/static/{name}")
+    async def console_static(name: str) -> Response:
+        enabled()
+        path = console.static.get(name)
+        if path is None or name.endswith(".html"):
+            raise HTTPException(404, "no such console file")
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    @app.post(PREFIX + "/login")
+    async def console_login(request: Request) -> Response:
+        enabled()
+        token = state.settings.admin_token
+        assert token is not None
+        if not _same_origin(request, state):
+            raise HTTPException(403, "cross-origin request refused")
+        form = await request.form()
+        given = form.get("token")
+        given_text = given if isinstance(given, str) else ""
+        if not secrets.compare_digest(given_text.encode(), token.get_secret_value().encode()):
+            page = console.static["login.html"].read_text()
+            page = page.replace("<!--error-->", "<p class=error role=alert>Wrong token.</p>")
+            return _page(page, status_code=401)
+        session = console.sessions.login(state.wall_clock())
+        resp = RedirectResponse(PREFIX, status_code=303)
+        resp.set_cookie(
+            COOKIE,
+            session.session_id,
+            max_age=int(console.sessions.ttl_s),
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=_origin(request, state).scheme == "https",
+        )
+        return resp
+
+    @app.post(PREFIX + "/logout")
+    async def console_logout(request: Request) -> Response:
+        session = require_change(request)
+        console.sessions.logout(session.session_id)
+        resp = Response(status_code=204)
+        resp.delete_cookie(
+            COOKIE,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=_origin(request, state).scheme == "https",
+        )
+        return resp
+
+    @app.get(PREFIX + "/api/session")
+    async def console_session(request: Request) -> Response:
+        session = require_session(request)
+        profiles = state.profiles.current
+        numbers = [{"number": n, "profile": p.name} for n, p in sorted(profiles.numbers.items())]
+        return _json({"csrf_token": session.csrf_token, "numbers": numbers})
+
+    @app.get(PREFIX + "/api/calls")
+    async def console_calls(request: Request) -> Response:
+        require_session(request)
+        return _json(
+            {
+                "calls": [call_view(r) for r in state.calls.values()],
+                "recent": list(state.recent),
+            }
+        )
+
+    def call_view(runner: CallRunner) -> dict[str, Any]:
+        view = runner.summary()
+        view["turn_latency_ms"] = [round(ms, 1) for ms in runner.core.stats.answer_ms]
+        view["called"] = runner.core.called
+        return view
+
+    @app.get(PREFIX + "/api/events")
+    async def console_events(request: Request) -> Response:
+        require_session(request)
+        return StreamingResponse(
+            _events(state, console.bus, call_view),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post(PREFIX + "/api/calls/{call_sid}/hangup")
+    async def console_hang_up(request: Request, call_sid: str) -> Response:
+        require_change(request)
+        runner = state.calls.get(call_sid)
+        if runner is None:
+            raise HTTPException(404, f"no live call {call_sid}")
+        await runner.hang_up("hung up by the operator (console)")
+        return _json({"hung_up": call_sid}, status_code=202)
+
+    @app.post(PREFIX + "/api/phone")
+    async def console_phone(request: Request) -> Response:
+        require_change(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(422, "expected a JSON body") from None
+        number = body.get("number") if isinstance(body, dict) else None
+        if number is not None and not isinstance(number, str):
+            raise HTTPException(422, "number must be a string")
+        if number and number not in state.profiles.current.numbers:
+            raise HTTPException(422, f"{number} has no profile")
+        call_sid = "CA" + secrets.token_hex(16)
+        try:
+            admission = state.admissions.admit(
+                call_sid, number or None, "browser", state.wall_clock()
+            )
+        except CapacityError as exc:
+            raise HTTPException(503, str(exc)) from None
+        except Forbidden as exc:  # a fresh random SID cannot be a replay; still, say so
+            raise HTTPException(409, str(exc)) from None
+        state.metrics.webhooks.labels("admitted").inc()
+        origin = _origin(request, state)
+        scheme = "wss" if origin.scheme == "https" else "ws"
+        parameters = {CALL_TOKEN_PARAM: admission.token}
+        if number:
+            parameters[PROFILE_PARAM] = number
+        return _json(
+            {
+                "call_sid": call_sid,
+                "account_sid": PHONE_ACCOUNT_SID,
+                "stream_url": f"{scheme}://{origin.host}{PHONE_MEDIA_PATH}",
+                "parameters": parameters,
+            }
+        )
+
+    @app.websocket(PHONE_MEDIA_PATH)
+    async def console_phone_media(ws: WebSocket) -> None:
+        if (
+            state.settings.admin_token is None
+            or session_of(ws) is None
+            or not _same_origin(ws, state, required=True)
+        ):
+            await ws.close(code=1008)  # before accept: the upgrade is answered 403
+            return
+        await serve(ws)
+
+
+async def _events(
+    state: GatewayState, bus: CallBus, view: Callable[[CallRunner], dict[str, Any]]
+) -> AsyncIterator[str]:
+    """The push stream: every live call and its transcript first, then what changes."""
+    sent_lines: dict[str, int] = {}
+    last: dict[str, str] = {}
+    with bus.watch() as watcher:
+        yield "retry: 2000\n\n"
+        dirty = set(state.calls)
+        while True:
+            for sid in sorted(dirty):
+                runner = state.calls.get(sid)
+                if runner is not None:
+                    summary = view(runner)
+                    lines = summary.pop("transcript")
+                    for line in lines[sent_lines.get(sid, 0) :]:
+                        yield _sse("line", {"call_sid": sid, **line})
+                    sent_lines[sid] = len(lines)
+                    key = json.dumps({k: v for k, v in summary.items() if k not in _VOLATILE})
+                    if last.get(sid) != key:
+                        last[sid] = key
+                        yield _sse("call", summary)
+                elif sid in last:
+                    ended = next((s for s in state.recent if s.get("call_sid") == sid), None)
+                    yield _sse("ended", ended or {"call_sid": sid})
+                    last.pop(sid)
+                    sent_lines.pop(sid, None)
+            if state.admissions.draining or not state.ready:
+                return
+            await asyncio.sleep(MIN_PUSH_INTERVAL_S)
+            dirty = await watcher.wait(HEARTBEAT_S)
+            if not dirty:
+                yield ": ping\n\n"
+
+
+# Change every frame; the page counts duration itself.
+_VOLATILE = frozenset({"age_s", "frames_in", "frames_out"})
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _page(html: str, status_code: int = 200) -> Response:
+    return HTMLResponse(html, status_code=status_code, headers=_SECURITY_HEADERS)
+
+
+def _json(body: dict[str, Any], status_code: int = 200) -> Response:
+    return JSONResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+def _origin(conn: HTTPConnection, state: GatewayState) -> proxies.Origin:
+    return proxies.resolve(
+        peer=conn.client.host if conn.client else None,
+        scheme=conn.url.scheme,
+        host=conn.headers.get("host") or conn.url.netloc,
+        headers=conn.headers.items(),
+        trusted=state.trusted_proxies,
+    )
+
+
+def _same_origin(conn: HTTPConnection, state: GatewayState, *, required: bool = False) -> bool:
+    """Whether the request's ``Origin`` header names this console (absent: ``not required``;
+    browsers always send it on websockets and cross-origin POSTs)."""
+    sent = conn.headers.get("origin")
+    if sent is None:
+        return not required
+    origin = _origin(conn, state)
+    scheme = {"ws": "http", "wss": "https"}.get(origin.scheme, origin.scheme)
+    return sent.rstrip("/").lower() == f"{scheme}://{origin.host}".lower()

@@ -1,0 +1,297 @@
+"""The console through a real gateway on loopback: login and its cookie, CSRF refusals,
+logout, the push stream during a real call (simulated carrier + the real emulator), hanging
+up from the console, and the browser phone's admission and media stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from gateway.app import gateway_state
+from gateway.console.routes import COOKIE
+from gateway.loadtest.caller import CallOptions, HangUp, Pause, Say, SimulatedCall, WaitForAnswer
+from gateway.service import RunningGateway
+from gateway.telephony.messages import PlayAudio, Stop
+from gateway.telephony.twilio import TwilioCarrierCodec, start_message
+from tests.support import CONNECTED, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+ADMIN = "console-test-admin-token"
+PROFILES = """
+default:
+  instructions: "You answer for the default line."
+  greeting: "Greet the caller briefly."
+numbers:
+  "+15551230001":
+    instructions: "You are the bakery's assistant."
+    greeting: "Say hello from the bakery."
+"""
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    # Loopback is a trusted proxy here, so a test can claim HTTPS with X-Forwarded-Proto.
+    return {"max_calls": 4, "admin_token": ADMIN, "trusted_proxies": ["127.0.0.1", "::1"]}
+
+
+@pytest.fixture
+def profiles_yaml() -> str:
+    return PROFILES
+
+
+@pytest.fixture
+async def client(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, follow_redirects=False) as c:
+        yield c
+
+
+async def _login(client: httpx.AsyncClient) -> str:
+    """Log in; answer the session's CSRF token (the cookie stays in the client)."""
+    resp = await client.post("/console/login", data={"token": ADMIN})
+    assert resp.status_code == 303, resp.text
+    session = await client.get("/console/api/session")
+    assert session.status_code == 200
+    token: str = session.json()["csrf_token"]
+    return token
+
+
+# --- login, cookie, CSRF, logout ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gateway_settings", [{"max_calls": 1}])  # no admin token
+async def test_without_an_admin_token_the_console_is_off_like_the_admin_api(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    admin = await client.get("/admin/calls")
+    assert admin.status_code == 404
+    for path in ("/console", "/console/static/console.js", "/console/api/events"):
+        resp = await client.get(path)
+        assert (resp.status_code, resp.json()) == (404, admin.json()), path
+    assert (await client.post("/console/login", data={"token": ""})).status_code == 404
+    with pytest.raises(InvalidStatus):
+        async with connect(f"{gateway.server.ws_url}/console/phone/media"):
+            pass
+
+
+async def test_without_a_session_the_console_shows_only_the_login_form(
+    client: httpx.AsyncClient,
+) -> None:
+    page = await client.get("/console")
+    assert page.status_code == 200
+    assert 'action="/console/login"' in page.text
+    assert "live-calls" not in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for path in ("/console/api/session", "/console/api/calls", "/console/api/events"):
+        assert (await client.get(path)).status_code == 401, path
+    assert (await client.post("/console/api/phone", json={})).status_code == 401
+
+
+async def test_a_wrong_token_is_refused_and_sets_no_cookie(client: httpx.AsyncClient) -> None:
+    resp = await client.post("/console/login", data={"token": "guess"})
+    assert resp.status_code == 401
+    assert "Wrong token" in resp.text
+    assert "set-cookie" not in resp.headers
+    assert (await client.get("/console/api/session")).status_code == 401
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_keeps_the_token_out_of_urls(
+    client: httpx.AsyncClient,
+) -> None:
+    resp = await client.post("/console/login", data={"token": ADMIN})
+    assert resp.status_code == 303
+    assert resp.headers["location"] == "/console"
+    cookie = resp.headers["set-cookie"]
+    attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+    assert {"httponly", "path", "samesite"} <= attrs
+    assert "samesite=strict" in cookie.lower()
+    assert "secure" not in attrs  # plain HTTP here
+    assert ADMIN not in cookie and ADMIN not in resp.headers["location"]
+    page = await client.get("/console")
+    assert "live-calls" in page.text
+    assert ADMIN not in page.text
+    session = await client.get("/console/api/session")
+    assert ADMIN not in session.text
+    assert [n["number"] for n in session.json()["numbers"]] == ["+15551230001"]
+
+
+async def test_the_cookie_is_secure_when_a_trusted_proxy_says_https(
+    client: httpx.AsyncClient,
+) -> None:
+    resp = await client.post(
+        "/console/login", data={"token": ADMIN}, headers={"X-Forwarded-Proto": "https"}
+    )
+    assert resp.status_code == 303
+    attrs = {a.strip().lower() for a in resp.headers["set-cookie"].split(";")}
+    assert "secure" in attrs
+
+
+async def test_state_changes_need_the_csrf_header_and_our_own_origin(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    csrf = await _login(client)
+    assert (await client.post("/console/logout")).status_code == 403
+    assert (await client.post("/console/logout", headers={"X-CSRF-Token": "x"})).status_code == 403
+    foreign = {"X-CSRF-Token": csrf, "Origin": "https://evil.example"}
+    assert (await client.post("/console/logout", headers=foreign)).status_code == 403
+    assert (await client.post("/console/api/phone", json={})).status_code == 403
+    assert (await client.get("/console/api/session")).status_code == 200  # still logged in
+
+    same = {"X-CSRF-Token": csrf, "Origin": gateway.url}
+    resp = await client.post("/console/logout", headers=same)
+    assert resp.status_code == 204
+    assert "max-age=0" in resp.headers["set-cookie"].lower()
+    assert (await client.get("/console/api/session")).status_code == 401
+
+
+async def test_a_stolen_cookie_is_worthless_after_logout(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    csrf = await _login(client)
+    sid = client.cookies[COOKIE]
+    await client.post("/console/logout", headers={"X-CSRF-Token": csrf})
+    async with httpx.AsyncClient(base_url=gateway.url, cookies={COOKIE: sid}) as thief:
+        assert (await thief.get("/console/api/session")).status_code == 401
+
+
+async def test_static_files_are_served_without_html_or_traversal(
+    client: httpx.AsyncClient,
+) -> None:
+    js = await client.get("/console/static/console.js")
+    assert js.status_code == 200 and "EventSource" in js.text
+    assert (await client.get("/console/static/app.html")).status_code == 404
+    assert (await client.get("/console/static/..%2f__init__.py")).status_code == 404
+
+
+# --- the push stream during real calls -----------------------------------------------------------
+
+
+async def _events(
+    client: httpx.AsyncClient, out: list[tuple[str, dict[str, Any]]], seen: asyncio.Event
+) -> None:
+    async with client.stream("GET", "/console/api/events", timeout=None) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        event = ""
+        async for line in resp.aiter_lines():
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("data: "):
+                out.append((event, json.loads(line[len("data: ") :])))
+                seen.set()
+
+
+async def test_the_push_stream_shows_a_call_live_with_its_transcript(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    await _login(client)
+    events: list[tuple[str, dict[str, Any]]] = []
+    seen = asyncio.Event()
+    reader = asyncio.create_task(_events(client, events, seen))
+    try:
+        question = Say.from_text("Hello, when do you open on Saturday?")
+        script = [WaitForAnswer(), question, WaitForAnswer(), HangUp()]
+        options = CallOptions(webhook_url=f"{gateway.url}/twilio/voice", to_number="+15551230001")
+        result = await SimulatedCall(script, options).run()
+        assert result.ok, (result.failure, result.failure_detail)
+        sid = result.call_sid
+        await wait_until(lambda: any(e == "ended" for e, _ in events), within=10)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+    views = [d for e, d in events if e == "call" and d["call_sid"] == sid]
+    assert views, events
+    assert views[-1]["profile"] == "+15551230001" or views[-1]["profile"]
+    assert views[-1]["codec"] is not None
+    assert {v["state"] for v in views} >= {"listening"} or len(views) > 1
+    assert all("transcript" not in v for v in views)  # lines come as their own events
+    lines = [d for e, d in events if e == "line" and d["call_sid"] == sid]
+    speakers = [line["speaker"] for line in lines]
+    assert "assistant" in speakers and "caller" in speakers, lines
+    assert any(v["turn_latency_ms"] for v in views)
+    ended = [d for e, d in events if e == "ended" and d["call_sid"] == sid]
+    assert ended and ended[0]["outcome"] is not None
+    assert ADMIN not in json.dumps(events)
+
+
+async def test_the_operator_hangs_up_a_live_call(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    csrf = await _login(client)
+    script = [WaitForAnswer(), Pause(ms=30_000), HangUp()]
+    options = CallOptions(webhook_url=f"{gateway.url}/twilio/voice", to_number="+15551230001")
+    call = asyncio.create_task(SimulatedCall(script, options).run())
+    state = gateway_state(gateway.app)
+    await wait_until(lambda: bool(state.calls), within=15)
+    (sid,) = state.calls
+    assert (await client.post(f"/console/api/calls/{sid}/hangup")).status_code == 403  # no CSRF
+    assert sid in state.calls
+    resp = await client.post(f"/console/api/calls/{sid}/hangup", headers={"X-CSRF-Token": csrf})
+    assert resp.status_code == 202
+    result = await asyncio.wait_for(call, 15)
+    assert result.failure == "closed_by_gateway", (result.failure, result.failure_detail)
+    assert "operator" in result.close_reason
+    missing = await client.post(f"/console/api/calls/{sid}/hangup", headers={"X-CSRF-Token": csrf})
+    assert missing.status_code == 404
+
+
+# --- the browser phone, spoken by a test in Twilio's messages --------------------------------
+
+
+async def test_the_browser_phone_stream_needs_the_session_and_binds_with_its_call_token(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    csrf = await _login(client)
+    resp = await client.post(
+        "/console/api/phone", json={"number": "+15551230001"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert resp.status_code == 200, resp.text
+    call = resp.json()
+    assert call["stream_url"] == f"{gateway.server.ws_url}/console/phone/media"
+    params = call["parameters"]
+    assert params["gateway_number"] == "+15551230001" and params["gateway_call_token"]
+    url = call["stream_url"]
+    cookie = {"Cookie": f"{COOKIE}={client.cookies[COOKIE]}"}
+
+    for headers in ({}, {**cookie, "Origin": "https://evil.example"}, {"Origin": gateway.url}):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 403
+
+    codec = TwilioCarrierCodec("MZconsole1")
+    async with connect(url, additional_headers={**cookie, "Origin": gateway.url}) as ws:
+        await ws.send(CONNECTED)
+        start = start_message(
+            stream_sid=codec.stream_sid,
+            call_sid=call["call_sid"],
+            account_sid=call["account_sid"],
+            custom_parameters=params,
+        )
+        await ws.send(codec.encode(start))
+        heard = 0
+        while heard < 10:  # the greeting arrives, as a phone would hear it
+            msg = codec.parse(await asyncio.wait_for(ws.recv(), 15))
+            heard += isinstance(msg, PlayAudio)
+        state = gateway_state(gateway.app)
+        assert call["call_sid"] in state.calls
+        await ws.send(codec.encode(Stop(codec.stream_sid, 2, call["call_sid"], "AC1")))
+    await wait_until(lambda: not state.calls, within=10)
+
+
+async def test_the_browser_phone_needs_a_known_number(
+    client: httpx.AsyncClient,
+) -> None:
+    csrf = await _login(client)
+    resp = await client.post(
+        "/console/api/phone", json={"number": "+19999999999"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert resp.status_code == 422
