@@ -1,0 +1,177 @@
+"""The console in a real browser: Debian's Chromium driven by playwright, against a real
+gateway with the emulator embedded. The browser phone places a call through the phone path
+with a fake microphone that says a synthesized sentence; the page must receive and play the
+greeting and echo its marks, send a keypad digit that reaches the call, and hang up.
+
+Needs ``apt-get install -y chromium`` and ``pip install playwright`` (no ``playwright
+install``: the system browser is used). Without them the test is skipped saying so, except in
+CI (``CI=true``), where ``.ci/run`` installs the browser and a missing one is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.app import gateway_state
+from gateway.audio.tts import synthesizer
+from gateway.service import RunningGateway
+from tests.support import wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+ADMIN = "console-browser-admin-token"
+PROFILES = """
+default:
+  instructions: "You answer for the default line."
+  greeting: "Greet the caller briefly."
+numbers:
+  "+15551230001":
+    instructions: "You are the bakery's assistant."
+    greeting: "Say hello from the bakery, and ask how you can help."
+"""
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+INSTALL = "apt-get install -y chromium && pip install playwright"
+MIC_RATE = 48_000
+
+
+def _need_browser() -> Any:
+    """playwright's async API, or a skip (a failure in CI) naming the install command."""
+    why = None
+    try:
+        from playwright import async_api
+    except ImportError:
+        why = "playwright is not installed"
+    if why is None and not os.path.exists(CHROMIUM):
+        why = f"no Chromium at {CHROMIUM}"
+    if why is not None:
+        message = f"{why}: run `{INSTALL}`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return async_api
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    return {"max_calls": 2, "admin_token": ADMIN}
+
+
+@pytest.fixture
+def profiles_yaml() -> str:
+    return PROFILES
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the fake microphone says: silence while the greeting plays, then a question."""
+    speech = synthesizer().synthesize("Hello, when do you open on Saturday?", rate=MIC_RATE)
+    silence = np.zeros(MIC_RATE * 6, dtype=np.int16)
+    pcm = np.concatenate([silence, speech, silence])
+    path = tmp_path_factory.mktemp("mic") / "caller.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(MIC_RATE)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture
+async def browser(mic_wav: Path) -> AsyncIterator[Any]:
+    api = _need_browser()
+    async with api.async_playwright() as p:
+        b = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-audio-capture={mic_wav}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """Where screenshots go: $CONSOLE_ARTIFACTS when set (CI uploads it), else the test's tmp."""
+    base = Path(os.environ.get("CONSOLE_ARTIFACTS", tmp_path / "screenshots"))
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+async def _logged_in_page(browser: Any, gateway: RunningGateway, width: int, height: int) -> Any:
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    page = await context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    await page.goto(f"{gateway.url}/console")
+    await page.fill("#token", ADMIN)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("body[data-ready=true]", state="attached", timeout=10_000)
+    return page
+
+
+async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hangs_up(
+    browser: Any, gateway: RunningGateway, artifacts: Path
+) -> None:
+    page = await _logged_in_page(browser, gateway, 1280, 800)
+    await page.goto(f"{gateway.url}/console#phone")
+    await page.select_option("#phone-number", "+15551230001")
+    await page.click("#phone-call")
+    # The greeting arrives and plays; the page echoes each mark once its audio has played.
+    # (Polled from here: the page's CSP forbids the eval that wait_for_function needs.)
+    await wait_until(
+        lambda: page.evaluate("window.phone.stats.played >= 25 && window.phone.stats.marks >= 1"),
+        within=30,
+        interval=0.1,
+    )
+    stats = await page.evaluate("window.phone.stats")
+    assert stats["received"] >= stats["played"] >= 25
+    assert stats["sent"] > 0  # the microphone streams 20 ms μ-law frames
+
+    state = gateway_state(gateway.app)
+    (sid,) = state.calls
+    runner = state.calls[sid]
+    assert runner.summary()["profile"] == "+15551230001"
+    await page.click("#keypad button[data-digit='5']")
+    await wait_until(lambda: "5" in runner.summary()["dtmf"], within=10)
+
+    # The live page shows the call as it happens, with the greeting in its transcript.
+    await page.goto(f"{gateway.url}/console#live")
+    await page.wait_for_selector(f"article[data-call-sid='{sid}'] .transcript li.assistant")
+    await page.screenshot(path=str(artifacts / "live-desktop.png"), full_page=True)
+
+    await page.goto(f"{gateway.url}/console#phone")
+    await page.click("#phone-hangup")
+    await wait_until(lambda: not state.calls, within=15)
+    assert page.errors == []
+    assert ADMIN not in await page.content()
+
+
+async def test_each_page_fits_a_phone_screen_without_errors(
+    browser: Any, gateway: RunningGateway, artifacts: Path
+) -> None:
+    for width, height, name in ((1280, 800, "desktop"), (390, 844, "phone")):
+        page = await _logged_in_page(browser, gateway, width, height)
+        for tab in ("live", "phone"):
+            await page.goto(f"{gateway.url}/console#{tab}")
+            await page.wait_for_selector(f"#page-{tab}:not([hidden])")
+            await page.screenshot(path=str(artifacts / f"{tab}-{name}.png"), full_page=True)
+            overflow = await page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{tab} scrolls sideways by {overflow}px at {width}px"
+        assert page.errors == [], page.errors
