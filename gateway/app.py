@@ -13,6 +13,9 @@ Routes:
   ``since``, ``until`` (ISO 8601), ``limit`` (bearer token)
 - ``GET  /admin/records/{call_sid}``  one call record (bearer token)
 - ``GET  /admin/usage``   tokens and cost per number over ``since``/``until`` (bearer token)
+
+Every ``/admin`` route also accepts the console's session cookie instead of the bearer token
+(with its CSRF header on ``POST``), so the console reads the same API an operator scripts.
 - ``/console/*``          the operator console and its browser phone (:mod:`gateway.console.routes`)
 """
 
@@ -75,6 +78,7 @@ class GatewayState:
     # Admission tokens are checked by whichever replica gets the stream: wall-clock time.
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
+    console: console_routes.Console = field(default_factory=console_routes.Console)
     # Whose Forwarded / X-Forwarded-* headers count (GATEWAY_TRUSTED_PROXIES), parsed once.
     trusted_proxies: tuple[proxies.Network, ...] = field(init=False)
     ready: bool = False
@@ -111,6 +115,7 @@ def create_app(
         admissions=_admissions(settings),
         services=services,
         records=records,
+        console=console,
     )
 
     @contextlib.asynccontextmanager
@@ -481,8 +486,12 @@ def _require_admin(request: Request, state: GatewayState) -> None:
         raise HTTPException(404, "admin endpoints are off (set GATEWAY_ADMIN_TOKEN)")
     given = request.headers.get("authorization", "")
     expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "bad or missing admin bearer token")
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return
+    if not given and request.cookies.get(console_routes.COOKIE):
+        state.console.authorize(request, state)  # the console's session (CSRF on POSTs)
+        return
+    raise HTTPException(401, "bad or missing admin bearer token")
 
 
 async def _watch_profiles(state: GatewayState, interval_s: float = 2.0) -> None:

@@ -13,12 +13,17 @@ route answers 404 while ``GATEWAY_ADMIN_TOKEN`` is unset, exactly like ``/admin/
 - ``POST /console/api/calls/{sid}/hangup``  end a live call (CSRF header)
 - ``POST /console/api/phone``           admit a browser-phone call; answers the ``<Stream>``
   parameters a carrier would read from the TwiML (CSRF header)
+- ``GET  /console/api/health``          live calls vs capacity, added-latency p99, loop lag,
+  upstream errors
+- ``GET  /console/api/profiles``        every number's effective settings; the file's error
+- ``GET  /console/api/records/{sid}/recording``  the call's stereo WAV, when recorded
 - ``WS   /console/phone/media``         the browser phone's media stream (Twilio's messages),
   refused without the session cookie or from another origin; the call token in ``start`` binds
   it to the admitted call like any carrier stream
 
 State-changing requests need the session cookie (``SameSite=Strict``), the session's token in
 ``X-CSRF-Token`` and, when the browser sends one, an ``Origin`` equal to the console's own.
+The same session opens the ``/admin`` API (records, usage, reload), which the pages use.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ from starlette.responses import HTMLResponse, StreamingResponse
 
 from gateway import proxies
 from gateway.bridge.call import CALL_TOKEN_PARAM, PROFILE_PARAM, CallRunner
+from gateway.console import health
 from gateway.console.bus import CallBus
 from gateway.console.sessions import Session, Sessions, csrf_ok
-from gateway.errors import CapacityError, Forbidden
+from gateway.errors import CapacityError, ConfigError, Forbidden
+from gateway.numbers import load_profiles
+from gateway.records.store import RecordStoreError
 
 if TYPE_CHECKING:
     from gateway.app import GatewayState
@@ -79,6 +87,23 @@ class Console:
         self.bus = bus or CallBus()
         self.static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
 
+    def session_of(self, conn: HTTPConnection, now: float) -> Session | None:
+        return self.sessions.get(conn.cookies.get(COOKIE), now)
+
+    def authorize(self, request: Request, state: GatewayState) -> Session:
+        """The request's session; a state change (anything but GET/HEAD) must also carry the
+        session's CSRF token and, when the browser sends one, our own ``Origin``. Raises the
+        HTTP error to answer (the caller has checked the console is on)."""
+        session = self.session_of(request, state.wall_clock())
+        if session is None:
+            raise HTTPException(401, "log in to the console first")
+        if request.method not in ("GET", "HEAD"):
+            if not _same_origin(request, state):
+                raise HTTPException(403, "cross-origin request refused")
+            if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+                raise HTTPException(403, "missing or wrong X-CSRF-Token")
+        return session
+
 
 def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamServer) -> None:
     """Add the console's routes to ``app``. ``serve`` runs an authorized media stream the way
@@ -89,23 +114,13 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
             raise HTTPException(404, "admin endpoints are off (set GATEWAY_ADMIN_TOKEN)")
 
     def session_of(conn: HTTPConnection) -> Session | None:
-        return console.sessions.get(conn.cookies.get(COOKIE), state.wall_clock())
+        return console.session_of(conn, state.wall_clock())
 
     def require_session(request: Request) -> Session:
         enabled()
-        session = session_of(request)
-        if session is None:
-            raise HTTPException(401, "log in to the console first")
-        return session
+        return console.authorize(request, state)
 
-    def require_change(request: Request) -> Session:
-        """A state-changing request: session, CSRF token and (when sent) our own Origin."""
-        session = require_session(request)
-        if not _same_origin(request, state):
-            raise HTTPException(403, "cross-origin request refused")
-        if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
-            raise HTTPException(403, "missing or wrong X-CSRF-Token")
-        return session
+    require_change = require_session  # POSTs: authorize() checks CSRF and Origin too
 
     @app.get(PREFIX)
     async def console_page(request: Request) -> Response:
@@ -146,7 +161,7 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
             COOKIE,
             session.session_id,
             max_age=int(console.sessions.ttl_s),
-            path=PREFIX,
+            path="/",
             httponly=True,
             samesite="strict",
             secure=_origin(request, state).scheme == "https",
@@ -160,7 +175,7 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
         resp = Response(status_code=204)
         resp.delete_cookie(
             COOKIE,
-            path=PREFIX,
+            path="/",
             httponly=True,
             samesite="strict",
             secure=_origin(request, state).scheme == "https",
@@ -244,6 +259,65 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
             }
         )
 
+    @app.get(PREFIX + "/api/health")
+    async def console_health(request: Request) -> Response:
+        require_session(request)
+        now = state.wall_clock()
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        await asyncio.sleep(0)  # how long a ready task waits for its turn on the loop now
+        lag_ms = (loop.time() - asked) * 1000
+        registry = state.metrics.registry
+        return _json(
+            {
+                "live_calls": state.admissions.live,
+                "load": state.admissions.load(now),
+                "capacity": state.settings.max_calls,
+                "draining": state.admissions.draining,
+                "added_latency_p99_ms": health.added_latency_p99_ms(registry),
+                "event_loop_lag_ms": round(lag_ms, 3),
+                "upstream_errors": health.upstream_errors(registry),
+            }
+        )
+
+    @app.get(PREFIX + "/api/profiles")
+    async def console_profiles(request: Request) -> Response:
+        require_session(request)
+        store = state.profiles
+        current = store.current
+        problem = None
+        if store.path is not None:
+            try:
+                await asyncio.to_thread(load_profiles, store.path)
+            except ConfigError as exc:
+                problem = str(exc)
+        return _json(
+            {
+                "file": None if store.path is None else str(store.path),
+                "file_error": problem,
+                "default": health.profile_view(current.default),
+                "numbers": {n: health.profile_view(p) for n, p in sorted(current.numbers.items())},
+            }
+        )
+
+    @app.get(PREFIX + "/api/records/{call_sid}/recording")
+    async def console_recording(request: Request, call_sid: str) -> Response:
+        require_session(request)
+        if state.records is None:
+            raise HTTPException(404, "call records are off (GATEWAY_RECORDS_URL=off)")
+        try:
+            found = await state.records.get(call_sid)
+        except RecordStoreError as exc:
+            raise HTTPException(503, str(exc)) from None
+        if found is None or not found.recording_path:
+            raise HTTPException(404, f"no recording for {call_sid}")
+        path = await asyncio.to_thread(
+            _recording_file, found.recording_path, state.settings.recordings_dir
+        )
+        if path is None:
+            raise HTTPException(404, f"the recording of {call_sid} is not in the recordings folder")
+        return FileResponse(path, media_type="audio/wav", headers={"Cache-Control": "no-store"})
+
     @app.websocket(PHONE_MEDIA_PATH)
     async def console_phone_media(ws: WebSocket) -> None:
         if (
@@ -293,6 +367,15 @@ async def _events(
 
 # Change every frame; the page counts duration itself.
 _VOLATILE = frozenset({"age_s", "frames_in", "frames_out"})
+
+
+def _recording_file(recorded: str, recordings_dir: Path) -> Path | None:
+    """The recording's file when it lies inside the recordings folder (a record from another
+    deployment, or a tampered database, cannot make the console serve any other file)."""
+    path = Path(recorded).resolve()
+    if not path.is_relative_to(recordings_dir.resolve()) or not path.is_file():
+        return None
+    return path
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

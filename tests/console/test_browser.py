@@ -36,6 +36,7 @@ numbers:
   "+15551230001":
     instructions: "You are the bakery's assistant."
     greeting: "Say hello from the bakery, and ask how you can help."
+    record: true
 """
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 INSTALL = "apt-get install -y chromium && pip install playwright"
@@ -157,6 +158,38 @@ async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hang
     await page.goto(f"{gateway.url}/console#phone")
     await page.click("#phone-hangup")
     await wait_until(lambda: not state.calls, within=15)
+
+    # Its record, with the keypad entry, a timeline and the stereo recording to play.
+    await page.goto(f"{gateway.url}/console#history")
+    row = page.locator(f"#history-table tr[data-call-sid='{sid}']")
+
+    async def listed() -> bool:
+        await page.click("#history-filter button[type=submit]")
+        await page.wait_for_timeout(200)
+        return await row.count() == 1
+
+    await wait_until(listed, within=20, interval=0.2)
+    await row.click()
+    await page.wait_for_selector("#record-audio:not([hidden])")
+    assert "Keypad 5" in await page.inner_text("#record-facts")
+    assert await page.locator("#record-timeline canvas").count() >= 1
+    duration = await page.evaluate(
+        """async () => {
+            const a = document.getElementById('record-audio');
+            a.muted = true;
+            await a.play();
+            return a.duration;
+        }"""
+    )
+    assert duration > 1.0
+    await page.screenshot(path=str(artifacts / "history-desktop.png"), full_page=True)
+
+    # Profiles reload from the button.
+    await page.goto(f"{gateway.url}/console#profiles")
+    await page.wait_for_selector(".profile h3")
+    await page.click("#profiles-reload")
+    await page.wait_for_selector("#profiles-status:text('Reloaded')")
+
     assert page.errors == []
     assert ADMIN not in await page.content()
 
@@ -166,9 +199,11 @@ async def test_each_page_fits_a_phone_screen_without_errors(
 ) -> None:
     for width, height, name in ((1280, 800, "desktop"), (390, 844, "phone")):
         page = await _logged_in_page(browser, gateway, width, height)
-        for tab in ("live", "phone"):
+        for tab in ("live", "phone", "history", "usage", "health", "profiles"):
             await page.goto(f"{gateway.url}/console#{tab}")
             await page.wait_for_selector(f"#page-{tab}:not([hidden])")
+            if tab in ("usage", "health"):
+                await page.wait_for_selector(f"#page-{tab} .chart canvas")
             await page.screenshot(path=str(artifacts / f"{tab}-{name}.png"), full_page=True)
             overflow = await page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"

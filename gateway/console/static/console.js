@@ -33,6 +33,7 @@ function showPage() {
   const name = (location.hash || '#live').slice(1);
   for (const page of document.querySelectorAll('.page')) page.hidden = page.id !== `page-${name}`;
   for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.dataset.page === name);
+  if (typeof onPage === 'function' && state.csrf) onPage(name);
 }
 
 // --- live calls -------------------------------------------------------------------------------
@@ -272,6 +273,191 @@ function keypad() {
   }
 }
 
+
+// --- call history -----------------------------------------------------------------------------
+
+async function getJson(path) {
+  const resp = await fetch(path, { credentials: 'same-origin' });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(body.detail || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+function showError(id, err) {
+  const node = $(id);
+  node.hidden = !err;
+  node.textContent = err ? String(err.message || err) : '';
+}
+
+function isoOrEmpty(value) { return value ? new Date(value).toISOString() : ''; }
+
+async function loadHistory(event) {
+  if (event) event.preventDefault();
+  const form = new FormData($('history-filter'));
+  const q = new URLSearchParams({ limit: '200' });
+  for (const key of ['number', 'outcome']) if (form.get(key)) q.set(key, form.get(key));
+  for (const key of ['since', 'until']) if (form.get(key)) q.set(key, isoOrEmpty(form.get(key)));
+  try {
+    const { records } = await getJson(`/admin/records?${q}`);
+    showError('history-error', null);
+    const body = $('history-table').tBodies[0];
+    body.replaceChildren(...records.map((r) => {
+      const row = el('tr', { 'data-call-sid': r.call_sid },
+        el('td', {}, new Date(r.started_at).toLocaleString()), el('td', {}, r.number),
+        el('td', {}, r.outcome), el('td', {}, fmtDuration(r.duration_s || 0)), el('td', {}, String(r.turns)),
+        el('td', {}, r.cost_usd == null ? '–' : `$${r.cost_usd.toFixed(4)}`));
+      row.addEventListener('click', () => showRecord(r.call_sid));
+      return row;
+    }));
+    if (!records.length) body.append(el('tr', {}, el('td', { colspan: '6', class: 'muted' }, 'No call matches.')));
+  } catch (err) { showError('history-error', err); }
+}
+
+const charts = {};
+
+function chart(id, opts, data) {
+  const node = $(id);
+  if (charts[id]) charts[id].destroy();
+  node.replaceChildren();
+  const width = Math.max(240, node.clientWidth || node.parentElement.clientWidth || 600);
+  charts[id] = new uPlot({ width, height: opts.height || 180, ...opts }, data, node);
+  return charts[id];
+}
+
+async function showRecord(sid) {
+  try {
+    const r = await getJson(`/admin/records/${encodeURIComponent(sid)}`);
+    $('record').hidden = false;
+    $('record-sid').textContent = sid;
+    const lat = r.latency || {};
+    $('record-facts').replaceChildren(
+      fact('Number', r.number), fact('Profile', r.profile), fact('Outcome', r.outcome),
+      fact('Reason', r.end_reason || '–'), fact('Duration', fmtDuration(r.duration_s || 0)),
+      fact('Turns', r.turns), fact('Barge-ins', r.barge_ins), fact('Keypad', r.dtmf || '–'),
+      fact('Setup ms', r.setup_ms), fact('Answer p50 ms', lat.answer_ms_p50),
+      fact('Cost', r.cost_usd == null ? 'unpriced' : `$${r.cost_usd.toFixed(4)}`));
+    // The timeline: transcript lines (kept for recent calls) and call-control steps.
+    let lines = [];
+    try {
+      const calls = await getJson('/admin/calls');
+      const recent = calls.recent.find((c) => c.call_sid === sid);
+      if (recent) lines = recent.transcript || [];
+    } catch (_) { /* the transcript is a bonus */ }
+    const points = [
+      ...lines.map((l) => ({ t: l.at_ms / 1000, lane: l.speaker === 'caller' ? 1 : 2, text: `${l.speaker}: ${l.text}` })),
+      ...(r.actions || []).map((a) => ({ t: (a.at_ms || 0) / 1000, lane: 3, text: `⚙ ${a.kind}` })),
+    ].sort((a, b) => a.t - b.t);
+    $('record-events').replaceChildren(...points.map((p) => el('li', {}, `${p.t.toFixed(1)} s  ${p.text}`)));
+    const xs = points.map((p) => p.t);
+    const lane = (n) => points.map((p) => (p.lane === n ? n : null));
+    chart('record-timeline', {
+      height: 140, scales: { x: { time: false }, y: { range: [0.5, 3.5] } },
+      axes: [{ label: 'seconds' }, { values: (_u, ticks) => ticks.map((t) => ({ 1: 'caller', 2: 'assistant', 3: 'control' }[t] || '')), splits: () => [1, 2, 3] }],
+      series: [{}, ...[['caller', '#0f766e'], ['assistant', '#6d28d9'], ['control', '#b45309']].map(([label, stroke]) => ({ label, stroke, width: 0, points: { show: true, size: 9, fill: stroke } }))],
+    }, [xs, lane(1), lane(2), lane(3)]);
+    const audio = $('record-audio');
+    audio.hidden = !r.recording_path;
+    if (r.recording_path) audio.src = `/console/api/records/${encodeURIComponent(sid)}/recording`;
+    else audio.removeAttribute('src');
+  } catch (err) { showError('history-error', err); }
+}
+
+// --- usage and cost ---------------------------------------------------------------------------
+
+async function loadUsage() {
+  try {
+    const [{ numbers, total }, { records }] = await Promise.all([
+      getJson('/admin/usage'), getJson('/admin/records?limit=1000'),
+    ]);
+    showError('usage-error', null);
+    $('usage-total').replaceChildren(fact('Calls', total.calls), fact('Minutes', (total.duration_s / 60).toFixed(1)),
+      fact('Cost', `$${total.cost_usd.toFixed(4)}`), fact('Unpriced calls', total.unpriced_calls));
+    $('usage-table').tBodies[0].replaceChildren(...numbers.map((n) => el('tr', {},
+      el('td', {}, n.number), el('td', {}, String(n.calls)), el('td', {}, (n.duration_s / 60).toFixed(1)),
+      el('td', {}, n.cost_usd.toFixed(4)), el('td', {}, String(n.unpriced_calls)))));
+    // Cost per day and number, from the records (the newest thousand).
+    const day = (iso) => Math.floor(new Date(iso).getTime() / 86400000) * 86400;
+    const days = [...new Set(records.map((r) => day(r.started_at)))].sort((a, b) => a - b);
+    const names = [...new Set(records.map((r) => r.number))].sort();
+    const series = names.map((name) => days.map((d) => records
+      .filter((r) => r.number === name && day(r.started_at) === d)
+      .reduce((sum, r) => sum + (r.cost_usd || 0), 0)));
+    const palette = ['#1f6feb', '#0f766e', '#6d28d9', '#b45309', '#be123c', '#4d7c0f'];
+    chart('usage-chart', {
+      height: 220, axes: [{}, { label: 'USD per day' }],
+      series: [{}, ...names.map((label, i) => ({ label, stroke: palette[i % palette.length], width: 2, points: { show: true } }))],
+    }, [days, ...series]);
+  } catch (err) { showError('usage-error', err); }
+}
+
+// --- health -----------------------------------------------------------------------------------
+
+const healthSeries = { t: [], live: [], capacity: [], inbound: [], outbound: [], lag: [], errors: [] };
+let healthTimer = null;
+
+async function sampleHealth() {
+  try {
+    const h = await getJson('/console/api/health');
+    const errors = Object.values(h.upstream_errors).reduce((a, b) => a + b, 0);
+    const s = healthSeries;
+    s.t.push(Date.now() / 1000); s.live.push(h.live_calls); s.capacity.push(h.capacity);
+    s.inbound.push(h.added_latency_p99_ms.inbound); s.outbound.push(h.added_latency_p99_ms.outbound);
+    s.lag.push(h.event_loop_lag_ms); s.errors.push(errors);
+    for (const k of Object.keys(s)) if (s[k].length > 360) s[k].shift();
+    $('health-facts').replaceChildren(fact('Live calls', `${h.live_calls} of ${h.capacity}`),
+      fact('Draining', h.draining ? 'yes' : 'no'),
+      fact('Added p99 in/out ms', `${h.added_latency_p99_ms.inbound ?? '–'} / ${h.added_latency_p99_ms.outbound ?? '–'}`),
+      fact('Loop lag ms', h.event_loop_lag_ms), fact('Upstream errors', errors));
+    const line = (label, stroke) => ({ label, stroke, width: 2 });
+    // At least the last five minutes on the axis, however few samples there are yet.
+    const recent = { x: { range: (_u, min, max) => [Math.min(min, max - 300), max] } };
+    chart('health-calls', { scales: recent, series: [{}, line('live', '#1f6feb'), line('capacity', '#9ca3af')] }, [s.t, s.live, s.capacity]);
+    chart('health-latency', { scales: recent, series: [{}, line('inbound', '#0f766e'), line('outbound', '#6d28d9')] }, [s.t, s.inbound, s.outbound]);
+    chart('health-lag', { scales: recent, series: [{}, line('lag', '#b45309')] }, [s.t, s.lag]);
+    chart('health-errors', { scales: recent, series: [{}, line('errors', '#be123c')] }, [s.t, s.errors]);
+  } catch (err) { $('health-facts').replaceChildren(el('span', { class: 'error' }, String(err.message || err))); }
+}
+
+// --- profiles ---------------------------------------------------------------------------------
+
+function profileCard(title, p) {
+  const td = p.turn_detection ? `${p.turn_detection.type}` : 'off (push to talk)';
+  const t = p.tools || {}, targets = Object.keys(t.transfer_call || {});
+  const tools = [t.end_call ? 'end_call' : '', targets.length ? `transfer_call (${targets.join(', ')})` : '']
+    .filter(Boolean).join(', ') || 'none';
+  const rows = [['Instructions', p.instructions], ['Greeting', p.greeting ?? 'none'], ['Voice', p.voice],
+    ['Model', p.model], ['Turn detection', td], ['Tools', tools],
+    ['Budget', p.max_cost_usd == null ? 'none' : `$${p.max_cost_usd}`], ['Max call', `${p.max_call_seconds} s`],
+    ['Codec', p.upstream_codec || 'gateway default'], ['Records audio', p.record ? 'yes' : 'no']];
+  return el('article', { class: 'profile' }, el('h3', {}, title),
+    el('dl', {}, ...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, String(v))])));
+}
+
+async function loadProfiles() {
+  try {
+    const p = await getJson('/console/api/profiles');
+    $('profiles-file').textContent = p.file ? `From ${p.file}` : 'Built-in profiles (no GATEWAY_PROFILES_FILE).';
+    showError('profiles-error', p.file_error ? `The file on disk is invalid, so the profiles below are the last good ones: ${p.file_error}` : null);
+    $('profiles-list').replaceChildren(profileCard('Default (any other number)', p.default),
+      ...Object.entries(p.numbers).map(([n, prof]) => profileCard(`${n} · ${prof.name}`, prof)));
+  } catch (err) { showError('profiles-error', err); }
+}
+
+async function reloadProfiles() {
+  const resp = await post('/admin/reload');
+  const body = await resp.json().catch(() => ({}));
+  $('profiles-status').textContent = resp.ok ? `Reloaded (${body.numbers.length} numbers).` : `Not reloaded: ${body.error || body.detail}`;
+  await loadProfiles();
+}
+
+function onPage(name) {
+  clearInterval(healthTimer);
+  if (name === 'history') loadHistory();
+  else if (name === 'usage') loadUsage();
+  else if (name === 'profiles') loadProfiles();
+  else if (name === 'health') { sampleHealth(); healthTimer = setInterval(sampleHealth, 5000); }
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 async function main() {
@@ -287,6 +473,8 @@ async function main() {
   $('phone-call').addEventListener('click', startCall);
   $('phone-hangup').addEventListener('click', hangUp);
   keypad();
+  $('history-filter').addEventListener('submit', loadHistory);
+  $('profiles-reload').addEventListener('click', reloadProfiles);
   window.addEventListener('hashchange', showPage);
   showPage();
   listen();
