@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.app import gateway_state
 from gateway.console.routes import COOKIE
 from gateway.loadtest.caller import CallOptions, HangUp, Pause, Say, SimulatedCall, WaitForAnswer
+from gateway.records.model import CallRecord
 from gateway.service import RunningGateway
 from gateway.telephony.messages import PlayAudio, Stop
 from gateway.telephony.twilio import TwilioCarrierCodec, start_message
@@ -295,3 +297,67 @@ async def test_the_browser_phone_needs_a_known_number(
         "/console/api/phone", json={"number": "+19999999999"}, headers={"X-CSRF-Token": csrf}
     )
     assert resp.status_code == 422
+
+
+# --- the pages' data ----------------------------------------------------------------------------
+
+
+async def test_the_session_opens_the_admin_api_with_csrf_on_posts(
+    client: httpx.AsyncClient,
+) -> None:
+    csrf = await _login(client)
+    assert (await client.get("/admin/calls")).status_code == 200
+    assert (await client.get("/admin/usage")).status_code == 200
+    assert (await client.post("/admin/reload")).status_code == 403  # no CSRF header
+    reloaded = await client.post("/admin/reload", headers={"X-CSRF-Token": csrf})
+    assert reloaded.status_code == 200 and reloaded.json()["reloaded"]
+    client.cookies.clear()
+    assert (await client.get("/admin/calls")).status_code == 401
+    bearer = await client.get("/admin/calls", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert bearer.status_code == 200  # scripts keep their bearer token
+
+
+async def test_health_reports_capacity_latency_lag_and_errors(client: httpx.AsyncClient) -> None:
+    await _login(client)
+    h = (await client.get("/console/api/health")).json()
+    assert h["capacity"] == 4 and h["live_calls"] == 0
+    assert set(h["added_latency_p99_ms"]) == {"inbound", "outbound"}
+    assert h["event_loop_lag_ms"] >= 0
+    assert isinstance(h["upstream_errors"], dict)
+
+
+async def test_profiles_show_effective_settings_and_a_broken_file_in_words(
+    client: httpx.AsyncClient, profiles_file: Any
+) -> None:
+    await _login(client)
+    p = (await client.get("/console/api/profiles")).json()
+    assert p["file_error"] is None
+    bakery = p["numbers"]["+15551230001"]
+    assert bakery["instructions"] == "You are the bakery's assistant."
+    assert bakery["voice"] and bakery["model"] and "turn_detection" in bakery
+    profiles_file.write_text("numbers:\n  '+15551230001':\n    voice: 12\n")
+    broken = (await client.get("/console/api/profiles")).json()
+    assert "voice" in broken["file_error"]
+    # the last good profiles stay in force and on the page
+    assert broken["numbers"]["+15551230001"]["instructions"] == bakery["instructions"]
+
+
+async def test_a_recording_is_served_only_from_the_recordings_folder(
+    client: httpx.AsyncClient, gateway: RunningGateway, tmp_path: Any
+) -> None:
+    await _login(client)
+    state = gateway_state(gateway.app)
+    assert state.records is not None
+    folder = state.settings.recordings_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "CAin.wav").write_bytes(b"RIFF0000WAVE")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not a recording")
+    now = datetime.now(UTC)
+    for sid, path in (("CAin", folder / "CAin.wav"), ("CAout", outside)):
+        record = CallRecord(call_sid=sid, started_at=now, recording_path=str(path))
+        await state.records.save(record)
+    ok = await client.get("/console/api/records/CAin/recording")
+    assert ok.status_code == 200 and ok.headers["content-type"] == "audio/wav"
+    assert (await client.get("/console/api/records/CAout/recording")).status_code == 404
+    assert (await client.get("/console/api/records/CAnone/recording")).status_code == 404
