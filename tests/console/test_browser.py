@@ -153,7 +153,7 @@ async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hang
     # The live page shows the call as it happens, with the greeting in its transcript.
     await page.goto(f"{gateway.url}/console#live")
     await page.wait_for_selector(f"article[data-call-sid='{sid}'] .transcript li.assistant")
-    await page.screenshot(path=str(artifacts / "live-desktop.png"), full_page=True)
+    await page.screenshot(path=str(artifacts / "live-call-desktop.png"), full_page=True)
 
     await page.goto(f"{gateway.url}/console#phone")
     await page.click("#phone-hangup")
