@@ -10,6 +10,7 @@ CI (``CI=true``), where ``.ci/run`` installs the browser and a missing one is a 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import wave
@@ -22,6 +23,7 @@ import pytest
 
 from gateway.app import gateway_state
 from gateway.audio.tts import synthesizer
+from gateway.bridge.core import keypad_text
 from gateway.service import RunningGateway
 from tests.support import wait_until
 
@@ -70,12 +72,35 @@ def profiles_yaml() -> str:
     return PROFILES
 
 
+@pytest.fixture
+def event_log(tmp_path: Path) -> Path:
+    return tmp_path / "emulator-events.jsonl"
+
+
+@pytest.fixture
+def emulator_options(event_log: Path) -> dict[str, object]:
+    return {"latency_ms": 100.0, "event_log": event_log}
+
+
+def _keypad_items(log: Path) -> list[str]:
+    """The keypad entries the model was given (conversation items in the emulator's log)."""
+    texts = []
+    for line in log.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line).get("event", json.loads(line))
+        if event.get("type") == "conversation.item.create":
+            for part in event.get("item", {}).get("content", []):
+                if "keypad" in str(part.get("text", "")):
+                    texts.append(part["text"])
+    return texts
+
+
 @pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the fake microphone says: silence while the greeting plays, then a question."""
+    """What the fake microphone says: a question two seconds in, over the greeting (a
+    barge-in), then ten seconds of silence. Chromium plays the file in a loop."""
     speech = synthesizer().synthesize("Hello, when do you open on Saturday?", rate=MIC_RATE)
-    silence = np.zeros(MIC_RATE * 6, dtype=np.int16)
-    pcm = np.concatenate([silence, speech, silence])
+    lead, tail = np.zeros(MIC_RATE * 2, dtype=np.int16), np.zeros(MIC_RATE * 10, dtype=np.int16)
+    pcm = np.concatenate([lead, speech, tail])
     path = tmp_path_factory.mktemp("mic") / "caller.wav"
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -126,7 +151,7 @@ async def _logged_in_page(browser: Any, gateway: RunningGateway, width: int, hei
 
 
 async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hangs_up(
-    browser: Any, gateway: RunningGateway, artifacts: Path
+    browser: Any, gateway: RunningGateway, artifacts: Path, event_log: Path
 ) -> None:
     page = await _logged_in_page(browser, gateway, 1280, 800)
     await page.goto(f"{gateway.url}/console#phone")
@@ -147,8 +172,13 @@ async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hang
     (sid,) = state.calls
     runner = state.calls[sid]
     assert runner.summary()["profile"] == "+15551230001"
+    # The caller's question two seconds in talks over the greeting: the gateway sends clear,
+    # and the page's playout drops what it had queued.
+    await wait_until(lambda: page.evaluate("window.phone.stats.clears >= 1"), within=20)
+    assert runner.summary()["barge_ins"] >= 1
     await page.click("#keypad button[data-digit='5']")
     await wait_until(lambda: "5" in runner.summary()["dtmf"], within=10)
+    await wait_until(lambda: keypad_text("5") in _keypad_items(event_log), within=10)
 
     # The live page shows the call as it happens, with the greeting in its transcript.
     await page.goto(f"{gateway.url}/console#live")
