@@ -3,16 +3,13 @@ gateway with the emulator embedded. The browser phone places a call through the 
 with a fake microphone that says a synthesized sentence; the page must receive and play the
 greeting and echo its marks, send a keypad digit that reaches the call, and hang up.
 
-Needs ``apt-get install -y chromium`` and ``pip install playwright`` (no ``playwright
-install``: the system browser is used). Without them the test is skipped saying so, except in
-CI (``CI=true``), where ``.ci/run`` installs the browser and a missing one is a failure.
+Needs ``apt-get install -y chromium`` and ``pip install playwright`` (:mod:`tests.browser`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +22,7 @@ from gateway.app import gateway_state
 from gateway.audio.tts import synthesizer
 from gateway.bridge.core import keypad_text
 from gateway.service import RunningGateway
+from tests.browser import chromium
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -40,26 +38,7 @@ numbers:
     greeting: "Say hello from the bakery, and ask how you can help."
     record: true
 """
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-INSTALL = "apt-get install -y chromium && pip install playwright"
 MIC_RATE = 48_000
-
-
-def _need_browser() -> Any:
-    """playwright's async API, or a skip (a failure in CI) naming the install command."""
-    why = None
-    try:
-        from playwright import async_api
-    except ImportError:
-        why = "playwright is not installed"
-    if why is None and not os.path.exists(CHROMIUM):
-        why = f"no Chromium at {CHROMIUM}"
-    if why is not None:
-        message = f"{why}: run `{INSTALL}`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return async_api
 
 
 @pytest.fixture
@@ -112,21 +91,14 @@ def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def browser(mic_wav: Path) -> AsyncIterator[Any]:
-    api = _need_browser()
-    async with api.async_playwright() as p:
-        b = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-audio-capture={mic_wav}",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
-        )
-        try:
-            yield b
-        finally:
-            await b.close()
+    args = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    async with chromium(args) as b:
+        yield b
 
 
 @pytest.fixture
