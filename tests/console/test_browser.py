@@ -8,6 +8,7 @@ Needs ``apt-get install -y chromium`` and ``pip install playwright`` (:mod:`test
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import wave
@@ -21,6 +22,7 @@ import pytest
 from gateway.app import gateway_state
 from gateway.audio.tts import synthesizer
 from gateway.bridge.core import keypad_text
+from gateway.loadtest.caller import CallOptions, HangUp, Say, SimulatedCall, WaitForAnswer
 from gateway.service import RunningGateway
 from tests.browser import chromium
 from tests.support import wait_until
@@ -212,3 +214,25 @@ async def test_each_page_fits_a_phone_screen_without_errors(
             )
             assert overflow <= 0, f"{tab} scrolls sideways by {overflow}px at {width}px"
         assert page.errors == [], page.errors
+
+
+async def test_the_live_page_shows_a_load_tester_call_as_it_happens(
+    browser: Any, gateway: RunningGateway, artifacts: Path
+) -> None:
+    page = await _logged_in_page(browser, gateway, 1280, 800)
+    await page.wait_for_selector("#push-state:text('live')")
+    question = Say.from_text("Hello, when do you open on Saturday?")
+    options = CallOptions(webhook_url=f"{gateway.url}/twilio/voice", to_number="+15551230001")
+    call = asyncio.create_task(
+        SimulatedCall([WaitForAnswer(), question, WaitForAnswer(), HangUp()], options).run()
+    )
+    card = page.locator("article.call")
+    await card.locator(".transcript li.assistant").first.wait_for(timeout=30_000)
+    await card.locator(".transcript li.caller").first.wait_for(timeout=30_000)
+    facts = await card.locator(".facts").inner_text()
+    assert "+15551230001" in facts and "Codec" in facts
+    await page.screenshot(path=str(artifacts / "live-loadtest-desktop.png"), full_page=True)
+    result = await asyncio.wait_for(call, 30)
+    assert result.ok, (result.failure, result.failure_detail)
+    await page.wait_for_selector(f"article.call.ended[data-call-sid='{result.call_sid}']")
+    assert page.errors == []

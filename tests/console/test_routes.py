@@ -361,3 +361,52 @@ async def test_a_recording_is_served_only_from_the_recordings_folder(
     assert ok.status_code == 200 and ok.headers["content-type"] == "audio/wav"
     assert (await client.get("/console/api/records/CAout/recording")).status_code == 404
     assert (await client.get("/console/api/records/CAnone/recording")).status_code == 404
+
+
+TWILIO_TOKEN = "twilio-auth-token-never-shown"
+
+
+@pytest.mark.parametrize(
+    "gateway_settings",
+    [{"max_calls": 2, "admin_token": ADMIN, "twilio_auth_token": TWILIO_TOKEN}],
+)
+async def test_with_signed_carriers_the_phone_still_calls_and_no_secret_reaches_a_page(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    # The carrier route still wants Twilio's signature: the console opened no hole in it.
+    with pytest.raises(InvalidStatus) as unsigned:
+        async with connect(f"{gateway.server.ws_url}/twilio/media"):
+            pass
+    assert unsigned.value.response.status_code == 403
+
+    csrf = await _login(client)
+    call = (await client.post("/console/api/phone", json={}, headers={"X-CSRF-Token": csrf})).json()
+    codec = TwilioCarrierCodec("MZconsole2")
+    cookie = {"Cookie": f"{COOKIE}={client.cookies[COOKIE]}", "Origin": gateway.url}
+    async with connect(call["stream_url"], additional_headers=cookie) as ws:
+        await ws.send(CONNECTED)
+        start = start_message(
+            stream_sid=codec.stream_sid,
+            call_sid=call["call_sid"],
+            account_sid=call["account_sid"],
+            custom_parameters=call["parameters"],
+        )
+        await ws.send(codec.encode(start))
+        while not isinstance(codec.parse(await asyncio.wait_for(ws.recv(), 15)), PlayAudio):
+            pass
+        pages = [
+            await client.get(path)
+            for path in (
+                "/console",
+                "/console/api/session",
+                "/console/api/calls",
+                "/console/api/profiles",
+                "/console/api/health",
+                "/console/static/console.js",
+                "/admin/calls",
+            )
+        ]
+        await ws.send(codec.encode(Stop(codec.stream_sid, 2, call["call_sid"], "AC1")))
+    for page in pages:
+        assert page.status_code == 200, page.url
+        assert ADMIN not in page.text and TWILIO_TOKEN not in page.text, page.url
