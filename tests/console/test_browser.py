@@ -92,7 +92,9 @@ def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def browser(mic_wav: Path) -> AsyncIterator[Any]:
+async def browser(mic_wav: Path, gateway: RunningGateway) -> AsyncIterator[Any]:
+    """Chromium, closed before the gateway stops (its open push streams would hold the
+    server's shutdown)."""
     args = [
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",

@@ -224,6 +224,7 @@ async function startCall() {
         phoneStat('marks', phone.stats.marks + 1);
       } else if (m.type === 'played') {
         phoneStat('played', m.frames);
+        phone.stats.drained = m.drained; // bursts that ran dry: ends of speech, and underruns
       } else if (m.type === 'cleared') {
         phoneStat('clears', phone.stats.clears + 1);
       }

@@ -4,10 +4,13 @@
 // as one 160-byte frame per 20 ms.
 // "mulaw-player": the gateway's μ-law frames and marks in one queue, played in order at the
 // context's rate; a mark is echoed (posted back) when the audio before it has been played, and
-// "clear" drops the queue at once and echoes every pending mark, as Twilio does.
+// "clear" drops the queue at once and echoes every pending mark, as Twilio does. Each burst of
+// audio starts once 60 ms are queued (or after 60 ms, if less ever comes): a jitter buffer, so
+// frames that arrive a little late do not break the sound into clicks.
 
 const FRAME = 160; // 20 ms at 8 kHz
 const RATE = 8000;
+const PREBUFFER = 480; // 60 ms at 8 kHz
 
 function mulawEncode(sample) { // sample: float in [-1, 1]
   const BIAS = 0x84, CLIP = 32635;
@@ -96,6 +99,10 @@ class MulawPlayer extends AudioWorkletProcessor {
     this.last = 0;
     this.played = 0; // 8 kHz samples played
     this.reported = 0;
+    this.queued = 0; // 8 kHz samples of audio in the queue
+    this.buffering = true; // waiting for PREBUFFER before a burst plays
+    this.waited = 0; // output samples waited with audio queued
+    this.drained = 0;
     this.port.onmessage = (e) => this.command(e.data);
   }
   command(msg) {
@@ -103,6 +110,7 @@ class MulawPlayer extends AudioWorkletProcessor {
       const audio = new Float32Array(msg.bytes.length);
       for (let i = 0; i < audio.length; i++) audio[i] = DECODE[msg.bytes[i]];
       this.queue.push({ audio });
+      this.queued += audio.length;
     } else if (msg.type === 'mark') {
       this.queue.push({ mark: msg.name });
       this.flushMarks();
@@ -112,6 +120,9 @@ class MulawPlayer extends AudioWorkletProcessor {
       }
       this.queue = [];
       this.offset = 0;
+      this.queued = 0;
+      this.buffering = true;
+      this.waited = 0;
       this.port.postMessage({ type: 'cleared' });
     }
   }
@@ -125,7 +136,19 @@ class MulawPlayer extends AudioWorkletProcessor {
     for (let i = 0; i < out.length; i++) {
       this.flushMarks();
       const head = this.queue[0];
-      if (!head) { out[i] = 0; continue; }
+      if (!head) {
+        if (!this.buffering) { this.buffering = true; this.waited = 0; this.drained++; }
+        out[i] = 0;
+        continue;
+      }
+      if (this.buffering) {
+        if (this.queued < PREBUFFER && this.waited < PREBUFFER / this.step) {
+          this.waited++;
+          out[i] = 0;
+          continue;
+        }
+        this.buffering = false;
+      }
       const a = head.audio;
       const k = Math.floor(this.offset);
       const frac = this.offset - k;
@@ -135,13 +158,14 @@ class MulawPlayer extends AudioWorkletProcessor {
       if (this.offset >= a.length) {
         this.offset -= a.length;
         this.played += a.length;
+        this.queued -= a.length;
         this.queue.shift();
       }
     }
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     if (this.played - this.reported >= FRAME) {
       this.reported = this.played;
-      this.port.postMessage({ type: 'played', frames: Math.floor(this.played / FRAME) });
+      this.port.postMessage({ type: 'played', frames: Math.floor(this.played / FRAME), drained: this.drained });
     }
     return true;
   }
