@@ -179,6 +179,8 @@ async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hang
     await page.wait_for_selector("#record-audio:not([hidden])")
     assert "Keypad 5" in await page.inner_text("#record-facts")
     assert await page.locator("#record-timeline canvas").count() >= 1
+    # the stereo recording drawn as who spoke when
+    await page.wait_for_selector("#record-levels[data-seconds] canvas")
     duration = await page.evaluate(
         """async () => {
             const a = document.getElementById('record-audio');

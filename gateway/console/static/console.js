@@ -353,14 +353,47 @@ async function showRecord(sid) {
     const lane = (n) => points.map((p) => (p.lane === n ? n : null));
     chart('record-timeline', {
       height: 140, scales: { x: { time: false }, y: { range: [0.5, 3.5] } },
-      axes: [{ label: 'seconds' }, { values: (_u, ticks) => ticks.map((t) => ({ 1: 'caller', 2: 'assistant', 3: 'control' }[t] || '')), splits: () => [1, 2, 3] }],
+      axes: [{ label: 'seconds' }, { size: 80, values: (_u, ticks) => ticks.map((t) => ({ 1: 'caller', 2: 'assistant', 3: 'control' }[t] || '')), splits: () => [1, 2, 3] }],
       series: [{}, ...[['caller', '#0f766e'], ['assistant', '#6d28d9'], ['control', '#b45309']].map(([label, stroke]) => ({ label, stroke, width: 0, points: { show: true, size: 9, fill: stroke } }))],
     }, [xs, lane(1), lane(2), lane(3)]);
     const audio = $('record-audio');
     audio.hidden = !r.recording_path;
-    if (r.recording_path) audio.src = `/console/api/records/${encodeURIComponent(sid)}/recording`;
-    else audio.removeAttribute('src');
+    $('record-levels').hidden = !r.recording_path;
+    if (r.recording_path) {
+      const url = `/console/api/records/${encodeURIComponent(sid)}/recording`;
+      audio.src = url;
+      drawLevels(url).catch((err) => showError('history-error', err));
+    } else audio.removeAttribute('src');
   } catch (err) { showError('history-error', err); }
+}
+
+// The recording drawn as who spoke when: caller level up, assistant level down, 50 ms steps.
+// Overlaps are barge-ins (or double talk), flat stretches are gaps.
+async function drawLevels(url) {
+  const resp = await fetch(url, { credentials: 'same-origin' });
+  if (!resp.ok) throw new Error(`recording: ${resp.status}`);
+  const ctx = new OfflineAudioContext(2, 1, 8000);
+  const audio = await ctx.decodeAudioData(await resp.arrayBuffer());
+  const step = Math.round(audio.sampleRate * 0.05);
+  const level = (ch) => {
+    const data = audio.getChannelData(Math.min(ch, audio.numberOfChannels - 1)), out = [];
+    for (let i = 0; i < data.length; i += step) {
+      let sum = 0;
+      const end = Math.min(data.length, i + step);
+      for (let j = i; j < end; j++) sum += data[j] * data[j];
+      out.push(Math.sqrt(sum / Math.max(1, end - i)));
+    }
+    return out;
+  };
+  const caller = level(0), assistant = level(1).map((v) => -v);
+  const xs = caller.map((_v, i) => (i * step) / audio.sampleRate);
+  chart('record-levels', {
+    height: 160, scales: { x: { time: false } },
+    axes: [{ label: 'seconds' }, { size: 80, values: (_u, ticks) => ticks.map((t) => (t > 0 ? 'caller' : t < 0 ? 'assistant' : '')) }],
+    series: [{}, { label: 'caller', stroke: '#0f766e', fill: 'rgba(15,118,110,.25)', points: { show: false } },
+      { label: 'assistant', stroke: '#6d28d9', fill: 'rgba(109,40,217,.25)', points: { show: false } }],
+  }, [xs, caller, assistant]);
+  $('record-levels').dataset.seconds = String(audio.duration);
 }
 
 // --- usage and cost ---------------------------------------------------------------------------
