@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -44,13 +45,15 @@ from gateway import proxies
 from gateway.bridge.call import CALL_TOKEN_PARAM, PROFILE_PARAM, CallRunner
 from gateway.console import health
 from gateway.console.bus import CallBus
-from gateway.console.sessions import Session, Sessions, csrf_ok
+from gateway.console.sessions import LoginThrottle, Session, Sessions, csrf_ok
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.numbers import load_profiles
 from gateway.records.store import RecordStoreError
 
 if TYPE_CHECKING:
     from gateway.app import GatewayState
+
+log = logging.getLogger("gateway.console")
 
 COOKIE = "gateway_console"
 CSRF_HEADER = "x-csrf-token"
@@ -85,6 +88,7 @@ class Console:
     def __init__(self, sessions: Sessions | None = None, bus: CallBus | None = None) -> None:
         self.sessions = sessions or Sessions()
         self.bus = bus or CallBus()
+        self.throttle = LoginThrottle()
         self.static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
 
     def session_of(self, conn: HTTPConnection, now: float) -> Session | None:
@@ -148,10 +152,21 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
         assert token is not None
         if not _same_origin(request, state):
             raise HTTPException(403, "cross-origin request refused")
+        wait = console.throttle.retry_after(state.wall_clock())
+        if wait is not None:
+            raise HTTPException(
+                429,
+                "too many wrong tokens; try again shortly",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         form = await request.form()
         given = form.get("token")
         given_text = given if isinstance(given, str) else ""
         if not secrets.compare_digest(given_text.encode(), token.get_secret_value().encode()):
+            console.throttle.failed(state.wall_clock())
+            log.warning(
+                "console login refused: wrong token from %s", _origin(request, state).client
+            )
             page = console.static["login.html"].read_text()
             page = page.replace("<!--error-->", "<p class=error role=alert>Wrong token.</p>")
             return _page(page, status_code=401)

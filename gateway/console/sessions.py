@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 SESSION_TTL_S = 12 * 3600.0
@@ -87,3 +87,34 @@ def csrf_ok(session: Session, presented: str | None) -> bool:
     if not presented:
         return False
     return hmac.compare_digest(presented.encode(), session.csrf_token.encode())
+
+
+LOGIN_FAILURES = 10
+LOGIN_WINDOW_S = 60.0
+
+
+class LoginThrottle:
+    """At most ``failures`` wrong tokens per ``window_s`` seconds, for the whole process: past
+    that, logins are refused unread until the window moves on. Process-wide rather than per
+    client because a guesser chooses its address; a right token in the meantime waits at most
+    ``window_s``. Pure: the clock is passed in."""
+
+    def __init__(self, failures: int = LOGIN_FAILURES, window_s: float = LOGIN_WINDOW_S) -> None:
+        self.failures = failures
+        self.window_s = window_s
+        self._at: deque[float] = deque()
+
+    def _forget(self, now: float) -> None:
+        while self._at and self._at[0] <= now - self.window_s:
+            self._at.popleft()
+
+    def retry_after(self, now: float) -> float | None:
+        """Seconds until a login may be tried, or None when it may be tried now."""
+        self._forget(now)
+        if len(self._at) < self.failures:
+            return None
+        return self._at[0] + self.window_s - now
+
+    def failed(self, now: float) -> None:
+        self._forget(now)
+        self._at.append(now)

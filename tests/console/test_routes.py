@@ -410,3 +410,14 @@ async def test_with_signed_carriers_the_phone_still_calls_and_no_secret_reaches_
     for page in pages:
         assert page.status_code == 200, page.url
         assert ADMIN not in page.text and TWILIO_TOKEN not in page.text, page.url
+
+
+async def test_too_many_wrong_tokens_close_the_login_for_a_while(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    gateway_state(gateway.app).console.throttle.failures = 2
+    for _ in range(2):
+        assert (await client.post("/console/login", data={"token": "guess"})).status_code == 401
+    refused = await client.post("/console/login", data={"token": ADMIN})
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1

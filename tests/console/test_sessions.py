@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.console.sessions import Sessions, csrf_ok
+from gateway.console.sessions import LoginThrottle, Sessions, csrf_ok
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -51,3 +51,15 @@ def test_csrf_tokens_are_per_session_and_random() -> None:
     assert not csrf_ok(a, b.csrf_token)
     assert not csrf_ok(a, None)
     assert not csrf_ok(a, "")
+
+
+def test_logins_are_refused_for_a_while_after_too_many_wrong_tokens() -> None:
+    throttle = LoginThrottle(failures=3, window_s=60.0)
+    for at in (0.0, 1.0, 2.0):
+        assert throttle.retry_after(at) is None
+        throttle.failed(at)
+    assert throttle.retry_after(10.0) == 50.0  # until the first failure leaves the window
+    assert throttle.retry_after(60.0) is None
+    throttle.failed(60.0)  # failures now at 1, 2 and 60
+    assert throttle.retry_after(60.5) == 0.5
+    assert throttle.retry_after(61.0) is None
