@@ -421,3 +421,26 @@ async def test_too_many_wrong_tokens_close_the_login_for_a_while(
     refused = await client.post("/console/login", data={"token": ADMIN})
     assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_the_browser_phone_stream_is_refused_without_its_call_token(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    csrf = await _login(client)
+    call = (await client.post("/console/api/phone", json={}, headers={"X-CSRF-Token": csrf})).json()
+    codec = TwilioCarrierCodec("MZconsole3")
+    headers = {"Cookie": f"{COOKIE}={client.cookies[COOKIE]}", "Origin": gateway.url}
+    async with connect(call["stream_url"], additional_headers=headers) as ws:
+        await ws.send(CONNECTED)
+        forged = {**call["parameters"], "gateway_call_token": "v1.9999999999.forged"}
+        start = start_message(
+            stream_sid=codec.stream_sid,
+            call_sid=call["call_sid"],
+            account_sid=call["account_sid"],
+            custom_parameters=forged,
+        )
+        await ws.send(codec.encode(start))
+        await ws.wait_closed()
+    assert ws.close_code is not None and ws.close_code != 1000
+    assert "token" in (ws.close_reason or "")
+    assert not gateway_state(gateway.app).calls
