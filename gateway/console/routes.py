@@ -90,6 +90,10 @@ class Console:
         self.bus = bus or CallBus()
         self.throttle = LoginThrottle()
         self.static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
+        # Read once: the pages are small and the routes must not block the loop on a disk.
+        self.pages = {
+            n: p.read_text(encoding="utf-8") for n, p in self.static.items() if n.endswith(".html")
+        }
 
     def session_of(self, conn: HTTPConnection, now: float) -> Session | None:
         return self.sessions.get(conn.cookies.get(COOKIE), now)
@@ -130,7 +134,7 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
     async def console_page(request: Request) -> Response:
         enabled()
         page = "app.html" if session_of(request) is not None else "login.html"
-        return _page(console.static[page].read_text())
+        return _page(console.pages[page])
 
     @app.get(PREFIX + "/")
     async def console_slash() -> Response:
@@ -167,7 +171,7 @@ def install(app: FastAPI, state: GatewayState, console: Console, serve: StreamSe
             log.warning(
                 "console login refused: wrong token from %s", _origin(request, state).client
             )
-            page = console.static["login.html"].read_text()
+            page = console.pages["login.html"]
             page = page.replace("<!--error-->", "<p class=error role=alert>Wrong token.</p>")
             return _page(page, status_code=401)
         session = console.sessions.login(state.wall_clock())
