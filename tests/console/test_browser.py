@@ -192,6 +192,12 @@ async def test_the_browser_phone_calls_hears_the_greeting_presses_a_key_and_hang
     assert duration > 1.0
     await page.screenshot(path=str(artifacts / "history-desktop.png"), full_page=True)
 
+    # Usage and cost count the call, in the table and the chart.
+    await page.goto(f"{gateway.url}/console#usage")
+    await page.wait_for_selector("#usage-table td:text('+15551230001')")
+    await page.wait_for_selector("#usage-chart canvas")
+    await page.screenshot(path=str(artifacts / "usage-desktop.png"), full_page=True)
+
     # Profiles reload from the button.
     await page.goto(f"{gateway.url}/console#profiles")
     await page.wait_for_selector(".profile h3")

@@ -411,16 +411,21 @@ async function loadUsage() {
       el('td', {}, n.cost_usd.toFixed(4)), el('td', {}, String(n.unpriced_calls)))));
     // Cost per day and number, from the records (the newest thousand).
     const day = (iso) => Math.floor(new Date(iso).getTime() / 86400000) * 86400;
-    const days = [...new Set(records.map((r) => day(r.started_at)))].sort((a, b) => a - b);
+    // every day of the last two weeks (zero when quiet), and any older day with calls
+    const today = day(new Date().toISOString());
+    const recentDays = Array.from({ length: 14 }, (_v, i) => today - (13 - i) * 86400);
+    const days = [...new Set([...recentDays, ...records.map((r) => day(r.started_at))])].sort((a, b) => a - b);
     const names = [...new Set(records.map((r) => r.number))].sort();
     const series = names.map((name) => days.map((d) => records
       .filter((r) => r.number === name && day(r.started_at) === d)
       .reduce((sum, r) => sum + (r.cost_usd || 0), 0)));
     const palette = ['#1f6feb', '#0f766e', '#6d28d9', '#b45309', '#be123c', '#4d7c0f'];
+    const totals = days.map((_d, i) => series.reduce((sum, s) => sum + s[i], 0));
     chart('usage-chart', {
-      height: 220, axes: [{}, { label: 'USD per day' }],
-      series: [{}, ...names.map((label, i) => ({ label, stroke: palette[i % palette.length], width: 2, points: { show: true } }))],
-    }, [days, ...series]);
+      height: 220, axes: [{}, { label: 'USD per day', size: 70 }],
+      series: [{}, { label: 'total', stroke: '#111827', width: 3, points: { show: true } },
+        ...names.map((label, i) => ({ label, stroke: palette[i % palette.length], width: 2, points: { show: true } }))],
+    }, [days, totals, ...series]);
   } catch (err) { showError('usage-error', err); }
 }
 
@@ -443,12 +448,10 @@ async function sampleHealth() {
       fact('Added p99 in/out ms', `${h.added_latency_p99_ms.inbound ?? '–'} / ${h.added_latency_p99_ms.outbound ?? '–'}`),
       fact('Loop lag ms', h.event_loop_lag_ms), fact('Upstream errors', errors));
     const line = (label, stroke) => ({ label, stroke, width: 2 });
-    // At least the last five minutes on the axis, however few samples there are yet.
-    const recent = { x: { range: (_u, min, max) => [Math.min(min, max - 300), max] } };
-    chart('health-calls', { scales: recent, series: [{}, line('live', '#1f6feb'), line('capacity', '#9ca3af')] }, [s.t, s.live, s.capacity]);
-    chart('health-latency', { scales: recent, series: [{}, line('inbound', '#0f766e'), line('outbound', '#6d28d9')] }, [s.t, s.inbound, s.outbound]);
-    chart('health-lag', { scales: recent, series: [{}, line('lag', '#b45309')] }, [s.t, s.lag]);
-    chart('health-errors', { scales: recent, series: [{}, line('errors', '#be123c')] }, [s.t, s.errors]);
+    chart('health-calls', { series: [{}, line('live', '#1f6feb'), line('capacity', '#9ca3af')] }, [s.t, s.live, s.capacity]);
+    chart('health-latency', { series: [{}, line('inbound', '#0f766e'), line('outbound', '#6d28d9')] }, [s.t, s.inbound, s.outbound]);
+    chart('health-lag', { series: [{}, line('lag', '#b45309')] }, [s.t, s.lag]);
+    chart('health-errors', { series: [{}, line('errors', '#be123c')] }, [s.t, s.errors]);
   } catch (err) { $('health-facts').replaceChildren(el('span', { class: 'error' }, String(err.message || err))); }
 }
 
