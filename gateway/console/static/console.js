@@ -439,6 +439,10 @@ async function sampleHealth() {
     const h = await getJson('/console/api/health');
     const errors = Object.values(h.upstream_errors).reduce((a, b) => a + b, 0);
     const s = healthSeries;
+    if (!s.t.length) { // start the axis five minutes back, so one sample does not span years
+      s.t.push(Date.now() / 1000 - 300);
+      for (const k of Object.keys(s)) if (k !== 't') s[k].push(null);
+    }
     s.t.push(Date.now() / 1000); s.live.push(h.live_calls); s.capacity.push(h.capacity);
     s.inbound.push(h.added_latency_p99_ms.inbound); s.outbound.push(h.added_latency_p99_ms.outbound);
     s.lag.push(h.event_loop_lag_ms); s.errors.push(errors);
