@@ -21,12 +21,17 @@ Routes:
 - ``GET  /calls/{id}``    an outbound call's progress (bearer token)
 - ``POST /twilio/outbound/status``  Twilio's status callback of an outbound call (signed)
 - ``POST /twilio/outbound/amd``     its answering machine verdict (signed)
+
+Every ``/admin`` route also accepts the console's session cookie instead of the bearer token
+(with its CSRF header on ``POST``), so the console reads the same API an operator scripts.
+- ``/console/*``          the operator console and its browser phone (:mod:`gateway.console.routes`)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import re
@@ -53,6 +58,7 @@ from gateway.bridge.call import (
     CallServices,
     UpstreamFactory,
 )
+from gateway.console import routes as console_routes
 from gateway.errors import CapacityError, ConfigError, Forbidden
 from gateway.limits import Notice
 from gateway.numbers import E164, ProfileStore
@@ -102,6 +108,7 @@ class GatewayState:
     wall_clock: Callable[[], float] = time.time
     calls: dict[str, CallRunner] = field(default_factory=dict)
     outbound: Dialer = field(default_factory=Dialer)
+    console: console_routes.Console = field(default_factory=console_routes.Console)
     # Whose Forwarded / X-Forwarded-* headers count (GATEWAY_TRUSTED_PROXIES), parsed once.
     trusted_proxies: tuple[proxies.Network, ...] = field(init=False)
     ready: bool = False
@@ -128,14 +135,19 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway app. ``upstream`` opens one Realtime session per call; ``services``
     are the optional rest: the carrier's REST API, prices, the call-record writer."""
+    console = console_routes.Console()
+    services = services or CallServices()
+    if services.on_change is None:
+        services = dataclasses.replace(services, on_change=console.bus.changed)
     state = GatewayState(
         settings=settings,
         profiles=profiles or ProfileStore(settings.profiles_file),
         metrics=metrics or Metrics(),
         upstream=upstream,
         admissions=_admissions(settings),
-        services=services or CallServices(),
+        services=services,
         records=records,
+        console=console,
     )
 
     @contextlib.asynccontextmanager
@@ -173,6 +185,10 @@ def create_app(
 
     for carrier in served(settings).values():
         _carrier_routes(app, state, carrier)
+
+    async def serve_stream(ws: WebSocket) -> None:
+        """Run an authorized media stream in Twilio's dialect: the console's browser phone."""
+        await _run_stream(state, CallRunner(ws, state))
 
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> Response:
@@ -333,6 +349,7 @@ def create_app(
         log.info("outbound call %s answered by %s", call.id, call.answered_by)
         return Response(status_code=204)
 
+    console_routes.install(app, state, console, serve_stream)
     return app
 
 
@@ -658,14 +675,19 @@ def _carrier_routes(app: FastAPI, state: GatewayState, carrier: Carrier) -> None
         except Forbidden as exc:
             await runner.refuse(exc)
             return
-        state.streams += 1
-        state.idle.clear()
-        try:
-            await runner.run()
-        finally:
-            state.streams -= 1
-            if state.streams == 0:
-                state.idle.set()
+        await _run_stream(state, runner)
+
+
+async def _run_stream(state: GatewayState, runner: CallRunner) -> None:
+    """Run one authorized media stream, counted while it is open (a drain waits for none)."""
+    state.streams += 1
+    state.idle.clear()
+    try:
+        await runner.run()
+    finally:
+        state.streams -= 1
+        if state.streams == 0:
+            state.idle.set()
 
 
 def _answer(answer: Answer) -> Response:
@@ -794,8 +816,12 @@ def _require_admin(request: Request, state: GatewayState) -> None:
         raise HTTPException(404, "admin endpoints are off (set GATEWAY_ADMIN_TOKEN)")
     given = request.headers.get("authorization", "")
     expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "bad or missing admin bearer token")
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return
+    if not given and request.cookies.get(console_routes.COOKIE):
+        state.console.authorize(request, state)  # the console's session (CSRF on POSTs)
+        return
+    raise HTTPException(401, "bad or missing admin bearer token")
 
 
 async def _watch_profiles(state: GatewayState, interval_s: float = 2.0) -> None:

@@ -416,6 +416,10 @@ async def _serve_until_stopped(
                     settings.public_url or "<public origin>",
                     carrier.voice_path,
                 )
+        if settings.admin_token is not None:
+            log.info("operator console: %s/console (log in with GATEWAY_ADMIN_TOKEN)", gw.url)
+        else:
+            log.info("operator console: off (set GATEWAY_ADMIN_TOKEN to open %s/console)", gw.url)
         if on_ready is not None:
             on_ready(gw)
         try:

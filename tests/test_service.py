@@ -367,3 +367,23 @@ async def test_start_up_says_which_carrier_requests_are_accepted(
     said = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("carrier requests: refused") for m in said), said
     assert any("every carrier request is refused" in m for m in said), said
+
+
+@pytest.mark.timeout(90)
+async def test_gateway_serve_opens_the_console_behind_the_admin_token(tmp_path: Path) -> None:
+    port = free_port()
+    proc, lines = await _serve_process(tmp_path, port, GATEWAY_ADMIN_TOKEN="serve-console-token")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            page = await client.get("/console")
+            login = await client.post("/console/login", data={"token": "serve-console-token"})
+            console = await client.get("/console")
+        out = await _stopped(proc, lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert page.status_code == 200 and 'action="/console/login"' in page.text
+    assert login.status_code == 303
+    assert console.status_code == 200 and "live-calls" in console.text
+    assert f"operator console: http://127.0.0.1:{port}/console" in out

@@ -40,6 +40,9 @@ class CallServices:
     tracing: Tracing = field(default_factory=Tracing.disabled)
     recordings_dir: Path | None = None
     """Where calls of profiles with ``record: true`` are recorded; None: recording is off."""
+    on_change: Callable[[str], None] | None = None
+    """Told a call SID whenever that call's summary may have changed (the console's push
+    stream); must be cheap and must not block."""
 
 
 class StarletteCarrierSocket:

@@ -167,6 +167,7 @@ class CallRunner:
                 assert self._bound_sid is not None
                 self.registry[self._bound_sid] = self
                 self.metrics.active_calls.inc()
+                self._changed()
                 for coro, name in (
                     (self._carrier_loop(), "carrier"),
                     (self._upstream_loop(), "upstream"),
@@ -193,6 +194,7 @@ class CallRunner:
                 for e in effects:
                     session.push_audio(e.frame, e.received_at)  # type: ignore[union-attr]
             return
+        self._changed()
         async with self._send_lock:
             for effect in effects:
                 session = self.session
@@ -233,6 +235,12 @@ class CallRunner:
             await self._execute(self.core.carrier_gone(self.clock()))
         except Exception as exc:
             await self._execute(self.core.failed(exc, self.clock()))
+
+    def _changed(self) -> None:
+        """Tell the console this call's summary may have changed (cheap; never blocks)."""
+        notify = self.services.on_change
+        if notify is not None and self._bound_sid is not None:
+            notify(self._bound_sid)
 
     # --- carrier --------------------------------------------------------------------------------
 
@@ -453,6 +461,7 @@ class CallRunner:
     async def _read_events(self, session: UpstreamSession) -> None:
         async for ev in session.events():
             await self._execute(self.core.upstream_event(ev, self.clock()))
+            self._changed()  # transcripts and turn states change without effects
 
     async def _read_audio(self, session: UpstreamSession) -> None:
         core, clock = self.core, self.clock
@@ -518,6 +527,7 @@ class CallRunner:
             # captured upgrade signature cannot fill the records database or cost a write.
             return
         self.host.recent.append(self.summary())
+        self._changed()
         if self.services.save_record is not None:
             self.services.save_record(self.record())
 

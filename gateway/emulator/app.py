@@ -8,6 +8,8 @@
 ``POST /v1/realtime/calls``
     ``application/sdp`` (any valid key, usually ``ek_``) or ``multipart/form-data`` with ``sdp``
     and ``session`` parts -> ``201``, the SDP answer, ``Location: /v1/realtime/calls/rtc_...``.
+    Answers CORS (preflight included) for any origin, so a browser page can call it
+    (:mod:`gateway.emulator.cors`).
     Errors are ``{"error": {...}}`` JSON: 401 bad key, 400 bad SDP or session, and whatever
     status a fault injects.
 ``POST /v1/realtime/calls/{call_id}/hangup``
@@ -42,6 +44,7 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.emulator.config import REAL_MAX_SESSION_S, EmulatorConfig, EngineConfig, Faults
+from gateway.emulator.cors import CallsCors
 from gateway.emulator.event_log import EventLog
 from gateway.emulator.peer import EmulatorCall, PacketCache
 from gateway.emulator.schema import (
@@ -169,6 +172,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
 
     app = FastAPI(title="OpenAI Realtime emulator", lifespan=lifespan)
     app.state.emulator = state
+    app.add_middleware(CallsCors)  # a web page may post its offer, as to the real service
 
     def bearer(request: Request) -> str | None:
         header = request.headers.get("authorization", "")
