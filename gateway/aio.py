@@ -23,19 +23,20 @@ log = logging.getLogger(__name__)
 async def cancel_and_wait(*tasks: asyncio.Task[object] | None) -> None:
     """Cancel ``tasks`` and wait until every one has finished.
 
-    ``None`` entries and finished tasks are skipped, so callers can pass optional handles as
-    they are. Exceptions the tasks end with are retrieved and logged at DEBUG (they were the
-    task's business, reported where they happened); a ``CancelledError`` raised *in the caller*
-    while it waits propagates after the tasks have been asked to stop - the caller's own
-    cancellation is never swallowed.
+    ``None`` entries are skipped and finished tasks are not cancelled, so callers can pass
+    optional handles as they are. Exceptions the tasks end (or ended) with are retrieved and
+    logged at DEBUG (they were the task's business, reported where they happened); a
+    ``CancelledError`` raised *in the caller* while it waits propagates after the tasks have been
+    asked to stop - the caller's own cancellation is never swallowed.
     """
-    live = [task for task in tasks if task is not None and not task.done()]
+    given = [task for task in tasks if task is not None]
+    live = [task for task in given if not task.done()]
     for task in live:
         task.cancel()
     if live:
         # asyncio.wait never raises the tasks' exceptions, only the caller's own cancellation.
         await asyncio.wait(live)
-    for done in live:
+    for done in given:  # those that had finished already too: nothing left "never retrieved"
         if done.cancelled():
             continue
         error = done.exception()

@@ -36,3 +36,26 @@ async def test_a_callback_that_holds_the_loop_shows_as_lag() -> None:
         await cancel_and_wait(watcher)
     assert max(lags[quiet:]) >= 0.09 - 0.01  # woke late by about what the loop was held
     assert all(lag >= 0 for lag in lags)
+
+
+async def test_a_task_that_failed_before_is_retrieved_so_nothing_is_logged_as_lost() -> None:
+    import gc
+
+    from gateway.aio import cancel_and_wait
+
+    seen: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+
+        async def fail() -> None:
+            raise RuntimeError("the carrier went away")
+
+        task = asyncio.create_task(fail())
+        await asyncio.wait([task])  # it has finished, with an exception nobody has read
+        await cancel_and_wait(task)
+        del task
+        gc.collect()
+        assert seen == []  # no "Task exception was never retrieved"
+    finally:
+        loop.set_exception_handler(None)
