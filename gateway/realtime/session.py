@@ -58,7 +58,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from gateway.audio.format import CARRIER_RATE, RTP_MIME, UpstreamCodec
+from gateway.audio.format import CARRIER_RATE, RTP_MIME, LegFrame, UpstreamCodec
 from gateway.audio.g711 import ALAW_SILENCE, ULAW_SILENCE
 from gateway.audio.resample import StreamResampler
 from gateway.errors import (
@@ -79,7 +79,6 @@ from gateway.realtime.tracks import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     CallerAudioTrack,
-    CallerFrame,
     DecodedAudio,
     EncodedAudio,
     RemoteAudioReader,
@@ -605,7 +604,7 @@ class RealtimeSession:
         """
         return _EventStream(self)
 
-    def push_audio(self, frame: CallerFrame, received_at: float | None = None) -> None:
+    def push_audio(self, frame: LegFrame, received_at: float | None = None) -> None:
         """Queue one caller frame (480 int16 samples, 24 kHz mono; 160 bytes of the leg's law
         on a G.711 leg) for the caller-audio track.
 

@@ -71,7 +71,6 @@ _G711_SILENCE: Final = {
     "pcmu": bytes([ULAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
     "pcma": bytes([ALAW_SILENCE]) * CARRIER_FRAME_SAMPLES,
 }
-CallerFrame = LegFrame
 
 
 class _Cancellable(Protocol):
@@ -160,7 +159,7 @@ class CallerAudioTrack(MediaStreamTrack):
             raise ValueError(f"codec must be opus, pcmu or pcma, got {codec!r}")
         self.codec: Final[UpstreamCodec] = codec
         self._g711 = codec != "opus"
-        self._silence: CallerFrame = _SILENCE if codec == "opus" else _G711_SILENCE[codec]
+        self._silence: LegFrame = _SILENCE if codec == "opus" else _G711_SILENCE[codec]
         self._frame_ticks = FRAME_SAMPLES if codec == "opus" else CARRIER_FRAME_SAMPLES
         if max_frames < 1 or not 0 <= target_frames <= max_frames:
             raise ValueError(
@@ -169,7 +168,7 @@ class CallerAudioTrack(MediaStreamTrack):
             )
         if catch_up < 1.0:
             raise ValueError(f"catch_up must be >= 1, got {catch_up}")
-        self._queue: deque[tuple[CallerFrame, float]] = deque()
+        self._queue: deque[tuple[LegFrame, float]] = deque()
         self._max_frames = max_frames
         self._target_frames = target_frames
         self._catch_up_interval = _FRAME_S / catch_up
@@ -211,7 +210,7 @@ class CallerAudioTrack(MediaStreamTrack):
         """Frames waiting to be sent."""
         return len(self._queue)
 
-    def push(self, frame: CallerFrame, received_at: float | None = None) -> None:
+    def push(self, frame: LegFrame, received_at: float | None = None) -> None:
         """Queue one frame (480 int16 samples; 160 bytes on a G.711 leg); drops the oldest
         queued frame when full.
 
@@ -336,7 +335,7 @@ class CallerAudioTrack(MediaStreamTrack):
         super().stop()
         self._wake()
 
-    def _is_quiet(self, samples: CallerFrame) -> bool:
+    def _is_quiet(self, samples: LegFrame) -> bool:
         if isinstance(samples, bytes):
             return g711_peak(samples, alaw=self.codec == "pcma") < self._quiet_peak
         return int(np.abs(samples).max()) < self._quiet_peak

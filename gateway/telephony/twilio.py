@@ -25,19 +25,15 @@ with hand-written field checks (about 3 µs a frame), no validation framework.
 
 from __future__ import annotations
 
-import binascii
 import json
-from base64 import b64decode, b64encode
+from base64 import b64encode
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Final
 
 from gateway.errors import (
-    AudioFormatError,
     CarrierError,
-    CarrierProtocolError,
     InternalError,
-    MessageTooLarge,
     UnsupportedMediaFormat,
 )
 from gateway.telephony.messages import (
@@ -57,6 +53,7 @@ from gateway.telephony.messages import (
     Stop,
     frozen_mapping,
 )
+from gateway.telephony.wire import JsonWire, describe
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -74,99 +71,7 @@ DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
 # Longest decimal string we turn into an int: sequence numbers and millisecond timestamps of a
 # call that lasted a century still fit, and int() on megabyte strings is never reached.
-_MAX_DIGITS: Final = 18
-_MAX_NAME_CHARS: Final = 1024
-
-
-def _fail(event: str, what: str) -> CarrierProtocolError:
-    return CarrierProtocolError(f"Twilio {event!r} message: {what}")
-
-
-def _check_size(frame: str | bytes, limit: int) -> str:
-    """Return ``frame`` as text if it is a text frame within ``limit`` UTF-8 bytes."""
-    if isinstance(frame, bytes | bytearray | memoryview):
-        if len(frame) > limit:
-            raise MessageTooLarge(f"binary frame of {len(frame)} bytes exceeds {limit} bytes")
-        raise CarrierProtocolError(
-            f"binary websocket frame ({len(frame)} bytes): Twilio media streams send text JSON"
-        )
-    if not isinstance(frame, str):
-        raise CarrierProtocolError(f"websocket frame of type {type(frame).__name__} is not text")
-    n = len(frame)
-    # A character is 1-4 UTF-8 bytes: only encode when the character count is inconclusive.
-    if n > limit or (n * 4 > limit and len(frame.encode("utf-8", "surrogatepass")) > limit):
-        raise MessageTooLarge(f"text frame of {n} characters exceeds {limit} bytes")
-    return frame
-
-
-def _load(frame: str) -> tuple[str, dict[str, Any]]:
-    try:
-        obj = json.loads(frame)
-    except (ValueError, RecursionError) as exc:
-        raise CarrierProtocolError(f"frame is not valid JSON: {exc}") from None
-    if type(obj) is not dict:
-        raise CarrierProtocolError(f"frame is JSON {type(obj).__name__}, expected an object")
-    event = obj.get("event")
-    if type(event) is not str:
-        raise CarrierProtocolError(
-            "frame has no 'event' string" if event is None else "'event' is not a string"
-        )
-    return event, obj
-
-
-def _obj(parent: dict[str, Any], key: str, event: str, where: str = "") -> dict[str, Any]:
-    value = parent.get(key)
-    if type(value) is not dict:
-        raise _fail(event, f"'{where}{key}' is {_describe(value)}, expected an object")
-    return value
-
-
-def _str(parent: dict[str, Any], key: str, event: str, where: str = "") -> str:
-    value = parent.get(key)
-    if type(value) is not str:
-        raise _fail(event, f"'{where}{key}' is {_describe(value)}, expected a string")
-    return value
-
-
-def _int(parent: dict[str, Any], key: str, event: str, where: str = "") -> int:
-    """A non-negative integer sent as a decimal string (Twilio) or a JSON number (others)."""
-    value = parent.get(key)
-    if type(value) is str:
-        if 0 < len(value) <= _MAX_DIGITS and value.isascii() and value.isdigit():
-            return int(value)
-        raise _fail(event, f"'{where}{key}' is {value[:24]!r}, expected a decimal string")
-    if type(value) is int and value >= 0:
-        return value
-    raise _fail(event, f"'{where}{key}' is {_describe(value)}, expected a non-negative integer")
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "missing"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:24]}{'...' if len(text) > 24 else ''}"
-
-
-def _decode_payload(payload: str, event: str, limit: int) -> bytes:
-    # Check the encoded length first so an over-size payload is never decoded.
-    if len(payload) > (limit + 2) // 3 * 4:
-        raise AudioFormatError(
-            f"Twilio {event!r} payload of about {len(payload) * 3 // 4} bytes exceeds "
-            f"{limit} bytes ({limit // 8} ms of μ-law)"
-        )
-    try:
-        audio = b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _fail(event, f"payload is not valid base64 ({exc})") from None
-    if not audio:
-        raise AudioFormatError(f"Twilio {event!r} payload is empty: no audio samples")
-    return audio
-
-
-def _name(value: str, event: str) -> str:
-    if len(value) > _MAX_NAME_CHARS:
-        raise _fail(event, f"name of {len(value)} characters exceeds {_MAX_NAME_CHARS}")
-    return value
+_wire: Final = JsonWire("Twilio")
 
 
 class TwilioCodec:
@@ -234,37 +139,39 @@ class TwilioCodec:
         return msg
 
     def _parse(self, frame: str | bytes) -> InboundMessage | Ignored:
-        event, obj = _load(_check_size(frame, self.max_message_bytes))
+        event, obj = _wire.load(frame, self.max_message_bytes)
         if event == "media":
             return self._media(obj)
         if event == "mark":
             seq = self._sequenced(obj, event)
-            name = _name(_str(_obj(obj, "mark", event), "name", event, "mark."), event)
+            name = _wire.name(
+                _wire.text(_wire.obj(obj, "mark", event), "name", event, "mark."), event
+            )
             self._advance(seq)
             return Mark(self._sid(), seq, name)
         if event == "connected":
-            return Connected(_str(obj, "protocol", event), _str(obj, "version", event))
+            return Connected(_wire.text(obj, "protocol", event), _wire.text(obj, "version", event))
         if event == "start":
             return self._start(obj)
         if event == "dtmf":
             seq = self._sequenced(obj, event)
-            body = _obj(obj, "dtmf", event)
-            digit = _str(body, "digit", event, "dtmf.")
+            body = _wire.obj(obj, "dtmf", event)
+            digit = _wire.text(body, "digit", event, "dtmf.")
             if digit not in DTMF_DIGITS:
-                raise _fail(event, f"'dtmf.digit' {digit[:8]!r} is not one of 0-9 * # A-D")
+                raise _wire.fail(event, f"'dtmf.digit' {digit[:8]!r} is not one of 0-9 * # A-D")
             track = body.get("track", "inbound_track")
             if type(track) is not str:
-                raise _fail(event, f"'dtmf.track' is {_describe(track)}, expected a string")
+                raise _wire.fail(event, f"'dtmf.track' is {describe(track)}, expected a string")
             self._advance(seq)
             return Dtmf(self._sid(), seq, digit, track)
         if event == "stop":
             seq = self._sequenced(obj, event)
-            body = _obj(obj, "stop", event)
-            call_sid = _str(body, "callSid", event, "stop.")
-            account_sid = _str(body, "accountSid", event, "stop.")
+            body = _wire.obj(obj, "stop", event)
+            call_sid = _wire.text(body, "callSid", event, "stop.")
+            account_sid = _wire.text(body, "accountSid", event, "stop.")
             assert self.start is not None
             if call_sid != self.start.call_sid:
-                raise _fail(event, f"callSid {call_sid!r} is not this stream's call")
+                raise _wire.fail(event, f"callSid {call_sid!r} is not this stream's call")
             self._advance(seq)
             self.stopped = True
             return Stop(self._sid(), seq, call_sid, account_sid)
@@ -274,12 +181,12 @@ class TwilioCodec:
         seq = self._sequenced(obj, "media")
         body = obj.get("media")
         if type(body) is not dict:
-            raise _fail("media", f"'media' is {_describe(body)}, expected an object")
-        track = _str(body, "track", "media", "media.")
-        chunk = _int(body, "chunk", "media", "media.")
-        timestamp = _int(body, "timestamp", "media", "media.")
-        payload = _decode_payload(
-            _str(body, "payload", "media", "media."), "media", self.max_payload_bytes
+            raise _wire.fail("media", f"'media' is {describe(body)}, expected an object")
+        track = _wire.text(body, "track", "media", "media.")
+        chunk = _wire.number(body, "chunk", "media", "media.")
+        timestamp = _wire.number(body, "timestamp", "media", "media.")
+        payload = _wire.payload(
+            _wire.text(body, "payload", "media", "media."), "media", self.max_payload_bytes
         )
         self._advance(seq)
         if track not in self.media_tracks:
@@ -293,27 +200,29 @@ class TwilioCodec:
     def _start(self, obj: dict[str, Any]) -> Start:
         event = "start"
         if self.start is not None:
-            raise _fail(event, f"a second start on stream {self.start.stream_sid!r}")
-        seq = _int(obj, "sequenceNumber", event)
-        body = _obj(obj, "start", event)
-        stream_sid = _str(body, "streamSid", event, "start.")
+            raise _wire.fail(event, f"a second start on stream {self.start.stream_sid!r}")
+        seq = _wire.number(obj, "sequenceNumber", event)
+        body = _wire.obj(obj, "start", event)
+        stream_sid = _wire.text(body, "streamSid", event, "start.")
         outer_sid = obj.get("streamSid", stream_sid)
         if outer_sid != stream_sid:
-            raise _fail(event, f"streamSid {outer_sid!r} differs from start.streamSid")
+            raise _wire.fail(event, f"streamSid {outer_sid!r} differs from start.streamSid")
         if not stream_sid:
-            raise _fail(event, "'start.streamSid' is empty")
-        call_sid = _str(body, "callSid", event, "start.")
-        account_sid = _str(body, "accountSid", event, "start.")
+            raise _wire.fail(event, "'start.streamSid' is empty")
+        call_sid = _wire.text(body, "callSid", event, "start.")
+        account_sid = _wire.text(body, "accountSid", event, "start.")
         tracks = body.get("tracks")
         if type(tracks) is not list or not all(type(t) is str for t in tracks):
-            raise _fail(event, f"'start.tracks' is {_describe(tracks)}, expected strings")
+            raise _wire.fail(event, f"'start.tracks' is {describe(tracks)}, expected strings")
         params = body.get("customParameters", {})
         if type(params) is not dict or not all(type(v) is str for v in params.values()):
-            raise _fail(event, f"'start.customParameters' is {_describe(params)}, expected strings")
-        fmt = _obj(body, "mediaFormat", event, "start.")
-        encoding = _str(fmt, "encoding", event, "start.mediaFormat.")
-        rate = _int(fmt, "sampleRate", event, "start.mediaFormat.")
-        channels = _int(fmt, "channels", event, "start.mediaFormat.")
+            raise _wire.fail(
+                event, f"'start.customParameters' is {describe(params)}, expected strings"
+            )
+        fmt = _wire.obj(body, "mediaFormat", event, "start.")
+        encoding = _wire.text(fmt, "encoding", event, "start.mediaFormat.")
+        rate = _wire.number(fmt, "sampleRate", event, "start.mediaFormat.")
+        channels = _wire.number(fmt, "channels", event, "start.mediaFormat.")
         media_format = MediaFormat(encoding, rate, channels)
         if media_format != MULAW_8K_MONO:
             raise UnsupportedMediaFormat(
@@ -337,16 +246,16 @@ class TwilioCodec:
     def _sequenced(self, obj: dict[str, Any], event: str) -> int:
         """Check a post-start message's stream and return its sequence number."""
         if self.start is None:
-            raise _fail(event, "received before 'start'")
+            raise _wire.fail(event, "received before 'start'")
         if self.stopped:
-            raise _fail(event, "received after 'stop'")
+            raise _wire.fail(event, "received after 'stop'")
         sid = obj.get("streamSid")
         if sid != self.start.stream_sid:
-            raise _fail(
+            raise _wire.fail(
                 event,
-                f"streamSid {_describe(sid)} is not this stream ({self.start.stream_sid!r})",
+                f"streamSid {describe(sid)} is not this stream ({self.start.stream_sid!r})",
             )
-        return _int(obj, "sequenceNumber", event)
+        return _wire.number(obj, "sequenceNumber", event)
 
     def _advance(self, seq: int) -> None:
         if seq != self.last_sequence_number + 1:
@@ -488,17 +397,19 @@ class TwilioCarrierCodec:
 
     def parse(self, frame: str | bytes) -> OutboundMessage | Ignored:
         """Parse one frame from the gateway; raises :class:`~gateway.errors.CarrierError`."""
-        event, obj = _load(_check_size(frame, self.max_message_bytes))
+        event, obj = _wire.load(frame, self.max_message_bytes)
         if event in ("media", "mark", "clear"):
             sid = obj.get("streamSid")
             if sid != self.stream_sid:
-                raise _fail(event, f"streamSid {_describe(sid)} is not {self.stream_sid!r}")
+                raise _wire.fail(event, f"streamSid {describe(sid)} is not {self.stream_sid!r}")
         if event == "media":
-            body = _obj(obj, "media", event)
-            payload = _str(body, "payload", event, "media.")
-            return PlayAudio(_decode_payload(payload, event, self.max_payload_bytes))
+            body = _wire.obj(obj, "media", event)
+            payload = _wire.text(body, "payload", event, "media.")
+            return PlayAudio(_wire.payload(payload, event, self.max_payload_bytes))
         if event == "mark":
-            return PlayMark(_name(_str(_obj(obj, "mark", event), "name", event, "mark."), event))
+            return PlayMark(
+                _wire.name(_wire.text(_wire.obj(obj, "mark", event), "name", event, "mark."), event)
+            )
         if event == "clear":
             return ClearAudio()
         self.ignored[event[:64]] += 1

@@ -1,4 +1,4 @@
-"""Field checks shared by the JSON media dialects other than Twilio's (Telnyx, Plivo).
+"""Field checks shared by the JSON media dialects (Twilio's, Telnyx's, Plivo's).
 
 Every error names the carrier, the event and the field, and is a
 :class:`~gateway.errors.CarrierError` subclass, so a bad frame is counted and the call goes on.
@@ -15,13 +15,14 @@ from typing import Any, Final
 
 from gateway.errors import AudioFormatError, CarrierProtocolError, MessageTooLarge
 
-__all__ = ["JsonWire"]
+__all__ = ["JsonWire", "describe"]
 
 _MAX_DIGITS: Final = 18
 _MAX_NAME_CHARS: Final = 1024
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
+    """A short, bounded rendering of an unexpected field value for an error message."""
     if value is None:
         return "missing"
     text = repr(value)
@@ -43,13 +44,15 @@ class JsonWire:
             if len(frame) > limit:
                 raise MessageTooLarge(f"binary frame of {len(frame)} bytes exceeds {limit} bytes")
             raise CarrierProtocolError(
-                f"binary websocket frame ({len(frame)} bytes): {self.carrier} sends text JSON"
+                f"binary websocket frame ({len(frame)} bytes): {self.carrier} media streams send "
+                "text JSON"
             )
         if not isinstance(frame, str):
             raise CarrierProtocolError(
                 f"websocket frame of type {type(frame).__name__} is not text"
             )
         n = len(frame)
+        # A character is 1-4 UTF-8 bytes: only encode when the character count is inconclusive.
         if n > limit or (n * 4 > limit and len(frame.encode("utf-8", "surrogatepass")) > limit):
             raise MessageTooLarge(f"text frame of {n} characters exceeds {limit} bytes")
         try:
@@ -68,13 +71,13 @@ class JsonWire:
     def obj(self, parent: dict[str, Any], key: str, event: str, where: str = "") -> dict[str, Any]:
         value = parent.get(key)
         if type(value) is not dict:
-            raise self.fail(event, f"'{where}{key}' is {_describe(value)}, expected an object")
+            raise self.fail(event, f"'{where}{key}' is {describe(value)}, expected an object")
         return value
 
     def text(self, parent: dict[str, Any], key: str, event: str, where: str = "") -> str:
         value = parent.get(key)
         if type(value) is not str:
-            raise self.fail(event, f"'{where}{key}' is {_describe(value)}, expected a string")
+            raise self.fail(event, f"'{where}{key}' is {describe(value)}, expected a string")
         return value
 
     def number(self, parent: dict[str, Any], key: str, event: str, where: str = "") -> int:
@@ -87,7 +90,7 @@ class JsonWire:
         if type(value) is int and value >= 0:
             return value
         raise self.fail(
-            event, f"'{where}{key}' is {_describe(value)}, expected a non-negative integer"
+            event, f"'{where}{key}' is {describe(value)}, expected a non-negative integer"
         )
 
     def params(
@@ -98,7 +101,7 @@ class JsonWire:
         if value is None:
             return {}
         if type(value) is not dict or not all(type(v) is str for v in value.values()):
-            raise self.fail(event, f"'{where}{key}' is {_describe(value)}, expected strings")
+            raise self.fail(event, f"'{where}{key}' is {describe(value)}, expected strings")
         return value
 
     def name(self, value: str, event: str) -> str:
@@ -111,7 +114,7 @@ class JsonWire:
         if len(payload) > (limit + 2) // 3 * 4:
             raise AudioFormatError(
                 f"{self.carrier} {event!r} payload of about {len(payload) * 3 // 4} bytes "
-                f"exceeds {limit} bytes"
+                f"exceeds {limit} bytes ({limit // 8} ms of μ-law)"
             )
         try:
             audio = b64decode(payload, validate=True)
